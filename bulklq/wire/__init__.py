@@ -1,0 +1,97 @@
+"""
+The DHCPv6 Leasequery wire codec: pure, strict, and free of Twisted.
+
+C{decode_message(octets)} turns one message (without the TCP size prefix) into typed,
+immutable values, or raises L{WireError}; C{value.encode()} gives the octets back, byte for
+byte.
+"""
+
+from .constants import (
+    BULK_LQ_CONN_TIMEOUT,
+    BULK_LQ_DATA_TIMEOUT,
+    BULK_LQ_MAX_CONNS,
+    BULK_LQ_MAX_RETRY,
+    LEASEQUERY_PORT,
+    MAX_MESSAGE_SIZE,
+    DuidType,
+    MessageType,
+    OptionCode,
+    QueryType,
+    StatusCode,
+    rfc_name,
+)
+from .duid import Duid
+from .errors import WireError
+from .messages import (
+    AnyMessage,
+    LQRelayData,
+    Message,
+    RelayMessage,
+    RelayMessageOption,
+    decode_message,
+)
+from .options import (
+    ClientData,
+    ClientId,
+    CltTime,
+    IAAddress,
+    IAPrefix,
+    InterfaceId,
+    LQBaseTime,
+    LQClientLink,
+    LQEndTime,
+    LQQuery,
+    LQStartTime,
+    Option,
+    OptionRequest,
+    RelayId,
+    RemoteId,
+    ServerId,
+    StatusCodeOption,
+    UnknownOption,
+    decode_options,
+    encode_options,
+)
+
+__all__ = [
+    "BULK_LQ_CONN_TIMEOUT",
+    "BULK_LQ_DATA_TIMEOUT",
+    "BULK_LQ_MAX_CONNS",
+    "BULK_LQ_MAX_RETRY",
+    "LEASEQUERY_PORT",
+    "MAX_MESSAGE_SIZE",
+    "AnyMessage",
+    "ClientData",
+    "ClientId",
+    "CltTime",
+    "Duid",
+    "DuidType",
+    "IAAddress",
+    "IAPrefix",
+    "InterfaceId",
+    "LQBaseTime",
+    "LQClientLink",
+    "LQEndTime",
+    "LQQuery",
+    "LQRelayData",
+    "LQStartTime",
+    "Message",
+    "MessageType",
+    "Option",
+    "OptionCode",
+    "OptionRequest",
+    "QueryType",
+    "RelayId",
+    "RelayMessage",
+    "RelayMessageOption",
+    "RemoteId",
+    "ServerId",
+    "StatusCode",
+    "StatusCodeOption",
+    "UnknownOption",
+    "WireError",
+    "decode_message",
+    "decode_options",
+    "encode_options",
+    "rfc_name",
+]
