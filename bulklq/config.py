@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
 
 import attrs
 
@@ -81,8 +82,8 @@ def parse_query_types(text: str) -> frozenset[QueryType]:
     @raise ConfigError: naming the first unknown entry.
     """
     types: set[QueryType] = set()
-    for item in text.split(","):
-        item = item.strip().lower()
+    for raw_item in text.split(","):
+        item = raw_item.strip().lower()
         if item in QUERY_TYPE_NAMES:
             types.add(QUERY_TYPE_NAMES[item])
             continue
@@ -123,7 +124,7 @@ LOOPBACK_ONLY = (
 )
 
 
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{attribute.name.replace('_', '-')} must be positive, not {value}")
 
@@ -165,6 +166,8 @@ class ServerConfig:
         """The most specific rule covering C{peer} (normalised), or C{None}."""
         best: AccessRule | None = None
         for rule in self.allow:
-            if rule.covers(peer) and (best is None or rule.network.prefixlen > best.network.prefixlen):
+            if not rule.covers(peer):
+                continue
+            if best is None or rule.network.prefixlen > best.network.prefixlen:
                 best = rule
         return best

@@ -244,4 +244,3 @@ class BindingPage:
         """A page of C{bindings}; C{more} says whether the store has more after them."""
         page = list(bindings)[:limit]
         return cls(page, page[-1].key if more and page else None)
-

@@ -58,9 +58,8 @@ class Message(OptionContainer):
             raise WireError(f"message type {self.msg_type} is not a client/server type")
         if not 0 <= self.transaction_id <= 0xFFFFFF:
             raise WireError(f"transaction-id {self.transaction_id} is not 24 bits")
-        data = (
-            ((self.msg_type << 24) | self.transaction_id).to_bytes(4, "big")
-            + encode_options(self.options)
+        data = ((self.msg_type << 24) | self.transaction_id).to_bytes(4, "big") + encode_options(
+            self.options
         )
         return _checked_size(data)
 
@@ -205,9 +204,7 @@ class LQRelayData(Option):
 def _decode_lq_relay_data(data: bytes, start: int, end: int, depth: int) -> Option:
     code = OptionCode.OPTION_LQ_RELAY_DATA
     if end - start < 16 + 34:
-        raise WireError(
-            f"LQ_RELAY_DATA of {end - start} octets is shorter than 50", start, code
-        )
+        raise WireError(f"LQ_RELAY_DATA of {end - start} octets is shorter than 50", start, code)
     if data[start + 16] not in _RELAY_TYPES:
         raise WireError(
             f"LQ_RELAY_DATA holds message type {data[start + 16]}, not a relay message",

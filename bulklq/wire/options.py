@@ -9,6 +9,7 @@ L{UnknownOption} and re-encode to the same octets. Options that embed messages
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable, Iterable
 from ipaddress import IPv6Address, IPv6Network
@@ -306,7 +307,9 @@ def _decode_iaprefix(data: bytes, start: int, end: int, depth: int) -> Option:
     _minimum_length(OptionCode.OPTION_IAPREFIX, 25, start, end)
     preferred, valid, length, prefix = _IAPREFIX_FIXED.unpack_from(data, start)
     if length > 128:
-        raise WireError(f"prefix length {length} exceeds 128", start + 8, OptionCode.OPTION_IAPREFIX)
+        raise WireError(
+            f"prefix length {length} exceeds 128", start + 8, OptionCode.OPTION_IAPREFIX
+        )
     return IAPrefix(
         preferred, valid, length, IPv6Address(prefix), decode_options(data, start + 25, end, depth)
     )
@@ -362,10 +365,8 @@ def _decode_status(data: bytes, start: int, end: int, depth: int) -> Option:
         raise WireError(f"status message is not UTF-8: {error.reason}", start + 2, code) from None
     if "\x00" in message:
         raise WireError("status message contains NUL", start + 2, code)
-    try:
+    with contextlib.suppress(ValueError):
         status = StatusCode(status)
-    except ValueError:
-        pass
     return StatusCodeOption(status, message)
 
 
@@ -415,9 +416,7 @@ class RemoteId(Option):
         enterprise, separator, hexdata = text.strip().partition(":")
         try:
             if separator:
-                raw = int(enterprise).to_bytes(4, "big") + bytes.fromhex(
-                    hexdata.replace(":", "")
-                )
+                raw = int(enterprise).to_bytes(4, "big") + bytes.fromhex(hexdata.replace(":", ""))
             else:
                 raw = bytes.fromhex(text.strip().removeprefix("0x"))
         except (ValueError, OverflowError):
@@ -428,9 +427,7 @@ class RemoteId(Option):
     def from_bytes(cls, raw: bytes, offset: int = 0) -> RemoteId:
         """Decode the option data (enterprise number and remote-id)."""
         if len(raw) < 5:
-            raise WireError(
-                f"REMOTE_ID of {len(raw)} octets is shorter than 5", offset, cls.code
-            )
+            raise WireError(f"REMOTE_ID of {len(raw)} octets is shorter than 5", offset, cls.code)
         return cls(int.from_bytes(raw[:4], "big"), bytes(raw[4:]))
 
     def __str__(self) -> str:
@@ -461,10 +458,8 @@ class LQQuery(OptionContainer, Option):
 def _decode_lq_query(data: bytes, start: int, end: int, depth: int) -> Option:
     _minimum_length(OptionCode.OPTION_LQ_QUERY, 17, start, end)
     query_type: int = data[start]
-    try:
+    with contextlib.suppress(ValueError):
         query_type = QueryType(query_type)
-    except ValueError:
-        pass
     return LQQuery(
         query_type,
         IPv6Address(data[start + 1 : start + 17]),
