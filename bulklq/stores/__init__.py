@@ -1,0 +1,1 @@
+"""Binding stores: implementations of L{bulklq.interfaces.IBindingStore}."""
