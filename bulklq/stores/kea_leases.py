@@ -1,0 +1,533 @@
+"""
+ISC Kea's DHCPv6 leases as bulklq bindings, shared by the memfile and PostgreSQL stores.
+
+Kea stores one row per lease (address or delegated prefix) in its memfile CSV lease file and
+in the C{lease6} table of its SQL lease databases; both carry the same columns and the same
+C{user_context} JSON. This module holds what does not depend on where the row came from:
+
+  - L{KeaLease6}: one lease row, with typed columns;
+  - L{unescape}: Kea's C{&#xNN} escaping of text columns (memfile);
+  - L{relay_hops} / L{relay_data_from_hops}: the relay chain Kea keeps in C{user_context}
+    (C{"store-extended-info": true}), rebuilt as the LQ_RELAY_DATA option RFC 5007 and
+    RFC 5460 send;
+  - L{bindings_from_leases}: active leases grouped into one L{Binding} per client (DUID) and
+    subnet (link).
+
+B{Relay information.} Kea 2.3.2 and newer write
+C{{"ISC": {"relay-info": [{"hop", "link", "peer", "options", "remote-id", "relay-id"}]}}};
+Kea 2.2 writes C{{"ISC": {"relays": [{"hop", "link", "peer", "options"}]}}}. Both lists are
+outermost relay first, and C{options} is C{0x} followed by the hex (either case) of that
+relay's options, RELAY_MSG excluded. The format is decided per row, never from the file
+header: Kea 3.2 keeps 2.2 rows as they were when it converts a 2.2 file. In the C{relays}
+form the Remote-ID, Relay-ID and Interface-ID are parsed out of C{options}; in the
+C{relay-info} form the decoded C{remote-id}/C{relay-id} are used as well.
+
+B{LQ_RELAY_DATA.} The chain is rebuilt as nested RELAY-FORW messages, outermost first, each
+with its stored hop count, link-address, peer-address and options, each nesting the next one
+in a RELAY_MSG option, and the innermost one without RELAY_MSG (the client's message is not
+stored). Its peer-address is the outermost relay's peer-address as Kea stored it.
+
+B{Bindings.} A binding is every active lease (state 0, valid lifetime above 0, C{expire}
+after now) of one DUID in one subnet. Its C{cltt} and relay chain are those of the newest
+lease (largest C{expire - valid_lifetime}; on a tie the one given last). Leases renewed
+earlier keep their true expiry: their lifetimes are shortened by how much older their own
+CLTT is, so C{binding.cltt + lease.valid_lifetime} is the lease's C{expire}. The binding's
+Relay-IDs and Remote-IDs are those of every hop of every one of its leases' chains (newest
+lease first, without repeats), since Kea's own Bulk Leasequery matches each lease's stored
+chain.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import lru_cache
+from ipaddress import IPv6Address, IPv6Network
+from typing import Any
+
+import attrs
+
+from ..model import AddressLease, Binding, Link, PrefixLease
+from ..wire import (
+    Duid,
+    InterfaceId,
+    LQRelayData,
+    MessageType,
+    Option,
+    RelayId,
+    RelayMessage,
+    RelayMessageOption,
+    RemoteId,
+    WireError,
+    decode_options,
+)
+
+__all__ = [
+    "LEASE_TYPE_NA",
+    "LEASE_TYPE_PD",
+    "LEASE_TYPE_TA",
+    "MAX_RELAY_HOPS",
+    "STATE_DEFAULT",
+    "KeaLease6",
+    "KeaLeaseError",
+    "KeaRelayHop",
+    "binding_of",
+    "bindings_from_leases",
+    "client_link_address",
+    "interface_ids",
+    "is_active",
+    "lease_relay_hops",
+    "links_from_link_addresses",
+    "parse_user_context",
+    "relay_data_from_hops",
+    "relay_hops",
+    "subnet_link_id",
+    "unescape",
+]
+
+#: C{lease_type} of an IA_NA address.
+LEASE_TYPE_NA = 0
+#: C{lease_type} of an IA_TA (temporary) address.
+LEASE_TYPE_TA = 1
+#: C{lease_type} of an IA_PD delegated prefix.
+LEASE_TYPE_PD = 2
+#: C{state} of a lease in use (others: 1 declined, 2 expired-reclaimed, 3 released, ...).
+STATE_DEFAULT = 0
+
+#: Relay chains longer than this are refused (RFC 8415 allows a hop count up to 32).
+MAX_RELAY_HOPS = 32
+
+_ESCAPE = re.compile(r"&#x([0-9a-fA-F]{2})")
+_HEX = re.compile(r"^[0-9a-fA-F]*$")
+
+
+class KeaLeaseError(ValueError):
+    """A Kea lease row or its user context cannot be turned into bulklq values."""
+
+
+@attrs.frozen
+class KeaLease6:
+    """
+    One row of Kea's C{lease6} data (memfile CSV or SQL table), with typed columns.
+
+    @ivar address: the address, or the delegated prefix's first address.
+    @ivar duid: the client's DUID octets.
+    @ivar valid_lifetime: seconds; 0 in a memfile row means the lease was deleted.
+    @ivar expire: Unix seconds at which the lease expires (CLTT + valid lifetime).
+    @ivar subnet_id: Kea's subnet id (the link).
+    @ivar lease_type: L{LEASE_TYPE_NA}, L{LEASE_TYPE_TA} or L{LEASE_TYPE_PD}.
+    @ivar prefix_len: the delegated prefix's length (128 for addresses).
+    @ivar state: L{STATE_DEFAULT} (0) for a lease in use.
+    @ivar user_context: the C{user_context} JSON text, unescaped, or C{None} when empty.
+    @ivar hwaddr: the client's hardware address octets, or C{None}.
+    @ivar pool_id: Kea 2.4+'s pool id, or C{None} when the source has no such column.
+    """
+
+    address: IPv6Address
+    duid: bytes
+    valid_lifetime: int
+    expire: int
+    subnet_id: int
+    pref_lifetime: int = 0
+    lease_type: int = LEASE_TYPE_NA
+    iaid: int = 0
+    prefix_len: int = 128
+    state: int = STATE_DEFAULT
+    user_context: str | None = None
+    hwaddr: bytes | None = None
+    pool_id: int | None = None
+
+    @property
+    def cltt(self) -> int:
+        """Client last transaction time: C{expire - valid_lifetime}."""
+        return self.expire - self.valid_lifetime
+
+    def context(self) -> dict[str, Any] | None:
+        """
+        The decoded C{user_context}, or C{None} when there is none.
+
+        @raise KeaLeaseError: if it is not a JSON object.
+        """
+        return parse_user_context(self.user_context)
+
+
+def is_active(lease: KeaLease6, now: float) -> bool:
+    """Whether C{lease} is a lease in use at Unix time C{now}: state 0, not expired."""
+    return lease.state == STATE_DEFAULT and lease.valid_lifetime > 0 and lease.expire > now
+
+
+def subnet_link_id(subnet_id: int) -> str:
+    """The bulklq link id of Kea's subnet C{subnet_id}: C{"subnet-8"}."""
+    return f"subnet-{subnet_id}"
+
+
+def _replace_escape(match: re.Match[str]) -> str:
+    return chr(int(match.group(1), 16))
+
+
+def unescape(text: str) -> str:
+    """
+    Undo Kea's memfile escaping: C{&#xNN} (C{&#x2c} comma, C{&#x26} ampersand, any other
+    octet) becomes the character C{NN}. Text without C{&#x} is returned as it is.
+    """
+    if "&#x" not in text:
+        return text
+    return _ESCAPE.sub(_replace_escape, text)
+
+
+def parse_user_context(text: str | None) -> dict[str, Any] | None:
+    """
+    The JSON object in a C{user_context} column, or C{None} for an empty one.
+
+    @raise KeaLeaseError: if the text is not a JSON object.
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise KeaLeaseError(f"user_context is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise KeaLeaseError("user_context is not a JSON object")
+    return value
+
+
+@attrs.frozen
+class KeaRelayHop:
+    """
+    One relay of a stored chain, as Kea keeps it in C{user_context}.
+
+    @ivar hop: the relay's hop count.
+    @ivar link: its link-address.
+    @ivar peer: its peer-address.
+    @ivar options: its options (RELAY_MSG excluded), decoded.
+    @ivar remote_id: the decoded C{remote-id} of a C{relay-info} entry, if any.
+    @ivar relay_id: the decoded C{relay-id} of a C{relay-info} entry, if any.
+    """
+
+    hop: int
+    link: IPv6Address
+    peer: IPv6Address
+    options: tuple[Option, ...] = ()
+    remote_id: RemoteId | None = None
+    relay_id: Duid | None = None
+
+
+def _hex_octets(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise KeaLeaseError(f"{what} is not a hex string")
+    text = value.strip()
+    if text[:2] in ("0x", "0X"):
+        text = text[2:]
+    text = text.replace(":", "")
+    if len(text) % 2 or not _HEX.match(text):
+        raise KeaLeaseError(f"{what} {value!r} is not hex")
+    return bytes.fromhex(text)
+
+
+@lru_cache(maxsize=8192)
+def _address(text: str) -> IPv6Address:
+    # Relay link and peer addresses repeat across many leases: parse each spelling once.
+    return IPv6Address(text)
+
+
+@lru_cache(maxsize=8192)
+def _relay_options(hex_text: str) -> tuple[Option, ...]:
+    octets = _hex_octets(hex_text, "relay options")
+    try:
+        return decode_options(octets, 0, len(octets), 1)
+    except WireError as error:
+        raise KeaLeaseError(f"relay options: {error}") from None
+
+
+def _hop_from_json(entry: object, index: int, count: int, decoded_ids: bool) -> KeaRelayHop:
+    if not isinstance(entry, Mapping):
+        raise KeaLeaseError(f"relay {index} is not a JSON object")
+    hop = entry.get("hop", count - 1 - index)
+    if not isinstance(hop, int) or isinstance(hop, bool) or not 0 <= hop <= 255:
+        raise KeaLeaseError(f"relay {index} hop {hop!r} is not 0..255")
+    try:
+        link = _address(str(entry.get("link", "::")))
+        peer = _address(str(entry.get("peer", "::")))
+    except ValueError as error:
+        raise KeaLeaseError(f"relay {index}: {error}") from None
+    options_text = entry.get("options")
+    options: tuple[Option, ...] = ()
+    if options_text is not None:
+        if not isinstance(options_text, str):
+            raise KeaLeaseError(f"relay {index} options is not a hex string")
+        options = _relay_options(options_text)
+    remote_id = relay_id = None
+    if decoded_ids:
+        remote_text = entry.get("remote-id")
+        relay_text = entry.get("relay-id")
+        try:
+            if remote_text is not None:
+                remote_id = RemoteId.from_bytes(_hex_octets(remote_text, "remote-id"))
+            if relay_text is not None:
+                relay_id = Duid.from_bytes(_hex_octets(relay_text, "relay-id"))
+        except WireError as error:
+            raise KeaLeaseError(f"relay {index}: {error}") from None
+    return KeaRelayHop(hop, link, peer, options, remote_id, relay_id)
+
+
+def relay_hops(context: Mapping[str, Any] | None) -> tuple[KeaRelayHop, ...]:
+    """
+    The relay chain stored in a decoded C{user_context}, outermost relay first.
+
+    Reads C{ISC.relay-info} (Kea 2.3.2+) or else C{ISC.relays} (Kea 2.2); an empty tuple when
+    the context holds neither (the client was not relayed, or Kea ran without
+    C{store-extended-info}).
+
+    @raise KeaLeaseError: if the relay information is present but malformed.
+    """
+    if not context:
+        return ()
+    isc = context.get("ISC")
+    if isc is None:
+        return ()
+    if not isinstance(isc, Mapping):
+        raise KeaLeaseError("user_context ISC is not a JSON object")
+    decoded_ids = "relay-info" in isc
+    entries = isc.get("relay-info") if decoded_ids else isc.get("relays")
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise KeaLeaseError("relay information is not a JSON list")
+    if len(entries) > MAX_RELAY_HOPS:
+        raise KeaLeaseError(f"relay chain of {len(entries)} hops exceeds {MAX_RELAY_HOPS}")
+    count = len(entries)
+    return tuple(
+        _hop_from_json(entry, index, count, decoded_ids) for index, entry in enumerate(entries)
+    )
+
+
+def lease_relay_hops(lease: KeaLease6) -> tuple[KeaRelayHop, ...]:
+    """
+    The relay chain stored with C{lease}, outermost relay first (see L{relay_hops}).
+
+    @raise KeaLeaseError: if its user context or relay information is malformed.
+    """
+    return relay_hops(lease.context())
+
+
+def relay_data_from_hops(hops: Sequence[KeaRelayHop]) -> LQRelayData | None:
+    """
+    The LQ_RELAY_DATA option for a stored chain, or C{None} for an empty one.
+
+    RELAY-FORW layers outermost first, each nesting the next in RELAY_MSG, the innermost
+    without RELAY_MSG; the peer-address is the outermost relay's.
+
+    @raise KeaLeaseError: if the chain cannot be encoded (a message over 65535 octets).
+    """
+    if not hops:
+        return None
+    message: RelayMessage | None = None
+    for hop in reversed(hops):
+        options = hop.options
+        if message is not None:
+            options = (*options, RelayMessageOption(message))
+        message = RelayMessage(MessageType.RELAY_FORW, hop.hop, hop.link, hop.peer, options)
+    assert message is not None
+    return LQRelayData(hops[0].peer, message)
+
+
+def _identities(
+    hops: Sequence[KeaRelayHop],
+) -> tuple[list[Duid], list[RemoteId]]:
+    relay_ids: list[Duid] = []
+    remote_ids: list[RemoteId] = []
+    for hop in hops:
+        for option in hop.options:
+            if type(option) is RelayId:
+                relay_ids.append(option.duid)
+            elif type(option) is RemoteId:
+                remote_ids.append(option)
+        if hop.relay_id is not None:
+            relay_ids.append(hop.relay_id)
+        if hop.remote_id is not None:
+            remote_ids.append(hop.remote_id)
+    return relay_ids, remote_ids
+
+
+def client_link_address(hops: Sequence[KeaRelayHop]) -> IPv6Address | None:
+    """
+    The link-address Kea selects the subnet by: that of the relay nearest the client that is
+    neither C{::} nor link-local (a lightweight relay, RFC 6221, puts C{::} there). C{None}
+    when no relay has one.
+    """
+    for hop in reversed(hops):
+        if not hop.link.is_unspecified and not hop.link.is_link_local:
+            return hop.link
+    return None
+
+
+def interface_ids(hops: Sequence[KeaRelayHop]) -> tuple[bytes, ...]:
+    """The Interface-ID values found in a stored chain, outermost relay first."""
+    return tuple(
+        option.value for hop in hops for option in hop.options if type(option) is InterfaceId
+    )
+
+
+def _unique(values: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+@attrs.frozen
+class _Decoded:
+    relay_data: LQRelayData | None
+    relay_ids: list[Duid]
+    remote_ids: list[RemoteId]
+
+
+def bindings_from_leases(
+    leases: Iterable[KeaLease6],
+    now: float,
+    link_id: Callable[[int], str] = subnet_link_id,
+    on_error: Callable[[KeaLease6, KeaLeaseError], None] | None = None,
+) -> list[Binding]:
+    """
+    Group the active leases among C{leases} into bindings, one per (subnet, DUID).
+
+    Inactive leases (see L{is_active}) are ignored. See the module docstring for how the
+    binding's CLTT, lifetimes, relay chain and identities are chosen. The result is in no
+    particular order.
+
+    @param link_id: maps a subnet id to the binding's link id (default L{subnet_link_id}).
+    @param on_error: called with a lease whose DUID, prefix or relay information is
+        malformed; that lease is left out. Without it, the error is raised.
+    @raise KeaLeaseError: for a malformed lease when C{on_error} is not given.
+    """
+    groups: dict[tuple[int, bytes], list[KeaLease6]] = {}
+    for lease in leases:
+        if is_active(lease, now):
+            groups.setdefault((lease.subnet_id, lease.duid), []).append(lease)
+    cache: dict[str | None, _Decoded] = {}
+    bindings = []
+    for (subnet_id, _), members in groups.items():
+        binding = _binding_of(members, link_id(subnet_id), cache, on_error)
+        if binding is not None:
+            bindings.append(binding)
+    return bindings
+
+
+def binding_of(
+    leases: Sequence[KeaLease6],
+    link_id: str,
+    on_error: Callable[[KeaLease6, KeaLeaseError], None] | None = None,
+) -> Binding | None:
+    """
+    The binding of C{leases}, all active and of one DUID in one subnet; C{None} when none of
+    them can be used (see L{bindings_from_leases}).
+    """
+    return _binding_of(leases, link_id, {}, on_error)
+
+
+def _decode(lease: KeaLease6, cache: dict[str | None, _Decoded]) -> _Decoded:
+    decoded = cache.get(lease.user_context)
+    if decoded is None:
+        hops = lease_relay_hops(lease)
+        relay_ids, remote_ids = _identities(hops)
+        try:
+            relay_data = relay_data_from_hops(hops)
+            if relay_data is not None:
+                relay_data.encode()
+        except WireError as error:
+            raise KeaLeaseError(f"relay chain: {error}") from None
+        decoded = cache[lease.user_context] = _Decoded(relay_data, relay_ids, remote_ids)
+    return decoded
+
+
+def _binding_of(
+    leases: Sequence[KeaLease6],
+    link_id: str,
+    cache: dict[str | None, _Decoded],
+    on_error: Callable[[KeaLease6, KeaLeaseError], None] | None,
+) -> Binding | None:
+    usable: list[tuple[KeaLease6, _Decoded, Duid, IPv6Network | None]] = []
+    for lease in leases:
+        try:
+            try:
+                duid = Duid.from_bytes(lease.duid)
+            except WireError as error:
+                raise KeaLeaseError(f"duid: {error}") from None
+            network = None
+            if lease.lease_type == LEASE_TYPE_PD:
+                try:
+                    network = IPv6Network((lease.address, lease.prefix_len))
+                except ValueError as error:
+                    raise KeaLeaseError(f"prefix: {error}") from None
+            elif lease.lease_type not in (LEASE_TYPE_NA, LEASE_TYPE_TA):
+                raise KeaLeaseError(f"lease_type {lease.lease_type} is not 0, 1 or 2")
+            usable.append((lease, _decode(lease, cache), duid, network))
+        except KeaLeaseError as error:
+            if on_error is None:
+                raise
+            on_error(lease, error)
+    if not usable:
+        return None
+    # The newest lease (largest CLTT, the last given on a tie) carries the binding.
+    newest_index = 0
+    newest_cltt = usable[0][0].cltt
+    for index in range(1, len(usable)):
+        cltt = usable[index][0].cltt
+        if cltt >= newest_cltt:
+            newest_index, newest_cltt = index, cltt
+    newest_decoded, duid = usable[newest_index][1:3]
+    addresses: list[AddressLease] = []
+    prefixes: list[PrefixLease] = []
+    relay_ids = list(newest_decoded.relay_ids)
+    remote_ids = list(newest_decoded.remote_ids)
+    for lease, decoded, _, network in usable:
+        valid = lease.expire - newest_cltt
+        if valid <= 0:
+            continue
+        preferred = max(0, min(valid, lease.pref_lifetime - (newest_cltt - lease.cltt)))
+        if network is not None:
+            prefixes.append(PrefixLease(network, preferred, valid))
+        else:
+            addresses.append(AddressLease(lease.address, preferred, valid))
+        if decoded is not newest_decoded:
+            relay_ids.extend(decoded.relay_ids)
+            remote_ids.extend(decoded.remote_ids)
+    if not addresses and not prefixes:
+        return None
+    addresses.sort(key=_address_key)
+    prefixes.sort(key=_prefix_key)
+    return Binding(
+        client_id=duid,
+        link_id=link_id,
+        cltt=newest_cltt,
+        addresses=tuple(addresses),
+        prefixes=tuple(prefixes),
+        relay_data=newest_decoded.relay_data,
+        relay_ids=_unique(relay_ids),
+        remote_ids=_unique(remote_ids),
+    )
+
+
+def _address_key(lease: AddressLease) -> IPv6Address:
+    return lease.address
+
+
+def _prefix_key(lease: PrefixLease) -> tuple[IPv6Address, int]:
+    return (lease.prefix.network_address, lease.prefix.prefixlen)
+
+
+def links_from_link_addresses(
+    hops_by_subnet: Mapping[int, Iterable[IPv6Address]],
+    link_id: Callable[[int], str] = subnet_link_id,
+) -> list[Link]:
+    """
+    Links for subnets known only from their leases' relay link-addresses: each subnet's link
+    gets one /128 prefix per distinct link-address (see L{client_link_address}), so that an
+    LQ query naming that link-address finds the subnet.
+    """
+    return [
+        Link(
+            link_id(subnet_id),
+            tuple(IPv6Network(address) for address in sorted(set(addresses))),
+        )
+        for subnet_id, addresses in sorted(hops_by_subnet.items())
+    ]
