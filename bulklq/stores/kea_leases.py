@@ -68,20 +68,26 @@ __all__ = [
     "LEASE_TYPE_PD",
     "LEASE_TYPE_TA",
     "MAX_RELAY_HOPS",
+    "NO_RELAY",
     "STATE_DEFAULT",
     "KeaLease6",
     "KeaLeaseError",
     "KeaRelayHop",
-    "binding_of",
+    "LeasePart",
+    "RelayInfo",
+    "assemble_binding",
     "bindings_from_leases",
+    "client_duid",
     "client_link_address",
     "interface_ids",
     "is_active",
+    "lease_part",
     "lease_relay_hops",
     "links_from_link_addresses",
     "parse_user_context",
     "relay_data_from_hops",
     "relay_hops",
+    "relay_info",
     "subnet_link_id",
     "unescape",
 ]
@@ -98,6 +104,8 @@ STATE_DEFAULT = 0
 #: Relay chains longer than this are refused (RFC 8415 allows a hop count up to 32).
 MAX_RELAY_HOPS = 32
 
+#: Upper bound on the hex text of one relay's options (a relay message fits in 65535 octets).
+_MAX_OPTIONS_HEX = 2 + 2 * 65535
 _ESCAPE = re.compile(r"&#x([0-9a-fA-F]{2})")
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 
@@ -234,6 +242,8 @@ def _address(text: str) -> IPv6Address:
 
 @lru_cache(maxsize=8192)
 def _relay_options(hex_text: str) -> tuple[Option, ...]:
+    if len(hex_text) > _MAX_OPTIONS_HEX:
+        raise KeaLeaseError(f"relay options of {len(hex_text)} characters are too long")
     octets = _hex_octets(hex_text, "relay options")
     try:
         return decode_options(octets, 0, len(octets), 1)
@@ -375,10 +385,150 @@ def _unique(values: Iterable[Any]) -> tuple[Any, ...]:
 
 
 @attrs.frozen
-class _Decoded:
+class RelayInfo:
+    """
+    What a lease's stored relay chain gives a binding.
+
+    @ivar relay_data: the rebuilt LQ_RELAY_DATA, or C{None} when the lease has no chain.
+    @ivar relay_ids: the Relay-IDs of every hop, outermost first, without repeats.
+    @ivar remote_ids: the Remote-IDs of every hop, outermost first, without repeats.
+    @ivar link_address: the link-address Kea selected the subnet by
+        (L{client_link_address}), or C{None}.
+    """
+
     relay_data: LQRelayData | None
-    relay_ids: list[Duid]
-    remote_ids: list[RemoteId]
+    relay_ids: tuple[Duid, ...] = ()
+    remote_ids: tuple[RemoteId, ...] = ()
+    link_address: IPv6Address | None = None
+
+    @classmethod
+    def from_hops(cls, hops: Sequence[KeaRelayHop]) -> RelayInfo:
+        """The relay information of a stored chain (outermost hop first)."""
+        if not hops:
+            return NO_RELAY
+        relay_ids, remote_ids = _identities(hops)
+        return cls(
+            relay_data_from_hops(hops),
+            _unique(relay_ids),
+            _unique(remote_ids),
+            client_link_address(hops),
+        )
+
+
+#: The relay information of a lease stored without a relay chain.
+NO_RELAY = RelayInfo(None)
+
+def relay_info(user_context: str | None) -> RelayInfo:
+    """
+    The relay information in an (unescaped) C{user_context} JSON text.
+
+    @raise KeaLeaseError: if the text is not a JSON object or its relay chain is malformed.
+    """
+    if not user_context:
+        return NO_RELAY
+    return RelayInfo.from_hops(relay_hops(parse_user_context(user_context)))
+
+
+#: One active lease as a part of a binding: the lease with the lifetimes granted at its own
+#: CLTT, that CLTT, and its relay information.
+LeasePart = tuple[AddressLease | PrefixLease, int, RelayInfo]
+
+
+def lease_part(lease: KeaLease6, info: RelayInfo | None = None) -> LeasePart:
+    """
+    C{lease} as a part of its binding; C{info} saves decoding its user context again.
+
+    @raise KeaLeaseError: if its lease type, prefix or user context is malformed.
+    """
+    item: AddressLease | PrefixLease
+    if lease.lease_type == LEASE_TYPE_PD:
+        try:
+            network = IPv6Network((lease.address, lease.prefix_len))
+        except ValueError as error:
+            raise KeaLeaseError(f"prefix: {error}") from None
+        item = PrefixLease(network, lease.pref_lifetime, lease.valid_lifetime)
+    elif lease.lease_type in (LEASE_TYPE_NA, LEASE_TYPE_TA):
+        item = AddressLease(lease.address, lease.pref_lifetime, lease.valid_lifetime)
+    else:
+        raise KeaLeaseError(f"lease_type {lease.lease_type} is not 0, 1 or 2")
+    if info is None:
+        info = relay_info(lease.user_context)
+    return (item, lease.cltt, info)
+
+
+def client_duid(octets: bytes) -> Duid:
+    """
+    The DUID of a lease's C{duid} column.
+
+    @raise KeaLeaseError: if it is not a valid DUID.
+    """
+    try:
+        return Duid.from_bytes(octets)
+    except WireError as error:
+        raise KeaLeaseError(f"duid: {error}") from None
+
+
+def assemble_binding(duid: Duid, link_id: str, parts: Iterable[LeasePart]) -> Binding | None:
+    """
+    The binding of one client's active leases on one link, or C{None} when C{parts} is
+    empty.
+
+    The newest part (largest CLTT; the last given on a tie) gives the binding its CLTT and
+    relay chain; the other parts' lifetimes are shortened by how much older their CLTT is,
+    so that each lease keeps its own expiry. Relay-IDs and Remote-IDs are those of every
+    part (newest first, without repeats). Addresses and prefixes are sorted.
+    """
+    items = list(parts)
+    if not items:
+        return None
+    newest = items[0]
+    for part in items:
+        if part[1] >= newest[1]:
+            newest = part
+    cltt = newest[1]
+    info = newest[2]
+    addresses: list[AddressLease] = []
+    prefixes: list[PrefixLease] = []
+    shared_info = True
+    for given, item_cltt, item_info in items:
+        if item_info is not info:
+            shared_info = False
+        item = given
+        if item_cltt != cltt:
+            age = cltt - item_cltt
+            valid = given.valid_lifetime - age
+            if valid <= 0:
+                continue
+            preferred = max(0, min(valid, given.preferred_lifetime - age))
+            item = attrs.evolve(given, preferred_lifetime=preferred, valid_lifetime=valid)
+        if type(item) is PrefixLease:
+            prefixes.append(item)
+        else:
+            addresses.append(item)  # type: ignore[arg-type]
+    if len(addresses) > 1:
+        addresses.sort(key=_address_key)
+    if len(prefixes) > 1:
+        prefixes.sort(key=_prefix_key)
+    if shared_info:
+        relay_ids, remote_ids = info.relay_ids, info.remote_ids
+    else:
+        ordered = sorted(items, key=_part_age)
+        relay_ids = _unique(relay_id for part in ordered for relay_id in part[2].relay_ids)
+        remote_ids = _unique(remote_id for part in ordered for remote_id in part[2].remote_ids)
+    return Binding(
+        client_id=duid,
+        link_id=link_id,
+        cltt=cltt,
+        addresses=tuple(addresses),
+        prefixes=tuple(prefixes),
+        relay_data=info.relay_data,
+        relay_ids=relay_ids,
+        remote_ids=remote_ids,
+    )
+
+
+def _part_age(part: LeasePart) -> int:
+    return -part[1]
 
 
 def bindings_from_leases(
@@ -390,121 +540,40 @@ def bindings_from_leases(
     """
     Group the active leases among C{leases} into bindings, one per (subnet, DUID).
 
-    Inactive leases (see L{is_active}) are ignored. See the module docstring for how the
-    binding's CLTT, lifetimes, relay chain and identities are chosen. The result is in no
-    particular order.
+    Inactive leases (see L{is_active}) are ignored. See the module docstring and
+    L{assemble_binding} for how the binding's CLTT, lifetimes, relay chain and identities
+    are chosen. The result is in no particular order.
 
     @param link_id: maps a subnet id to the binding's link id (default L{subnet_link_id}).
-    @param on_error: called with a lease whose DUID, prefix or relay information is
+    @param on_error: called with a lease whose DUID, type, prefix or relay information is
         malformed; that lease is left out. Without it, the error is raised.
     @raise KeaLeaseError: for a malformed lease when C{on_error} is not given.
     """
-    groups: dict[tuple[int, bytes], list[KeaLease6]] = {}
+    groups: dict[tuple[int, bytes], list[LeasePart]] = {}
+    cache: dict[str | None, RelayInfo] = {}
+    duids: dict[bytes, Duid] = {}
     for lease in leases:
-        if is_active(lease, now):
-            groups.setdefault((lease.subnet_id, lease.duid), []).append(lease)
-    cache: dict[str | None, _Decoded] = {}
-    bindings = []
-    for (subnet_id, _), members in groups.items():
-        binding = _binding_of(members, link_id(subnet_id), cache, on_error)
-        if binding is not None:
-            bindings.append(binding)
-    return bindings
-
-
-def binding_of(
-    leases: Sequence[KeaLease6],
-    link_id: str,
-    on_error: Callable[[KeaLease6, KeaLeaseError], None] | None = None,
-) -> Binding | None:
-    """
-    The binding of C{leases}, all active and of one DUID in one subnet; C{None} when none of
-    them can be used (see L{bindings_from_leases}).
-    """
-    return _binding_of(leases, link_id, {}, on_error)
-
-
-def _decode(lease: KeaLease6, cache: dict[str | None, _Decoded]) -> _Decoded:
-    decoded = cache.get(lease.user_context)
-    if decoded is None:
-        hops = lease_relay_hops(lease)
-        relay_ids, remote_ids = _identities(hops)
+        if not is_active(lease, now):
+            continue
         try:
-            relay_data = relay_data_from_hops(hops)
-            if relay_data is not None:
-                relay_data.encode()
-        except WireError as error:
-            raise KeaLeaseError(f"relay chain: {error}") from None
-        decoded = cache[lease.user_context] = _Decoded(relay_data, relay_ids, remote_ids)
-    return decoded
-
-
-def _binding_of(
-    leases: Sequence[KeaLease6],
-    link_id: str,
-    cache: dict[str | None, _Decoded],
-    on_error: Callable[[KeaLease6, KeaLeaseError], None] | None,
-) -> Binding | None:
-    usable: list[tuple[KeaLease6, _Decoded, Duid, IPv6Network | None]] = []
-    for lease in leases:
-        try:
-            try:
-                duid = Duid.from_bytes(lease.duid)
-            except WireError as error:
-                raise KeaLeaseError(f"duid: {error}") from None
-            network = None
-            if lease.lease_type == LEASE_TYPE_PD:
-                try:
-                    network = IPv6Network((lease.address, lease.prefix_len))
-                except ValueError as error:
-                    raise KeaLeaseError(f"prefix: {error}") from None
-            elif lease.lease_type not in (LEASE_TYPE_NA, LEASE_TYPE_TA):
-                raise KeaLeaseError(f"lease_type {lease.lease_type} is not 0, 1 or 2")
-            usable.append((lease, _decode(lease, cache), duid, network))
+            if lease.duid not in duids:
+                duids[lease.duid] = client_duid(lease.duid)
+            info = cache.get(lease.user_context)
+            if info is None:
+                info = cache[lease.user_context] = relay_info(lease.user_context)
+            part = lease_part(lease, info)
         except KeaLeaseError as error:
             if on_error is None:
                 raise
             on_error(lease, error)
-    if not usable:
-        return None
-    # The newest lease (largest CLTT, the last given on a tie) carries the binding.
-    newest_index = 0
-    newest_cltt = usable[0][0].cltt
-    for index in range(1, len(usable)):
-        cltt = usable[index][0].cltt
-        if cltt >= newest_cltt:
-            newest_index, newest_cltt = index, cltt
-    newest_decoded, duid = usable[newest_index][1:3]
-    addresses: list[AddressLease] = []
-    prefixes: list[PrefixLease] = []
-    relay_ids = list(newest_decoded.relay_ids)
-    remote_ids = list(newest_decoded.remote_ids)
-    for lease, decoded, _, network in usable:
-        valid = lease.expire - newest_cltt
-        if valid <= 0:
             continue
-        preferred = max(0, min(valid, lease.pref_lifetime - (newest_cltt - lease.cltt)))
-        if network is not None:
-            prefixes.append(PrefixLease(network, preferred, valid))
-        else:
-            addresses.append(AddressLease(lease.address, preferred, valid))
-        if decoded is not newest_decoded:
-            relay_ids.extend(decoded.relay_ids)
-            remote_ids.extend(decoded.remote_ids)
-    if not addresses and not prefixes:
-        return None
-    addresses.sort(key=_address_key)
-    prefixes.sort(key=_prefix_key)
-    return Binding(
-        client_id=duid,
-        link_id=link_id,
-        cltt=newest_cltt,
-        addresses=tuple(addresses),
-        prefixes=tuple(prefixes),
-        relay_data=newest_decoded.relay_data,
-        relay_ids=_unique(relay_ids),
-        remote_ids=_unique(remote_ids),
-    )
+        groups.setdefault((lease.subnet_id, lease.duid), []).append(part)
+    bindings = []
+    for (subnet_id, duid), parts in groups.items():
+        binding = assemble_binding(duids[duid], link_id(subnet_id), parts)
+        if binding is not None:
+            bindings.append(binding)
+    return bindings
 
 
 def _address_key(lease: AddressLease) -> IPv6Address:
@@ -516,7 +585,7 @@ def _prefix_key(lease: PrefixLease) -> tuple[IPv6Address, int]:
 
 
 def links_from_link_addresses(
-    hops_by_subnet: Mapping[int, Iterable[IPv6Address]],
+    addresses_by_subnet: Mapping[int, Iterable[IPv6Address]],
     link_id: Callable[[int], str] = subnet_link_id,
 ) -> list[Link]:
     """
@@ -529,5 +598,5 @@ def links_from_link_addresses(
             link_id(subnet_id),
             tuple(IPv6Network(address) for address in sorted(set(addresses))),
         )
-        for subnet_id, addresses in sorted(hops_by_subnet.items())
+        for subnet_id, addresses in sorted(addresses_by_subnet.items())
     ]
