@@ -1,0 +1,1 @@
+"""bulklq tests (trial)."""
