@@ -81,6 +81,7 @@ __all__ = [
     "client_link_address",
     "interface_ids",
     "is_active",
+    "lease_item",
     "lease_part",
     "lease_relay_hops",
     "links_from_link_addresses",
@@ -418,6 +419,7 @@ class RelayInfo:
 #: The relay information of a lease stored without a relay chain.
 NO_RELAY = RelayInfo(None)
 
+
 def relay_info(user_context: str | None) -> RelayInfo:
     """
     The relay information in an (unescaped) C{user_context} JSON text.
@@ -434,23 +436,38 @@ def relay_info(user_context: str | None) -> RelayInfo:
 LeasePart = tuple[AddressLease | PrefixLease, int, RelayInfo]
 
 
+def lease_item(
+    address: IPv6Address, lease_type: int, prefix_len: int, preferred: int, valid: int
+) -> AddressLease | PrefixLease:
+    """
+    The address or delegated prefix of a lease row, with the lifetimes of the row.
+
+    @raise KeaLeaseError: for an unknown lease type or an invalid prefix.
+    """
+    if lease_type == LEASE_TYPE_PD:
+        try:
+            network = IPv6Network((address, prefix_len))
+        except ValueError as error:
+            raise KeaLeaseError(f"prefix: {error}") from None
+        return PrefixLease(network, preferred, valid)
+    if lease_type in (LEASE_TYPE_NA, LEASE_TYPE_TA):
+        return AddressLease(address, preferred, valid)
+    raise KeaLeaseError(f"lease_type {lease_type} is not 0, 1 or 2")
+
+
 def lease_part(lease: KeaLease6, info: RelayInfo | None = None) -> LeasePart:
     """
     C{lease} as a part of its binding; C{info} saves decoding its user context again.
 
     @raise KeaLeaseError: if its lease type, prefix or user context is malformed.
     """
-    item: AddressLease | PrefixLease
-    if lease.lease_type == LEASE_TYPE_PD:
-        try:
-            network = IPv6Network((lease.address, lease.prefix_len))
-        except ValueError as error:
-            raise KeaLeaseError(f"prefix: {error}") from None
-        item = PrefixLease(network, lease.pref_lifetime, lease.valid_lifetime)
-    elif lease.lease_type in (LEASE_TYPE_NA, LEASE_TYPE_TA):
-        item = AddressLease(lease.address, lease.pref_lifetime, lease.valid_lifetime)
-    else:
-        raise KeaLeaseError(f"lease_type {lease.lease_type} is not 0, 1 or 2")
+    item = lease_item(
+        lease.address,
+        lease.lease_type,
+        lease.prefix_len,
+        lease.pref_lifetime,
+        lease.valid_lifetime,
+    )
     if info is None:
         info = relay_info(lease.user_context)
     return (item, lease.cltt, info)
