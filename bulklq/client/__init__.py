@@ -1,0 +1,55 @@
+"""
+The Bulk Leasequery requestor (RFC 5460 section 6): what a relay, or its operator, runs to
+get bindings back from DHCPv6 servers.
+
+    requestor = Requestor(Duid.en(32473, b"relay-7"), reactor)
+    result = await requestor.query("[2001:db8::547]:547", LeaseQuery.by_relay_id(relay_duid))
+    for binding in result.bindings: ...
+
+L{Requestor.query} asks one server (connect timeout, data timeout, retries with back-off);
+L{Requestor.query_all} asks several and merges (R16). Both can stream bindings to a
+callback as they arrive. L{BulkLeasequeryClientProtocol} is the connection itself, for
+pipelining several queries on one connection. See C{docs/requestor.md}.
+"""
+
+from ._decode import (
+    INFINITE_LIFETIME,
+    UNKNOWN_LINK,
+    binding_from_client_data,
+    fast_data_bindings,
+    granted_lifetime,
+    link_from_relay_data,
+)
+from ._protocol import BindingCallback, BulkLeasequeryClientProtocol
+from ._query import UNSPECIFIED, LeaseQuery
+from ._requestor import Requestor, RequestorOptions, ServerAddress
+from ._result import (
+    BindingMerger,
+    QueryResult,
+    QueryStatus,
+    ServerResult,
+    TooManyBindingsError,
+    merge_bindings,
+)
+
+__all__ = [
+    "INFINITE_LIFETIME",
+    "UNKNOWN_LINK",
+    "UNSPECIFIED",
+    "BindingCallback",
+    "BindingMerger",
+    "BulkLeasequeryClientProtocol",
+    "LeaseQuery",
+    "QueryResult",
+    "QueryStatus",
+    "Requestor",
+    "RequestorOptions",
+    "ServerAddress",
+    "ServerResult",
+    "TooManyBindingsError",
+    "binding_from_client_data",
+    "fast_data_bindings",
+    "granted_lifetime",
+    "link_from_relay_data",
+    "merge_bindings",
+]

@@ -1,0 +1,465 @@
+"""
+The requestor's side of a Bulk Leasequery TCP connection (RFC 5460 section 6).
+
+L{BulkLeasequeryClientProtocol} sends LEASEQUERY messages and demultiplexes the replies by
+transaction-id, so several queries may be outstanding on one connection (R5, R13). It
+validates what arrives (R6-R12), turns CLIENT_DATA into L{Binding}s for a streaming
+callback and, if asked, an in-memory merged result, and aborts the connection when nothing
+arrives for the data timeout while a query is outstanding (R14).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.basic import Int16StringReceiver
+from twisted.python.failure import Failure
+
+from ..model import Binding
+from ..wire import (
+    BULK_LQ_DATA_TIMEOUT,
+    MAX_MESSAGE_SIZE,
+    ClientData,
+    ClientId,
+    Duid,
+    Message,
+    MessageType,
+    ServerId,
+    StatusCode,
+    StatusCodeOption,
+    WireError,
+    decode_message,
+    rfc_name,
+)
+from ._decode import binding_from_client_data, fast_data_bindings
+from ._query import UNSPECIFIED, LeaseQuery
+from ._result import BindingMerger, QueryStatus, ServerResult, TooManyBindingsError
+
+__all__ = ["BindingCallback", "BulkLeasequeryClientProtocol"]
+
+#: Called with each binding as it arrives (one per accepted CLIENT_DATA).
+BindingCallback = Callable[[Binding], object]
+
+_REPLY = MessageType.LEASEQUERY_REPLY
+_DATA = MessageType.LEASEQUERY_DATA
+_DONE = MessageType.LEASEQUERY_DONE
+
+
+class _Pending:
+    """One outstanding query on a connection."""
+
+    __slots__ = (
+        "deferred",
+        "discarded",
+        "link",
+        "merger",
+        "on_binding",
+        "query",
+        "received",
+        "replied",
+        "server_duid",
+        "xid",
+    )
+
+    def __init__(
+        self,
+        xid: int,
+        query: LeaseQuery,
+        deferred: Deferred[ServerResult],
+        on_binding: BindingCallback | None,
+        merger: BindingMerger | None,
+    ) -> None:
+        self.xid = xid
+        self.query = query
+        self.deferred = deferred
+        self.on_binding = on_binding
+        self.merger = merger
+        self.link: str | None = (
+            None if query.link_address == UNSPECIFIED else str(query.link_address)
+        )
+        self.replied = False
+        self.server_duid: Duid | None = None
+        self.received = 0
+        self.discarded = 0
+
+
+class BulkLeasequeryClientProtocol(Int16StringReceiver):
+    """
+    A Bulk Leasequery requestor connection.
+
+    Call L{query} once connected, as often as wanted: each query gets a unique
+    transaction-id and its own Deferred, and replies may interleave (R5, R13). Closing is
+    the caller's choice (R15): L{query} does not close the connection.
+
+    @ivar peer: the server's address as text, for results and logs.
+    """
+
+    MAX_LENGTH = MAX_MESSAGE_SIZE
+    _log = Logger()
+
+    def __init__(
+        self,
+        requestor_duid: Duid,
+        clock: IReactorTime,
+        data_timeout: float = BULK_LQ_DATA_TIMEOUT,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._requestor_duid = requestor_duid
+        self._clock = clock
+        self._data_timeout = data_timeout
+        self._random = rng or random.Random()
+        self._pending: dict[int, _Pending] = {}
+        self._timer: IDelayedCall | None = None
+        self._last_activity = 0.0
+        self._closing_reason: tuple[QueryStatus, str] | None = None
+        self._connected = False
+        self.peer = "server"
+
+    # -- connection events -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Remember the peer's address for results."""
+        self._connected = True
+        if self.transport is None:
+            return
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None)
+        port = getattr(peer, "port", None)
+        if host is not None and port is not None:
+            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        """Fail every outstanding query: its data is incomplete (R9)."""
+        self._connected = False
+        self._stop_timer()
+        status, text = self._closing_reason or (
+            QueryStatus.INCOMPLETE,
+            "the connection closed before the reply was complete",
+        )
+        pending, self._pending = self._pending, {}
+        for query in pending.values():
+            self._finish(query, status, error=text)
+
+    # -- the API ------------------------------------------------------------------------
+
+    @property
+    def outstanding(self) -> int:
+        """How many queries are waiting for their reply to complete."""
+        return len(self._pending)
+
+    def query(
+        self,
+        query: LeaseQuery,
+        on_binding: BindingCallback | None = None,
+        keep: bool = True,
+        max_bindings: int | None = None,
+    ) -> Deferred[ServerResult]:
+        """
+        Send C{query}; the Deferred fires with its L{ServerResult} (it never errbacks for
+        anything the server does).
+
+        @param on_binding: called with each binding as it arrives, before the result.
+        @param keep: keep the bindings (merged by client and link) in the result; without
+            it memory does not grow with the size of the answer.
+        @param max_bindings: with C{keep}, end the query as incomplete (and close the
+            connection) when the result would hold more bindings than this.
+
+        Cancelling the Deferred aborts the connection: the server would go on sending.
+        """
+        deferred: Deferred[ServerResult] = Deferred(self._cancel)
+        if not self._connected:
+            deferred.callback(
+                ServerResult(self.peer, QueryStatus.INCOMPLETE, error="not connected")
+            )
+            return deferred
+        xid = self._random.getrandbits(24)
+        while xid in self._pending:
+            xid = self._random.getrandbits(24)
+        pending = _Pending(
+            xid, query, deferred, on_binding, BindingMerger(max_bindings) if keep else None
+        )
+        self._pending[xid] = pending
+        self.sendString(query.to_message(xid, self._requestor_duid).encode())
+        self._touch()
+        self._start_timer()
+        return deferred
+
+    def _cancel(self, deferred: Deferred[ServerResult]) -> None:
+        for xid, pending in list(self._pending.items()):
+            if pending.deferred is deferred:
+                del self._pending[xid]
+        self._closing_reason = (QueryStatus.INCOMPLETE, "another query was cancelled")
+        self._abort()
+
+    def _abort(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            abort = getattr(transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+            else:
+                transport.loseConnection()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- the data timeout (R14) ---------------------------------------------------------
+
+    def _touch(self) -> None:
+        self._last_activity = self._clock.seconds()
+
+    def _start_timer(self) -> None:
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._data_timeout, self._check_timeout)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if not self._pending:
+            return
+        idle = self._clock.seconds() - self._last_activity
+        if idle < self._data_timeout:
+            self._timer = self._clock.callLater(self._data_timeout - idle, self._check_timeout)
+            return
+        self._log.warn(
+            "No data from {peer} for {timeout} s: aborting the connection",
+            peer=self.peer,
+            timeout=self._data_timeout,
+        )
+        self._closing_reason = (
+            QueryStatus.TIMEOUT,
+            f"no data for {self._data_timeout:g} s (data timeout)",
+        )
+        self._abort()
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Note the activity for the data timeout, then split frames (S1)."""
+        self._last_activity = self._clock.seconds()
+        super().dataReceived(data)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        """Cannot happen with a 2-octet size; close rather than buffer, should it."""
+        self._closing_reason = (QueryStatus.INCOMPLETE, f"frame of {length} octets")
+        self._abort()
+
+    def stringReceived(self, frame: bytes) -> None:
+        """Dispatch one message by type and transaction-id."""
+        if self._closing_reason is not None:
+            return
+        if len(frame) >= 4 and frame[0] == _DATA:
+            pending = self._pending.get(int.from_bytes(frame[1:4], "big"))
+            if pending is not None and pending.replied:
+                bindings = fast_data_bindings(frame, int(self._last_activity), pending.link)
+                if bindings is not None:
+                    for binding in bindings:
+                        if not self._accept(pending, binding):
+                            return
+                    return
+        try:
+            message = decode_message(frame)
+        except WireError as error:
+            self._discard_frame(frame, str(error))
+            return
+        if not isinstance(message, Message):
+            self._log.info("Discarding a relay message from {peer}", peer=self.peer)
+            return
+        pending = self._pending.get(message.transaction_id)
+        kind = message.msg_type
+        if kind == _DONE:
+            self._done(message, pending)
+        elif pending is None:
+            self._log.debug(
+                "Discarding {kind} for unknown transaction-id {xid} from {peer}",
+                kind=rfc_name(kind, MessageType),
+                xid=message.transaction_id,
+                peer=self.peer,
+            )
+        elif kind == _DATA:
+            self._data(message, pending)
+        elif kind == _REPLY:
+            self._reply(message, pending)
+        else:
+            pending.discarded += 1
+            self._log.info(
+                "Discarding unexpected {kind} from {peer}",
+                kind=rfc_name(kind, MessageType),
+                peer=self.peer,
+            )
+
+    def _discard_frame(self, frame: bytes, reason: str) -> None:
+        pending = self._pending.get(int.from_bytes(frame[1:4], "big")) if len(frame) >= 4 else None
+        if pending is not None:
+            pending.discarded += 1
+            if pending.discarded > 1:
+                return
+        self._log.warn(
+            "Discarding an undecodable message from {peer}: {reason}",
+            peer=self.peer,
+            reason=reason,
+        )
+
+    def _reply(self, message: Message, pending: _Pending) -> None:
+        server_id = message.option(ServerId)
+        client_id = message.option(ClientId)
+        if pending.replied or server_id is None or client_id is None:
+            pending.discarded += 1
+            self._log.warn(
+                "Discarding a LEASEQUERY-REPLY from {peer}: {why}",
+                peer=self.peer,
+                why="a second REPLY" if pending.replied else "no SERVERID or CLIENTID",
+            )
+            return
+        if client_id.duid != self._requestor_duid:
+            pending.discarded += 1
+            self._log.warn(
+                "Discarding a LEASEQUERY-REPLY from {peer}: CLIENTID {duid} is not ours",
+                peer=self.peer,
+                duid=str(client_id.duid),
+            )
+            return
+        pending.replied = True
+        pending.server_duid = server_id.duid
+        status = message.option(StatusCodeOption)
+        if status is not None and status.status != StatusCode.Success:
+            self._finish_pending(
+                pending,
+                QueryStatus.SERVER_ERROR,
+                status,
+                f"the server answered {rfc_name(status.status, StatusCode)}",
+            )
+            return
+        client_data = message.options_of(ClientData)
+        if not client_data:
+            self._finish_pending(pending, QueryStatus.SUCCESS, status)
+            return
+        for option in client_data:
+            if not self._client_data(pending, option):
+                return
+
+    def _data(self, message: Message, pending: _Pending) -> None:
+        if not pending.replied:
+            pending.discarded += 1
+            self._log.warn("Discarding LEASEQUERY-DATA before REPLY from {peer}", peer=self.peer)
+            return
+        client_data = message.options_of(ClientData)
+        if not client_data:
+            pending.discarded += 1
+            self._log.info(
+                "Discarding LEASEQUERY-DATA without CLIENT_DATA from {peer}", peer=self.peer
+            )
+            return
+        for option in client_data:
+            if not self._client_data(pending, option):
+                return
+
+    def _client_data(self, pending: _Pending, option: ClientData) -> bool:
+        binding = binding_from_client_data(option, int(self._last_activity), pending.link)
+        if binding is None:
+            pending.discarded += 1
+            self._log.info(
+                "Discarding CLIENT_DATA without CLIENTID or CLT_TIME from {peer}", peer=self.peer
+            )
+            return True
+        return self._accept(pending, binding)
+
+    def _accept(self, pending: _Pending, binding: Binding) -> bool:
+        """Hand one binding on; C{False} when the query had to end."""
+        pending.received += 1
+        try:
+            if pending.merger is not None:
+                pending.merger.add(binding)
+            if pending.on_binding is not None:
+                pending.on_binding(binding)
+        except TooManyBindingsError as error:
+            self._abort_query(pending, str(error))
+            return False
+        except Exception:
+            self._log.failure("The binding consumer failed")
+            self._abort_query(pending, "the binding consumer failed")
+            return False
+        return True
+
+    def _abort_query(self, pending: _Pending, reason: str) -> None:
+        self._finish_pending(pending, QueryStatus.INCOMPLETE, None, reason)
+        self._closing_reason = (QueryStatus.INCOMPLETE, f"another query failed: {reason}")
+        self._abort()
+
+    def _done(self, message: Message, pending: _Pending | None) -> None:
+        if pending is None or not pending.replied:
+            if pending is not None:
+                # DONE before any REPLY: not the end of a stream this query started.
+                self._finish_pending(
+                    pending, QueryStatus.INCOMPLETE, None, "LEASEQUERY-DONE before REPLY"
+                )
+                return
+            # R6: a DONE for no outstanding query means the streams are confused.
+            self._log.warn(
+                "LEASEQUERY-DONE for unknown transaction-id {xid} from {peer}: closing",
+                xid=message.transaction_id,
+                peer=self.peer,
+            )
+            self._closing_reason = (
+                QueryStatus.INCOMPLETE,
+                f"LEASEQUERY-DONE for unknown transaction-id {message.transaction_id:#08x}",
+            )
+            self._close()
+            return
+        status = message.option(StatusCodeOption)
+        if status is None or status.status == StatusCode.Success:
+            self._finish_pending(pending, QueryStatus.SUCCESS, status)
+        else:
+            self._finish_pending(
+                pending,
+                QueryStatus.TERMINATED,
+                status,
+                f"the server ended the stream with {rfc_name(status.status, StatusCode)}",
+            )
+
+    # -- ending queries -----------------------------------------------------------------
+
+    def _finish_pending(
+        self,
+        pending: _Pending,
+        status: QueryStatus,
+        code: StatusCodeOption | None,
+        error: str | None = None,
+    ) -> None:
+        if self._pending.pop(pending.xid, None) is None:
+            return
+        if not self._pending:
+            self._stop_timer()
+        self._finish(pending, status, code, error)
+
+    def _finish(
+        self,
+        pending: _Pending,
+        status: QueryStatus,
+        code: StatusCodeOption | None = None,
+        error: str | None = None,
+    ) -> None:
+        result = ServerResult(
+            self.peer,
+            status,
+            None if code is None else int(code.status),
+            "" if code is None else code.message,
+            pending.server_duid,
+            () if pending.merger is None else pending.merger.bindings(),
+            pending.received,
+            pending.discarded,
+            error=error,
+        )
+        pending.merger = None
+        if not pending.deferred.called:
+            pending.deferred.callback(result)
