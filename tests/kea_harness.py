@@ -39,6 +39,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -400,7 +401,7 @@ def stored_hop(hop: RelayHop) -> RelayHop:
     return attrs.evolve(hop, options=tuple(sorted(kept, key=lambda option: option.code)))
 
 
-def hop_summary(hop: RelayHop) -> dict[str, object]:
+def hop_summary(hop: RelayHop) -> dict[str, Any]:
     """A JSON-friendly description of a stored hop."""
     stored = stored_hop(hop)
     return {
@@ -1068,7 +1069,7 @@ class KeaLab:
         )
 
 
-def outcome_summary(outcome: ClientOutcome) -> dict[str, object]:
+def outcome_summary(outcome: ClientOutcome) -> dict[str, Any]:
     """A JSON-friendly description of what one client holds (or released) on one link."""
     relay_ids: list[str] = []
     remote_ids: list[str] = []

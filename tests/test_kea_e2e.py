@@ -24,14 +24,47 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.basic import Int16StringReceiver
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from bulklq.config import ServerConfig
+from bulklq.interfaces import IBindingStore
+from bulklq.wire import (
+    ClientData,
+    ClientId,
+    CltTime,
+    Duid,
+    IAAddress,
+    IAPrefix,
+    LQQuery,
+    LQRelayData,
+    Message,
+    MessageType,
+    Option,
+    OptionCode,
+    OptionRequest,
+    QueryType,
+    RelayId,
+    RelayMessage,
+    RelayMessageOption,
+    RemoteId,
+    StatusCode,
+    StatusCodeOption,
+    decode_message,
+    encode_options,
+)
 from tests.kea_harness import (
     LINKS,
     RELAY_A,
@@ -364,8 +397,8 @@ def expected_bindings(result: LabResult) -> list[ExpectedBinding]:
                 subnet_id=outcome.subnet_id,
                 addresses=frozenset(address for address, _, _ in outcome.addresses),
                 prefixes=frozenset(prefix for prefix, _, _ in outcome.prefixes),
-                relay_ids=frozenset(bytes.fromhex(h) for h in summary["relay_ids"]),  # type: ignore[attr-defined]
-                remote_ids=frozenset(bytes.fromhex(h) for h in summary["remote_ids"]),  # type: ignore[attr-defined]
+                relay_ids=frozenset(bytes.fromhex(h) for h in summary["relay_ids"]),
+                remote_ids=frozenset(bytes.fromhex(h) for h in summary["remote_ids"]),
                 layers=tuple(
                     (
                         hop["hop_count"],
@@ -373,7 +406,7 @@ def expected_bindings(result: LabResult) -> list[ExpectedBinding]:
                         IPv6Address(hop["peer_address"]),
                         bytes.fromhex(hop["options_hex"]),
                     )
-                    for hop in summary["relay_chain"]  # type: ignore[attr-defined]
+                    for hop in summary["relay_chain"]
                 ),
                 granted_valid=max(
                     [valid for _, _, valid in outcome.addresses]
@@ -384,5 +417,384 @@ def expected_bindings(result: LabResult) -> list[ExpectedBinding]:
     return expected
 
 
-def _all_relay_ids() -> Iterable[bytes]:
-    return (duid.raw for duid in (RELAY_A, RELAY_B, RELAY_C, RELAY_D))
+# --------------------------------------------------------------------------------------------
+# A minimal requestor, written here so that the test does not depend on bulklq.client.
+
+
+class _Requestor(Int16StringReceiver):
+    """
+    Sends LEASEQUERY messages and gathers, per transaction-id, the REPLY, DATA and DONE
+    messages of each answer; an answer is complete on a REPLY without CLIENT_DATA or on
+    DONE.
+    """
+
+    MAX_LENGTH = 65535
+
+    def __init__(self) -> None:
+        self._answers: dict[int, tuple[Deferred[list[Message]], list[Message]]] = {}
+        self._lost = Deferred[None]()
+
+    def ask(self, query: Message) -> Deferred[list[Message]]:
+        """Send C{query}; the Deferred fires with every message of its answer."""
+        answer = Deferred[list[Message]]()
+        self._answers[query.transaction_id] = (answer, [])
+        self.sendString(query.encode())
+        return answer
+
+    def stringReceived(self, string: bytes) -> None:
+        message = decode_message(string)
+        assert isinstance(message, Message), message
+        answer, messages = self._answers[message.transaction_id]
+        messages.append(message)
+        done = message.msg_type == MessageType.LEASEQUERY_DONE or (
+            message.msg_type == MessageType.LEASEQUERY_REPLY and message.option(ClientData) is None
+        )
+        if done:
+            del self._answers[message.transaction_id]
+            answer.callback(messages)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for answer, _ in self._answers.values():
+            answer.errback(reason)
+        self._answers.clear()
+        self._lost.callback(None)
+
+    def close(self) -> Deferred[None]:
+        """Close the connection; the Deferred fires once it is gone."""
+        self.transport.loseConnection()
+        return self._lost
+
+
+@attrs.frozen
+class ObservedBinding:
+    """One CLIENT_DATA of an answer, reduced to what the expectation can say."""
+
+    duid: bytes
+    addresses: frozenset[IPv6Address]
+    prefixes: frozenset[IPv6Network]
+    layers: tuple[tuple[int, IPv6Address, IPv6Address, bytes], ...]
+    relay_peer: IPv6Address | None
+    clt_time: int
+    valid_lifetimes: tuple[int, ...]
+
+
+def observed(client_data: ClientData) -> ObservedBinding:
+    """Reduce a CLIENT_DATA; the relay chain layer by layer, RELAY_MSG left out."""
+    client_id = client_data.option(ClientId)
+    clt_time = client_data.option(CltTime)
+    assert client_id is not None and clt_time is not None, client_data
+    layers: list[tuple[int, IPv6Address, IPv6Address, bytes]] = []
+    relay_data = client_data.option(LQRelayData)
+    layer: RelayMessage | bytes | None = None if relay_data is None else relay_data.relay_message
+    while isinstance(layer, RelayMessage):
+        layers.append(
+            (
+                layer.hop_count,
+                layer.link_address,
+                layer.peer_address,
+                encode_options(o for o in layer.options if not isinstance(o, RelayMessageOption)),
+            )
+        )
+        relay_msg = layer.options_of(RelayMessageOption)
+        assert len(relay_msg) <= 1, layer
+        layer = relay_msg[0].message if relay_msg else None
+    assert layer is None, f"the innermost RELAY_MSG was not removed: {layer!r}"
+    addresses = client_data.options_of(IAAddress)
+    prefixes = client_data.options_of(IAPrefix)
+    return ObservedBinding(
+        duid=client_id.duid.raw,
+        addresses=frozenset(a.address for a in addresses),
+        prefixes=frozenset(p.network for p in prefixes),
+        layers=tuple(layers),
+        relay_peer=None if relay_data is None else relay_data.peer_address,
+        clt_time=clt_time.seconds,
+        valid_lifetimes=tuple(a.valid_lifetime for a in addresses)
+        + tuple(p.valid_lifetime for p in prefixes),
+    )
+
+
+_ENTERPRISE_TEST = 32473
+REQUESTOR_DUID = Duid.en(_ENTERPRISE_TEST, b"bulklq-e2e-requestor")
+UNSPECIFIED = IPv6Address(0)
+
+
+def open_kea_csv_store(lease_file: Path, kea_config: Path, reactor: Any) -> IBindingStore:
+    """
+    The kea-csv store serving C{lease_file} with its links from Kea's C{kea_config}, opened
+    by its URI as C{--store} does, following the file.
+    """
+    from bulklq.stores.kea_csv import open_store_uri
+
+    return open_store_uri(f"kea-csv:{lease_file}?kea-config={kea_config}", reactor)
+
+
+class KeaBulkLeasequeryTests(TestCase):
+    """
+    bulklq serving the lease file a real Kea wrote answers every query type with exactly
+    Kea's active leases, as the relayed exchanges say they are.
+    """
+
+    def setUp(self) -> Deferred[None]:
+        self.result = run_kea_once(self)
+        self.expected = expected_bindings(self.result)
+        directory = Path(self.mktemp())
+        directory.mkdir(parents=True)
+        lease_file = directory / "kea-leases6.csv"
+        lease_file.write_bytes(self.result.lease_file)
+        config_file = directory / "kea-dhcp6.conf"
+        config_file.write_text(self.result.config_text, encoding="utf-8")
+        return Deferred.fromCoroutine(self._serve(lease_file, config_file))
+
+    async def _serve(self, lease_file: Path, config_file: Path) -> None:
+        from twisted.internet import reactor
+
+        from bulklq.server import BulkLeasequeryFactory
+
+        self.store = open_kea_csv_store(lease_file, config_file, reactor)
+        self.addCleanup(self.store.close)
+        # A small page size so that answers span several store pages.
+        config = ServerConfig(server_duid=Duid.en(_ENTERPRISE_TEST, b"bulklq-e2e"), page_size=3)
+        factory = BulkLeasequeryFactory(self.store, config, reactor)
+        port = reactor.listenTCP(0, factory, interface="::1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP6ClientEndpoint(reactor, "::1", port.getHost().port)
+        self.requestor = await connectProtocol(endpoint, _Requestor())
+        self.addCleanup(self.requestor.close)
+        self._xid = 0
+
+    async def ask(
+        self,
+        query_type: QueryType,
+        link: IPv6Address = UNSPECIFIED,
+        query_options: Sequence[Option] = (),
+    ) -> tuple[int, list[ObservedBinding]]:
+        """
+        Ask one Bulk Leasequery (with LQ_RELAY_DATA requested) and return the REPLY's
+        status and the bindings of the whole answer.
+        """
+        self._xid += 1
+        query = Message(
+            MessageType.LEASEQUERY,
+            self._xid,
+            (
+                ClientId(REQUESTOR_DUID),
+                LQQuery(
+                    query_type,
+                    link,
+                    (*query_options, OptionRequest((OptionCode.OPTION_LQ_RELAY_DATA,))),
+                ),
+            ),
+        )
+        messages = await self.requestor.ask(query)
+        reply, rest = messages[0], messages[1:]
+        self.assertEqual(reply.msg_type, MessageType.LEASEQUERY_REPLY)
+        status = reply.option(StatusCodeOption)
+        bindings: list[ObservedBinding] = []
+        for message in (reply, *rest):
+            bindings.extend(observed(data) for data in message.options_of(ClientData))
+        if rest:
+            self.assertEqual(rest[-1].msg_type, MessageType.LEASEQUERY_DONE)
+            done_status = rest[-1].option(StatusCodeOption)
+            self.assertIn(done_status and done_status.status, (None, StatusCode.Success))
+        return (StatusCode.Success if status is None else int(status.status)), bindings
+
+    def assertAnswer(
+        self,
+        what: str,
+        answer: tuple[int, list[ObservedBinding]],
+        expected: Iterable[ExpectedBinding],
+    ) -> None:
+        """The answer succeeded and holds exactly C{expected}, each once, chains included."""
+        status, bindings = answer
+        self.assertEqual(status, StatusCode.Success, what)
+        want = Counter(_describe(e.duid, e.addresses, e.prefixes, e.layers) for e in expected)
+        got = Counter(_describe(b.duid, b.addresses, b.prefixes, b.layers) for b in bindings)
+        if got != want:
+            self.fail(
+                f"{what}:\n  missing: {sorted((want - got).elements())}"
+                f"\n  unexpected: {sorted((got - want).elements())}"
+            )
+        elapsed = self._elapsed()
+        granted = {(e.duid, e.addresses, e.prefixes): e.granted_valid for e in expected}
+        for binding in bindings:
+            # The outermost relay's peer-address, as Kea stored it.
+            self.assertEqual(binding.relay_peer, binding.layers[0][2], what)
+            # Remaining lifetimes: granted less the time since the exchanges (S40, S41).
+            self.assertLessEqual(binding.clt_time, elapsed, what)
+            limit = granted[(binding.duid, binding.addresses, binding.prefixes)]
+            for valid in binding.valid_lifetimes:
+                self.assertTrue(0 < valid <= limit, f"{what}: valid lifetime {valid}")
+
+    def _elapsed(self) -> int:
+        return int(time.time() - self.result.started_at) + 2
+
+    def where(self, predicate: Callable[[ExpectedBinding], bool]) -> list[ExpectedBinding]:
+        """The expected bindings satisfying C{predicate}."""
+        return [binding for binding in self.expected if predicate(binding)]
+
+    async def _relay_id(self) -> None:
+        seen = 0
+        for relay in (RELAY_A, RELAY_B, RELAY_C, RELAY_D):
+            want = self.where(lambda e, r=relay.raw: r in e.relay_ids)
+            seen += len(want)
+            self.assertAnswer(
+                f"relay-id {relay}",
+                await self.ask(QueryType.QUERY_BY_RELAY_ID, query_options=[RelayId(relay)]),
+                want,
+            )
+        self.assertGreater(seen, 0)
+        # With a link-address: only the relay's bindings on that link (S48).
+        link = LINKS[1]
+        self.assertAnswer(
+            f"relay-id {RELAY_A} on link {link.subnet_id}",
+            await self.ask(
+                QueryType.QUERY_BY_RELAY_ID, link.relay_link_address, [RelayId(RELAY_A)]
+            ),
+            self.where(lambda e: RELAY_A.raw in e.relay_ids and e.subnet_id == link.subnet_id),
+        )
+        self.assertAnswer(
+            "an unknown relay-id",
+            await self.ask(
+                QueryType.QUERY_BY_RELAY_ID, query_options=[RelayId(Duid.en(1, b"nobody"))]
+            ),
+            [],
+        )
+
+    def test_query_by_relay_id(self) -> Deferred[None]:
+        """
+        QUERY_BY_RELAY_ID returns the bindings relayed by that relay at any hop of the
+        chain Kea stored, with and without a link-address (S47, S48).
+        """
+        return Deferred.fromCoroutine(self._relay_id())
+
+    async def _link(self) -> None:
+        for link in LINKS:
+            want = self.where(lambda e, s=link.subnet_id: e.subnet_id == s)
+            self.assertTrue(want)
+            for address in (link.relay_link_address, link.pool[1]):
+                self.assertAnswer(
+                    f"link {link.subnet_id} by {address}",
+                    await self.ask(QueryType.QUERY_BY_LINK_ADDRESS, address),
+                    want,
+                )
+
+    def test_query_by_link_address(self) -> Deferred[None]:
+        """
+        QUERY_BY_LINK_ADDRESS returns every binding on the Kea subnet that contains the
+        link-address (S49), including prefix-only and LDRA-relayed clients.
+        """
+        return Deferred.fromCoroutine(self._link())
+
+    async def _remote_id(self) -> None:
+        remote_ids = {remote for e in self.expected for remote in e.remote_ids}
+        self.assertGreater(len(remote_ids), 5)
+        for remote in sorted(remote_ids):
+            self.assertAnswer(
+                f"remote-id {remote.hex()}",
+                await self.ask(
+                    QueryType.QUERY_BY_REMOTE_ID, query_options=[RemoteId.from_bytes(remote)]
+                ),
+                self.where(lambda e, r=remote: r in e.remote_ids),
+            )
+        # c11 renewed with a new Remote-ID: the old one matches nothing any more (S50).
+        self.assertAnswer(
+            "a Remote-ID replaced by a renew",
+            await self.ask(
+                QueryType.QUERY_BY_REMOTE_ID, query_options=[RemoteId(32473, b"a-11-old")]
+            ),
+            [],
+        )
+
+    def test_query_by_remote_id(self) -> Deferred[None]:
+        """
+        QUERY_BY_REMOTE_ID matches the whole option value (enterprise number included) of
+        the most recent chain only (S50); c10's Remote-ID gives its two bindings.
+        """
+        return Deferred.fromCoroutine(self._remote_id())
+
+    async def _client_id(self) -> None:
+        duids = {e.duid for e in self.expected}
+        for duid in sorted(duids):
+            self.assertAnswer(
+                f"client-id {duid.hex()}",
+                await self.ask(QueryType.QUERY_BY_CLIENTID, query_options=[ClientId(Duid(duid))]),
+                self.where(lambda e, d=duid: e.duid == d),
+            )
+        twice = [d for d in duids if len(self.where(lambda e, d=d: e.duid == d)) == 2]
+        self.assertEqual(len(twice), 1)
+        # Restricted to one link: only that link's binding.
+        self.assertAnswer(
+            "client-id on one link",
+            await self.ask(
+                QueryType.QUERY_BY_CLIENTID,
+                LINKS[0].relay_link_address,
+                [ClientId(Duid(twice[0]))],
+            ),
+            self.where(lambda e: e.duid == twice[0] and e.subnet_id == LINKS[0].subnet_id),
+        )
+        released = [o for o in self.result.outcomes if not o.active]
+        self.assertTrue(released)
+        for outcome in released:
+            self.assertAnswer(
+                f"client-id of {outcome.name}, who released everything",
+                await self.ask(QueryType.QUERY_BY_CLIENTID, query_options=[ClientId(outcome.duid)]),
+                [],
+            )
+
+    def test_query_by_client_id(self) -> Deferred[None]:
+        """
+        QUERY_BY_CLIENTID with link :: returns one CLIENT_DATA per link the client is on
+        (S11); with a link, only that one; a client that released everything has none.
+        """
+        return Deferred.fromCoroutine(self._client_id())
+
+    async def _address(self) -> None:
+        for e in self.expected:
+            for address in sorted(e.addresses):
+                self.assertAnswer(
+                    f"address {address}",
+                    await self.ask(QueryType.QUERY_BY_ADDRESS, query_options=[_iaaddr(address)]),
+                    [e],
+                )
+            for prefix in sorted(e.prefixes):
+                inside = prefix.network_address + 1
+                self.assertAnswer(
+                    f"address {inside} in delegated prefix {prefix}",
+                    await self.ask(QueryType.QUERY_BY_ADDRESS, query_options=[_iaaddr(inside)]),
+                    [e],
+                )
+        for outcome in self.result.outcomes:
+            for address in outcome.released_addresses:
+                status, bindings = await self.ask(
+                    QueryType.QUERY_BY_ADDRESS, query_options=[_iaaddr(address)]
+                )
+                self.assertEqual((status, bindings), (StatusCode.Success, []), str(address))
+            for prefix in outcome.released_prefixes:
+                # Outside every link and in nobody's prefix any more: NotConfigured (S10).
+                status, bindings = await self.ask(
+                    QueryType.QUERY_BY_ADDRESS, query_options=[_iaaddr(prefix.network_address)]
+                )
+                self.assertEqual((status, bindings), (StatusCode.NotConfigured, []), str(prefix))
+
+    def test_query_by_address(self) -> Deferred[None]:
+        """
+        QUERY_BY_ADDRESS finds the binding of an address Kea assigned and of an address
+        inside a prefix Kea delegated (S10); released ones find nothing.
+        """
+        return Deferred.fromCoroutine(self._address())
+
+
+def _describe(
+    duid: bytes,
+    addresses: frozenset[IPv6Address],
+    prefixes: frozenset[IPv6Network],
+    layers: tuple[tuple[int, IPv6Address, IPv6Address, bytes], ...],
+) -> str:
+    """A binding as one readable line, for comparisons and failure messages."""
+    chain = " / ".join(f"hop {h} link {link} peer {peer} {o.hex()}" for h, link, peer, o in layers)
+    leases = ", ".join(map(str, [*sorted(addresses), *sorted(prefixes)]))
+    return f"{duid.hex(':')} [{leases}] via {chain or 'no relay'}"
+
+
+def _iaaddr(address: IPv6Address) -> IAAddress:
+    return IAAddress(address, 0, 0)
