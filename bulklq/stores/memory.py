@@ -462,3 +462,29 @@ class MemoryBindingStore:
     def close(self) -> Deferred[None]:
         """Nothing to release; the store stays usable."""
         return defer.succeed(None)
+
+
+def open_store_uri(uri: str, reactor: IReactorTime) -> MemoryBindingStore:
+    """
+    Open C{memory:} (an empty store) or C{memory:PATH}: a store loaded from a JSON lines
+    file of links and bindings (L{bulklq.stores.jsonl}).
+
+    @raise ValueError: for a malformed URI or file (naming the line).
+    @raise OSError: if the file cannot be read.
+    """
+    from . import split_store_uri  # noqa: PLC0415 - the registry imports this module lazily
+    from .jsonl import read_records  # noqa: PLC0415
+
+    path, _ = split_store_uri(uri, "memory")
+    store = MemoryBindingStore(clock=reactor)
+    if not path:
+        return store
+    bindings: list[Binding] = []
+    with open(path, encoding="utf-8") as lines:
+        for record in read_records(lines, path):
+            if isinstance(record, Link):
+                store.add_link(record)
+            else:
+                bindings.append(record)
+    store.put_many(bindings)
+    return store
