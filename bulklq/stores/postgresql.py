@@ -1,0 +1,723 @@
+"""
+L{PostgreSQLBindingStore}: bindings read live from ISC Kea's PostgreSQL lease database.
+
+Kea keeps one row per lease in C{lease6}; a bulklq binding is every active lease (state 0,
+C{expire} in the future) of one DUID in one subnet, so the store pages over distinct
+C{(subnet_id, duid)} clients in L{Binding.key<bulklq.model.Binding.key>} order (link id
+C{"subnet-N"} as text, then DUID octets) with keyset queries: no cursor lives between pages.
+Rows become bindings through L{bulklq.stores.kea_leases}, shared with the memfile store.
+
+B{Driver.} psycopg 3 on a Twisted thread pool, with a bounded C{psycopg_pool.ConnectionPool}
+of the same size: it works under every reactor, keeps row decoding in psycopg's C code, and a
+slow query occupies one worker thread, never the reactor. See C{docs/postgresql.md}.
+
+B{Schemas.} The store reads the catalog once per connection pool generation: C{lease6.address}
+is VARCHAR (Kea schema up to 17) or INET (18 and newer); C{lease6_relay_id} and
+C{lease6_remote_id} (schema 17 and newer, C{lease_addr} BYTEA in 17-18, INET from 19) are used
+for Relay-ID and Remote-ID queries when they exist and hold rows, else C{user_context} is
+searched. The store only ever runs C{SELECT}.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from ipaddress import IPv6Address, IPv6Network
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import attrs
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from ..interfaces import IBindingStore
+from ..model import Binding, BindingKey, BindingPage, BindingQuery, Link, QueryKind
+from .kea_config import load_kea_config
+from .kea_leases import (
+    KeaLease6,
+    KeaLeaseError,
+    bindings_from_leases,
+    client_link_address,
+    lease_relay_hops,
+    subnet_link_id,
+)
+
+__all__ = [
+    "LINK_PREFIX",
+    "PostgreSQLBindingStore",
+    "PostgreSQLSettings",
+    "PostgreSQLStoreError",
+    "open_store_uri",
+    "parse_postgresql_uri",
+]
+
+_log = Logger()
+
+#: Link ids of this store are C{LINK_PREFIX} followed by Kea's subnet id.
+LINK_PREFIX = "subnet-"
+
+#: The Relay-ID/Remote-ID tables are walked candidate-first when a value has fewer rows than
+#: this; above it the store scans C{lease6} in key order and probes the table per lease.
+SPARSE_THRESHOLD = 5000
+
+# Parameters of a postgresql:// URI that bulklq consumes; the rest go to libpq.
+_OWN_PARAMETERS = frozenset(
+    {"kea-config", "pool-size", "relay-tables", "statement-timeout", "connect-timeout"}
+)
+
+
+class PostgreSQLStoreError(Exception):
+    """The lease database cannot answer (unreachable, schema not Kea's, permission denied)."""
+
+
+def _positive_int(name: str, text: str, maximum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not an integer") from None
+    if not 1 <= value <= maximum:
+        raise ValueError(f"{name}={value} is not in 1..{maximum}")
+    return value
+
+
+@attrs.frozen
+class PostgreSQLSettings:
+    """
+    How to reach and read Kea's lease database.
+
+    @ivar conninfo: the libpq connection string (a C{postgresql://} URI without bulklq's own
+        parameters).
+    @ivar pool_size: connections (and worker threads) at most.
+    @ivar relay_tables: C{"auto"} (use C{lease6_relay_id}/C{lease6_remote_id} when they exist
+        and hold rows), C{"yes"} (when they exist) or C{"no"} (always search C{user_context}).
+    @ivar statement_timeout: seconds one SQL statement may run before PostgreSQL cancels it.
+    @ivar connect_timeout: seconds to wait for a connection from the pool.
+    @ivar kea_config: path of Kea's DHCPv6 configuration file, for the subnets' prefixes.
+    """
+
+    conninfo: str
+    pool_size: int = 4
+    relay_tables: str = attrs.field(
+        default="auto", validator=attrs.validators.in_(("auto", "yes", "no"))
+    )
+    statement_timeout: int = 30
+    connect_timeout: int = 5
+    kea_config: str | None = None
+
+
+def parse_postgresql_uri(uri: str) -> PostgreSQLSettings:
+    """
+    Split a C{postgresql://} (or C{postgres://}) store URI into L{PostgreSQLSettings}.
+
+    bulklq's parameters (C{kea-config}, C{pool-size}, C{relay-tables}, C{statement-timeout},
+    C{connect-timeout}) are taken out; everything else (host, port, dbname, user, sslmode,
+    ...) is libpq's.
+
+    @raise ValueError: for another scheme or a bad parameter value.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"{uri!r} is not a postgresql:// URI")
+    own: dict[str, str] = {}
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _OWN_PARAMETERS:
+            own[name] = value
+        else:
+            rest.append((name, value))
+    # Built by hand: urlunsplit drops the empty authority of postgresql:///dbname.
+    query = urlencode(rest)
+    conninfo = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+    kwargs: dict[str, Any] = {}
+    if "pool-size" in own:
+        kwargs["pool_size"] = _positive_int("pool-size", own["pool-size"], 64)
+    if "statement-timeout" in own:
+        kwargs["statement_timeout"] = _positive_int(
+            "statement-timeout", own["statement-timeout"], 86400
+        )
+    if "connect-timeout" in own:
+        kwargs["connect_timeout"] = _positive_int("connect-timeout", own["connect-timeout"], 600)
+    if "relay-tables" in own:
+        if own["relay-tables"] not in ("auto", "yes", "no"):
+            raise ValueError(f"relay-tables={own['relay-tables']!r} is not auto, yes or no")
+        kwargs["relay_tables"] = own["relay-tables"]
+    if own.get("kea-config"):
+        kwargs["kea_config"] = own["kea-config"]
+    return PostgreSQLSettings(conninfo, **kwargs)
+
+
+@attrs.frozen
+class _Schema:
+    """What the catalog says about Kea's tables (see the module docstring)."""
+
+    address_inet: bool
+    has_binaddr: bool
+    relay_addr_type: str | None  # "inet", "bytea" or None (no table)
+    remote_addr_type: str | None
+
+    def lease_address(self, alias: str) -> str:
+        """SQL for the lease's address as text."""
+        return f"host({alias}.address)" if self.address_inet else f"{alias}.address"
+
+    def columns(self, alias: str) -> str:
+        """SQL of the lease columns L{_row_lease} reads, from lease C{alias}."""
+        a = alias
+        return (
+            f"{a}.subnet_id, {a}.duid, {self.lease_address(a)}, {a}.valid_lifetime, "
+            f"EXTRACT(EPOCH FROM {a}.expire)::bigint, {a}.pref_lifetime, {a}.lease_type, "
+            f"{a}.iaid, {a}.prefix_len, {a}.state, {a}.user_context"
+        )
+
+    def address_array(self) -> str:
+        """SQL type of an array parameter compared with C{lease6.address}."""
+        return "inet[]" if self.address_inet else "varchar[]"
+
+    def table_join(self, table: str, lease_alias: str) -> str:
+        """SQL condition joining an extended-info table row C{t} to lease C{lease_alias}."""
+        addr_type = self.relay_addr_type if table == "lease6_relay_id" else self.remote_addr_type
+        if addr_type == "bytea" and self.has_binaddr:
+            return f"t.lease_addr = {lease_alias}.binaddr"
+        if addr_type == "bytea":
+            # Schema 18: 16 octets against an INET (or VARCHAR) address.
+            as_inet = (
+                "regexp_replace(encode(t.lease_addr, 'hex'), '(.{4})(?!$)', '\\1:', 'g')::inet"
+            )
+        else:
+            as_inet = "t.lease_addr"
+        if self.address_inet:
+            return f"{lease_alias}.address = {as_inet}"
+        return f"{lease_alias}.address = host({as_inet})"
+
+
+_SCHEMA_SQL = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+WHERE c.oid IN (to_regclass('lease6'), to_regclass('lease6_relay_id'),
+                to_regclass('lease6_remote_id'))
+  AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
+def _sk(a: str) -> str:
+    """SQL for the sort key's first part: link id "subnet-N" orders as N's decimal text."""
+    return f'({a}.subnet_id::text COLLATE "C")'
+
+
+def _active(a: str) -> str:
+    """SQL: lease C{a} is in use (state 0, valid lifetime left at the parameter C{now})."""
+    return f"{a}.state = 0 AND {a}.valid_lifetime > 0 AND {a}.expire > to_timestamp(%(now)s)"
+
+
+def _after(a: str) -> str:
+    """SQL: lease C{a}'s client key comes after the resume key."""
+    return f"({_sk(a)}, {a}.duid) > (%(rsk)s, %(rduid)s)"
+
+
+def _order(a: str) -> str:
+    """SQL: the binding key order (rows of one client come together)."""
+    return f"ORDER BY {_sk(a)}, {a}.duid"
+
+
+def _link_filter(a: str) -> str:
+    """SQL: lease C{a} is on the link named by the parameter C{lsk} (subnet id text)."""
+    return f" AND {_sk(a)} = %(lsk)s"
+
+
+def _row_lease(row: Sequence[Any]) -> KeaLease6:
+    # The first 11 columns are L{_Schema.columns}; a scan adds its C{hit} flag after them.
+    (subnet_id, duid, address, valid, expire, preferred, lease_type, iaid, plen, state, ctx) = row[
+        :11
+    ]
+    return KeaLease6(
+        address=IPv6Address(address),
+        duid=bytes(duid) if duid is not None else b"",
+        valid_lifetime=int(valid or 0),
+        expire=int(expire or 0),
+        subnet_id=int(subnet_id),
+        pref_lifetime=int(preferred or 0),
+        lease_type=int(lease_type or 0),
+        iaid=int(iaid or 0),
+        prefix_len=int(plen) if plen is not None else 128,
+        state=int(state or 0),
+        user_context=ctx,
+    )
+
+
+def subnet_of_link(link_id: str) -> int | None:
+    """Kea's subnet id for link id C{"subnet-N"}, or C{None} for another link id."""
+    if not link_id.startswith(LINK_PREFIX):
+        return None
+    digits = link_id[len(LINK_PREFIX) :]
+    if not digits.isdigit() or (len(digits) > 1 and digits[0] == "0") or len(digits) > 19:
+        return None
+    return int(digits)
+
+
+def _resume_text(resume_after: BindingKey | None) -> tuple[str, bytes] | None:
+    """
+    The resume key as (subnet id text, DUID) for SQL's row comparison, C{None} to start at
+    the first binding; raises L{StopIteration} when no key of this store comes after it.
+    """
+    if resume_after is None:
+        return None
+    link_id, duid = resume_after
+    if link_id.startswith(LINK_PREFIX):
+        return link_id[len(LINK_PREFIX) :], bytes(duid)
+    if link_id < LINK_PREFIX:
+        return None
+    raise StopIteration
+
+
+def _hex(octets: bytes) -> str:
+    return octets.hex()
+
+
+@implementer(IBindingStore)
+class PostgreSQLBindingStore:
+    """
+    Kea's C{lease6} table as an L{IBindingStore}, read through a bounded connection pool.
+
+    @ivar name: C{"postgresql"} followed by the database name, for logs and metrics.
+    @ivar sparse_threshold: see L{SPARSE_THRESHOLD}.
+    """
+
+    sparse_threshold = SPARSE_THRESHOLD
+
+    def __init__(
+        self,
+        settings: PostgreSQLSettings,
+        reactor: Any = None,
+        links: Iterable[Link] | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param settings: the database and options (see L{parse_postgresql_uri}).
+        @param reactor: provides L{IReactorThreads}, L{IReactorTime} and L{IReactorCore};
+            the global reactor when C{None}.
+        @param links: the configured links (from Kea's configuration file), or C{None} to
+            derive links from the subnet ids found in C{lease6}.
+        @param clock: where "now" comes from (which leases are active); C{reactor} when
+            C{None}.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor  # noqa: PLC0415
+
+            reactor = global_reactor
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor if clock is None else clock
+        self._settings = settings
+        self._links = None if links is None else {link.link_id: link for link in links}
+        dbname = _database_name(settings.conninfo)
+        self.name = f"postgresql:{dbname}" if dbname else "postgresql"
+        self._threads = ThreadPool(0, settings.pool_size, name="bulklq-postgresql")
+        self._threads.start()
+        self._pool = ConnectionPool(
+            settings.conninfo,
+            min_size=1,
+            max_size=settings.pool_size,
+            open=False,
+            kwargs={
+                "autocommit": True,
+                "options": f"-c statement_timeout={settings.statement_timeout * 1000}",
+                "application_name": "bulklq",
+            },
+            check=ConnectionPool.check_connection,
+            timeout=settings.connect_timeout,
+            reconnect_timeout=0,
+            name="bulklq-postgresql",
+        )
+        self._pool.open(wait=False)
+        self._schema: _Schema | None = None
+        self._schema_lock = threading.Lock()
+        # Leases per binding seen so far: sizes the row LIMIT of the next page.
+        self._leases_per_binding = 1.5
+        self._closed = False
+        self._shutdown_trigger = reactor.addSystemEventTrigger(
+            "during", "shutdown", self._stop_threads
+        )
+
+    # -- the thread side ---------------------------------------------------------------
+
+    def _run(self, work: Callable[[Any], Any]) -> Deferred[Any]:
+        if self._closed:
+            return defer.fail(PostgreSQLStoreError("the store is closed"))
+        return deferToThreadPool(self._reactor, self._threads, self._with_connection, work)
+
+    def _with_connection(self, work: Callable[[Any], Any]) -> Any:
+        try:
+            with self._pool.connection() as conn:
+                schema = self._schema
+                if schema is None:
+                    with self._schema_lock:
+                        schema = self._schema = self._read_schema(conn)
+                return work((conn, schema))
+        except PoolTimeout as error:
+            raise PostgreSQLStoreError(f"no database connection: {error}") from error
+        except psycopg.errors.UndefinedTable as error:
+            self._schema = None
+            raise PostgreSQLStoreError(f"not a Kea lease database: {error}") from error
+        except psycopg.Error as error:
+            # The schema may have changed (a Kea upgrade) or the server restarted: read the
+            # catalog again on the next call.
+            self._schema = None
+            raise PostgreSQLStoreError(f"database error: {error}".strip()) from error
+
+    @staticmethod
+    def _read_schema(conn: Any) -> _Schema:
+        columns: dict[str, dict[str, str]] = {}
+        for table, column, type_name in conn.execute(_SCHEMA_SQL).fetchall():
+            columns.setdefault(table, {})[column] = type_name
+        lease6 = columns.get("lease6")
+        if not lease6 or "address" not in lease6 or "duid" not in lease6:
+            raise PostgreSQLStoreError("not a Kea lease database: no lease6 table")
+
+        def addr_type(table: str) -> str | None:
+            found = columns.get(table, {}).get("lease_addr")
+            if found is None:
+                return None
+            return "inet" if found == "inet" else "bytea"
+
+        return _Schema(
+            address_inet=lease6["address"] == "inet",
+            has_binaddr="binaddr" in lease6,
+            relay_addr_type=addr_type("lease6_relay_id"),
+            remote_addr_type=addr_type("lease6_remote_id"),
+        )
+
+    # -- IBindingStore ------------------------------------------------------------------
+
+    def fetch(
+        self, query: BindingQuery, resume_after: BindingKey | None, limit: int
+    ) -> Deferred[BindingPage]:
+        """See L{IBindingStore.fetch}."""
+        if limit < 1:
+            return defer.fail(ValueError(f"limit {limit} is below 1"))
+        try:
+            resume = _resume_text(resume_after)
+        except StopIteration:
+            return defer.succeed(BindingPage((), None))
+        now = self._clock.seconds()
+
+        def work(context: tuple[Any, _Schema]) -> BindingPage:
+            conn, schema = context
+            return self._fetch_page(conn, schema, query, resume=resume, limit=limit, now=now)
+
+        return self._run(work)
+
+    def find_link(self, address: IPv6Address) -> Deferred[Link | None]:
+        """
+        See L{IBindingStore.find_link}: with Kea's configuration, the subnet whose prefix
+        contains C{address}; without it, the subnet of an active lease holding C{address}
+        (or a delegated prefix containing it), else of an active lease relayed from a link
+        whose link-address is C{address}.
+        """
+        if self._links is not None:
+            for link in self._links.values():
+                if link.contains(address):
+                    return defer.succeed(link)
+            return defer.succeed(None)
+        now = self._clock.seconds()
+
+        def work(context: tuple[Any, _Schema]) -> Link | None:
+            conn, schema = context
+            return self._find_link_in_leases(conn, schema, address, now)
+
+        return self._run(work)
+
+    def get_link(self, link_id: str) -> Deferred[Link | None]:
+        """See L{IBindingStore.get_link}: a configured link, or a subnet with leases."""
+        if self._links is not None:
+            return defer.succeed(self._links.get(link_id))
+        subnet_id = subnet_of_link(link_id)
+        if subnet_id is None:
+            return defer.succeed(None)
+
+        def work(context: tuple[Any, _Schema]) -> Link | None:
+            conn, _ = context
+            row = conn.execute(
+                "SELECT 1 FROM lease6 WHERE subnet_id = %s LIMIT 1", (subnet_id,)
+            ).fetchone()
+            return Link(link_id, ()) if row else None
+
+        return self._run(work)
+
+    def close(self) -> Deferred[None]:
+        """See L{IBindingStore.close}: close the connections, then stop the threads."""
+        if self._closed:
+            return defer.succeed(None)
+        self._closed = True
+        self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+        closing: Deferred[None] = deferToThreadPool(self._reactor, self._threads, self._pool.close)
+
+        def stopped(result: object) -> None:
+            self._stop_threads()
+
+        closing.addBoth(stopped)
+        return closing
+
+    def _stop_threads(self) -> None:
+        if self._threads.started:
+            self._threads.stop()
+        if not self._pool.closed:
+            self._pool.close(timeout=1)
+
+    # -- queries ------------------------------------------------------------------------
+
+    def _fetch_page(
+        self,
+        conn: Any,
+        schema: _Schema,
+        query: BindingQuery,
+        *,
+        resume: tuple[str, bytes] | None,
+        limit: int,
+        now: float,
+    ) -> BindingPage:
+        rows_wanted = math.ceil(limit * self._leases_per_binding) + 1
+        params: dict[str, Any] = {
+            "now": now,
+            "rsk": resume[0] if resume else "",
+            "rduid": resume[1] if resume else b"",
+            "rows": rows_wanted,
+        }
+        sql = self._page_sql(conn, schema, query, params)
+        if sql is None:
+            return BindingPage((), None)
+        rows = conn.execute(sql, params).fetchall()
+        groups = _group(rows)
+        more = len(rows) >= rows_wanted
+        if more and groups:
+            if len(groups) > 1:
+                groups.pop()  # may be cut short by the row limit: the next page re-reads it
+            else:
+                groups = [self._whole_client(conn, schema, groups[0][0], now)]
+        if len(groups) > limit:
+            del groups[limit:]
+            more = True
+        leases = [_row_lease(row) for _, members in groups for row in members]
+        found = bindings_from_leases(leases, now, on_error=self._skip)
+        found.sort(key=_binding_key)
+        bindings = [binding for binding in found if query.matches(binding)]
+        if groups:
+            ratio = len(leases) / len(groups)
+            self._leases_per_binding = min(
+                8.0, max(1.0, 0.8 * self._leases_per_binding + 0.2 * ratio)
+            )
+        resume_after = None
+        if more and groups:
+            subnet_id, duid = groups[-1][0]
+            resume_after = (subnet_link_id(subnet_id), bytes(duid))
+        return BindingPage(bindings, resume_after)
+
+    @staticmethod
+    def _skip(lease: KeaLease6, error: KeaLeaseError) -> None:
+        _log.warn(
+            "lease6 row {address} (subnet {subnet}) skipped: {error}",
+            address=str(lease.address),
+            subnet=lease.subnet_id,
+            error=str(error),
+        )
+
+    def _whole_client(
+        self, conn: Any, schema: _Schema, client: tuple[int, bytes], now: float
+    ) -> tuple[tuple[int, bytes], list[Sequence[Any]]]:
+        rows = conn.execute(
+            f"SELECT {schema.columns('l')} FROM lease6 l WHERE l.subnet_id = %(subnet)s "  # noqa: S608
+            f"AND l.duid = %(duid)s AND {_active('l')}",
+            {"subnet": client[0], "duid": client[1], "now": now},
+        ).fetchall()
+        return client, rows
+
+    def _page_sql(
+        self, conn: Any, schema: _Schema, query: BindingQuery, params: dict[str, Any]
+    ) -> str | None:
+        """The SQL of one page (parameters added to C{params}), or C{None} for no match."""
+        with_link = False
+        if query.link_id is not None:
+            subnet_id = subnet_of_link(query.link_id)
+            if subnet_id is None:
+                return None
+            params["lsk"] = str(subnet_id)
+            with_link = True
+        kind = query.kind
+        if kind is QueryKind.LINK:
+            return _scan_sql(schema, None, with_link)
+        if kind is QueryKind.CLIENT_ID:
+            assert query.client_id is not None
+            params["duid"] = query.client_id.raw
+            return _candidates_sql(
+                schema,
+                f"SELECT m.subnet_id, m.duid FROM lease6 m WHERE m.duid = %(duid)s "  # noqa: S608
+                f"AND {_active('m')}",
+                with_link,
+            )
+        if kind is QueryKind.ADDRESS:
+            assert query.address is not None
+            params["addrs"] = _covering_networks(query.address)
+            return _candidates_sql(
+                schema,
+                "SELECT m.subnet_id, m.duid FROM lease6 m WHERE m.address = "  # noqa: S608
+                f"ANY(%(addrs)s::{schema.address_array()}) AND {_active('m')}",
+                with_link,
+            )
+        if kind is QueryKind.RELAY_ID:
+            assert query.relay_id is not None
+            table, column, value = "lease6_relay_id", "relay_id", query.relay_id.raw
+        else:
+            assert query.remote_id is not None
+            table, column = "lease6_remote_id", "remote_id"
+            value = query.remote_id.encode_data()
+        params["id"] = value
+        if self._use_table(conn, schema, table):
+            count = conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM {table} t WHERE t.{column} = %(id)s "  # noqa: S608
+                f"LIMIT {int(self.sparse_threshold)}) x",
+                params,
+            ).fetchone()[0]
+            if count < self.sparse_threshold:
+                # Few leases carry this id: start from them.
+                return _candidates_sql(
+                    schema,
+                    f"SELECT m.subnet_id, m.duid FROM {table} t JOIN lease6 m "  # noqa: S608
+                    f"ON {schema.table_join(table, 'm')} "
+                    f"WHERE t.{column} = %(id)s AND {_active('m')}",
+                    with_link,
+                )
+            hit = (
+                f"EXISTS (SELECT 1 FROM {table} t WHERE t.{column} = %(id)s "  # noqa: S608
+                f"AND {schema.table_join(table, 'l')})"
+            )
+        else:
+            # Kea's user_context holds the id as hex: in "relay-id"/"remote-id" (Kea 2.3.2+)
+            # and inside the relay's "options" (every version, upper-case in real files).
+            params["pattern"] = f"%{value.hex()}%"
+            hit = "l.user_context ILIKE %(pattern)s"
+        return _scan_sql(schema, hit, with_link)
+
+    def _use_table(self, conn: Any, schema: _Schema, table: str) -> bool:
+        present = schema.relay_addr_type if table == "lease6_relay_id" else schema.remote_addr_type
+        mode = self._settings.relay_tables
+        if present is None or mode == "no":
+            return False
+        if mode == "yes":
+            return True
+        return bool(conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0])  # noqa: S608
+
+    def _find_link_in_leases(
+        self, conn: Any, schema: _Schema, address: IPv6Address, now: float
+    ) -> Link | None:
+        row = conn.execute(
+            "SELECT m.subnet_id FROM lease6 m WHERE m.address = "  # noqa: S608
+            f"ANY(%(addrs)s::{schema.address_array()}) AND {_active('m')} "
+            "ORDER BY m.subnet_id LIMIT 1",
+            {"addrs": _covering_networks(address), "now": now},
+        ).fetchone()
+        if row is not None:
+            return Link(subnet_link_id(int(row[0])), ())
+        # A relay's link-address: Kea's user_context spells it as text.
+        rows = conn.execute(
+            f"SELECT {schema.columns('l')} FROM lease6 l WHERE {_active('l')} "  # noqa: S608
+            "AND l.user_context LIKE %(pattern)s ORDER BY l.subnet_id LIMIT 100",
+            {"pattern": f'%"{address}"%', "now": now},
+        ).fetchall()
+        for found in rows:
+            lease = _row_lease(found)
+            try:
+                if client_link_address(lease_relay_hops(lease)) == address:
+                    return Link(subnet_link_id(lease.subnet_id), (IPv6Network(address),))
+            except KeaLeaseError:
+                continue
+        return None
+
+
+def _candidates_sql(schema: _Schema, candidates: str, with_link: bool) -> str:
+    """
+    SQL of a page when few clients match: the matching clients first (C{candidates}
+    selects their C{subnet_id, duid}), then all their active leases, in key order.
+    """
+    link = _link_filter("l") if with_link else ""
+    return (
+        f"WITH c AS (SELECT DISTINCT x.subnet_id, x.duid FROM ({candidates}) x) "  # noqa: S608
+        f"SELECT {schema.columns('l')} FROM c JOIN lease6 l ON l.subnet_id = c.subnet_id "
+        f"AND l.duid = c.duid WHERE {_active('l')} AND {_after('l')}{link} "
+        f"{_order('l')} LIMIT %(rows)s"
+    )
+
+
+def _scan_sql(schema: _Schema, hit: str | None, with_link: bool) -> str:
+    """
+    SQL of a page when many clients may match: walk C{lease6} in key order (the
+    C{bulklq_lease6_key} index) and keep every active lease of a client one of whose active
+    leases is a C{hit} (every client when C{None}).
+    """
+    link = _link_filter("l") if with_link else ""
+    scan = f"FROM lease6 l WHERE {_active('l')} AND {_after('l')}{link} {_order('l')}"
+    if hit is None:
+        return f"SELECT {schema.columns('l')} {scan} LIMIT %(rows)s"
+    # The window keeps the scan's order; the outer filter and LIMIT stop it early.
+    return (
+        f"SELECT * FROM (SELECT {schema.columns('l')}, bool_or({hit}) OVER "  # noqa: S608
+        f"(PARTITION BY {_sk('l')}, l.duid) AS hit {scan}) s WHERE s.hit LIMIT %(rows)s"
+    )
+
+
+def _binding_key(binding: Binding) -> BindingKey:
+    return binding.key
+
+
+def _group(rows: Sequence[Sequence[Any]]) -> list[tuple[tuple[int, bytes], list[Sequence[Any]]]]:
+    """Consecutive rows of one (subnet_id, duid), in order."""
+    groups: list[tuple[tuple[int, bytes], list[Sequence[Any]]]] = []
+    current: tuple[int, bytes] | None = None
+    for row in rows:
+        key = (row[0], row[1])
+        if key != current:
+            groups.append((key, []))
+            current = key
+        groups[-1][1].append(row)
+    return groups
+
+
+def _covering_networks(address: IPv6Address) -> list[str]:
+    """The address and every network address of a prefix containing it, as Kea's text."""
+    value = int(address)
+    texts = {str(address)}
+    for length in range(128):
+        mask = ((1 << length) - 1) << (128 - length)
+        texts.add(str(IPv6Address(value & mask)))
+    return sorted(texts)
+
+
+def _database_name(conninfo: str) -> str:
+    try:
+        return str(conninfo_to_dict(conninfo).get("dbname") or "")
+    except psycopg.Error:
+        return ""
+
+
+def open_store_uri(uri: str, reactor: Any = None) -> PostgreSQLBindingStore:
+    """
+    Open a C{postgresql://} store URI (the C{--store} registry's opener).
+
+    @raise ValueError: for a malformed URI or an unreadable Kea configuration file.
+    """
+    settings = parse_postgresql_uri(uri)
+    links = None
+    if settings.kea_config is not None:
+        links = _links_from_kea_config(settings.kea_config)
+    return PostgreSQLBindingStore(settings, reactor, links)
+
+
+def _links_from_kea_config(path: str) -> list[Link]:
+    # KeaConfigError is a ValueError naming the file and the problem.
+    return list(load_kea_config(path).values())
