@@ -71,6 +71,9 @@ from tests.kea_harness import (
     RELAY_B,
     RELAY_C,
     RELAY_D,
+    SCENARIO,
+    ClientOutcome,
+    ClientPlan,
     KeaLab,
     KeaLabError,
     LabResult,
@@ -384,10 +387,10 @@ class ExpectedBinding:
     granted_valid: int
 
 
-def expected_bindings(result: LabResult) -> list[ExpectedBinding]:
-    """The active bindings after the scenario, from what was sent and what Kea granted."""
+def expected_bindings(outcomes: Iterable[ClientOutcome]) -> list[ExpectedBinding]:
+    """The active bindings after the exchanges, from what was sent and what Kea granted."""
     expected = []
-    for outcome in result.outcomes:
+    for outcome in outcomes:
         if not outcome.active:
             continue
         summary = outcome_summary(outcome)
@@ -528,22 +531,15 @@ def open_kea_csv_store(lease_file: Path, kea_config: Path, reactor: Any) -> IBin
     return open_store_uri(f"kea-csv:{lease_file}?kea-config={kea_config}", reactor)
 
 
-class KeaBulkLeasequeryTests(TestCase):
+class ServingTestCase(TestCase):
     """
-    bulklq serving the lease file a real Kea wrote answers every query type with exactly
-    Kea's active leases, as the relayed exchanges say they are.
+    Serve a Kea lease file with the kea-csv store and the bulklq server on a loopback TCP
+    port, and ask it Bulk Leasequeries with L{_Requestor}. No tests of its own.
+
+    @ivar started_at: Unix time the exchanges began (bounds CLT_TIME).
     """
 
-    def setUp(self) -> Deferred[None]:
-        self.result = run_kea_once(self)
-        self.expected = expected_bindings(self.result)
-        directory = Path(self.mktemp())
-        directory.mkdir(parents=True)
-        lease_file = directory / "kea-leases6.csv"
-        lease_file.write_bytes(self.result.lease_file)
-        config_file = directory / "kea-dhcp6.conf"
-        config_file.write_text(self.result.config_text, encoding="utf-8")
-        return Deferred.fromCoroutine(self._serve(lease_file, config_file))
+    started_at: float
 
     async def _serve(self, lease_file: Path, config_file: Path) -> None:
         from twisted.internet import reactor
@@ -626,7 +622,26 @@ class KeaBulkLeasequeryTests(TestCase):
                 self.assertTrue(0 < valid <= limit, f"{what}: valid lifetime {valid}")
 
     def _elapsed(self) -> int:
-        return int(time.time() - self.result.started_at) + 2
+        return int(time.time() - self.started_at) + 2
+
+
+class KeaBulkLeasequeryTests(ServingTestCase):
+    """
+    bulklq serving the lease file a real Kea wrote answers every query type with exactly
+    Kea's active leases, as the relayed exchanges say they are.
+    """
+
+    def setUp(self) -> Deferred[None]:
+        self.result = run_kea_once(self)
+        self.started_at = self.result.started_at
+        self.expected = expected_bindings(self.result.outcomes)
+        directory = Path(self.mktemp())
+        directory.mkdir(parents=True)
+        lease_file = directory / "kea-leases6.csv"
+        lease_file.write_bytes(self.result.lease_file)
+        config_file = directory / "kea-dhcp6.conf"
+        config_file.write_text(self.result.config_text, encoding="utf-8")
+        return Deferred.fromCoroutine(self._serve(lease_file, config_file))
 
     def where(self, predicate: Callable[[ExpectedBinding], bool]) -> list[ExpectedBinding]:
         """The expected bindings satisfying C{predicate}."""
@@ -798,3 +813,85 @@ def _describe(
 
 def _iaaddr(address: IPv6Address) -> IAAddress:
     return IAAddress(address, 0, 0)
+
+
+class KeaLiveFollowTests(ServingTestCase):
+    """
+    bulklq follows the lease file while Kea is running and writing it: new leases, a
+    renew that changes the Remote-ID, and a release are all served.
+    """
+
+    def setUp(self) -> None:
+        reason = unavailable_reason()
+        if reason is not None:
+            if require_services():
+                self.fail(f"BULKLQ_REQUIRE_SERVICES=1 but the Kea lab cannot run: {reason}")
+            raise SkipTest(f"Kea end-to-end lab unavailable: {reason}")
+        self.lab = KeaLab(timeout=15.0)
+        self.addCleanup(self.lab.close)
+        try:
+            self.lab.start()
+        except KeaLabError as error:
+            self.fail(f"the Kea lab failed: {error}")
+        self.started_at = time.time()
+        self.plans = {plan.name: plan for plan in SCENARIO}
+        self.outcomes: dict[str, ClientOutcome] = {}
+
+    def play(self, plan: ClientPlan) -> None:
+        """Play one client against the running Kea (blocking, a few milliseconds)."""
+        try:
+            for outcome in self.lab.play(plan):
+                self.outcomes[outcome.name] = outcome
+        except KeaLabError as error:
+            self.fail(f"{plan.name}: {error}")
+
+    async def until_link_answers(self, link: int, expected: list[ExpectedBinding]) -> None:
+        """Ask for the link's bindings until the answer is C{expected} (5 s at most)."""
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        address = LINKS[link].relay_link_address
+        deadline = time.monotonic() + 5
+        while True:
+            answer = await self.ask(QueryType.QUERY_BY_LINK_ADDRESS, address)
+            if time.monotonic() > deadline or self._matches(answer, expected):
+                break
+            await deferLater(reactor, 0.2, lambda: None)
+        self.assertAnswer(f"link {LINKS[link].subnet_id}", answer, expected)
+
+    def _matches(
+        self, answer: tuple[int, list[ObservedBinding]], expected: list[ExpectedBinding]
+    ) -> bool:
+        want = Counter(_describe(e.duid, e.addresses, e.prefixes, e.layers) for e in expected)
+        got = Counter(_describe(b.duid, b.addresses, b.prefixes, b.layers) for b in answer[1])
+        return answer[0] == StatusCode.Success and got == want
+
+    async def _follow(self) -> None:
+        self.play(self.plans["c1-na-pd"])
+        self.play(self.plans["c2-na"])
+        await self._serve(self.lab.lease_file, self.lab.config_file)
+        await self.until_link_answers(0, expected_bindings(self.outcomes.values()))
+
+        # New leases written while bulklq serves the file.
+        self.play(self.plans["c3-pd-only"])
+        self.play(self.plans["c11-renewed-new-remote-id"])
+        await self.until_link_answers(0, expected_bindings(self.outcomes.values()))
+        self.assertAnswer(
+            "the Remote-ID c11 had before its renew",
+            await self.ask(
+                QueryType.QUERY_BY_REMOTE_ID, query_options=[RemoteId(32473, b"a-11-old")]
+            ),
+            [],
+        )
+
+        # c2 comes back and releases its address: its binding goes.
+        self.play(attrs.evolve(self.plans["c2-na"], release="all"))
+        self.assertFalse(self.outcomes["c2-na"].active)
+        await self.until_link_answers(0, expected_bindings(self.outcomes.values()))
+
+    def test_follows_kea_while_it_writes(self) -> Deferred[None]:
+        """
+        With Kea running, leases it grants after bulklq loaded the file, a renew that
+        replaces the Remote-ID (S50) and a release are served once bulklq polled the file.
+        """
+        return Deferred.fromCoroutine(self._follow())
