@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -234,7 +234,7 @@ class Requestor:
     ) -> ServerResult:
         try:
             protocol = await self.connect(server)
-        except CancelledError:
+        except TimeoutError:
             return ServerResult(
                 str(server),
                 QueryStatus.CONNECTION_FAILED,
