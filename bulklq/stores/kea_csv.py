@@ -52,18 +52,26 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..interfaces import IBindingStore
-from ..model import Binding, BindingKey, BindingPage, BindingQuery, Link
+from ..model import (
+    AddressLease,
+    Binding,
+    BindingKey,
+    BindingPage,
+    BindingQuery,
+    Link,
+    PrefixLease,
+)
 from ..wire import Duid
 from .kea_config import load_kea_config
 from .kea_leases import (
     LEASE_TYPE_PD,
     STATE_DEFAULT,
     KeaLeaseError,
-    LeasePart,
     RelayInfo,
     assemble_binding,
     client_duid,
     lease_item,
+    parse_address,
     relay_info,
     subnet_link_id,
     unescape,
@@ -96,8 +104,8 @@ _LOAD_ATTEMPTS = 5
 
 #: A client's group: (subnet id, DUID octets).
 _Group = tuple[int, bytes]
-#: An active lease: its part of the binding and its group.
-_Record = tuple[LeasePart, _Group]
+#: An active lease: its part of the binding (lease, CLTT, relay information), and its group.
+_Record = tuple[AddressLease | PrefixLease, int, RelayInfo, _Group]
 
 
 class KeaCsvError(Exception):
@@ -169,8 +177,9 @@ class _LeaseTable:
     """
 
     def __init__(self, derive_links: bool) -> None:
-        self.leases: dict[str, _Record] = {}
-        self.members: dict[_Group, list[str]] = {}
+        self.leases: dict[int, _Record] = {}
+        #: group -> [the group's key tuple (shared by its records), lease keys ...]
+        self.members: dict[_Group, list[_Group | int]] = {}
         self.dirty: set[_Group] = set()
         self.relay_cache: dict[str, RelayInfo] = {}
         self.derive_links = derive_links
@@ -202,26 +211,25 @@ class _LeaseTable:
             except csv.Error as error:
                 yield reader.line_num - 1, f"not CSV: {error}"
 
-    def _remove(self, key: str) -> None:
+    def _remove(self, key: int) -> None:
         old = self.leases.pop(key, None)
         if old is not None:
-            group = old[1]
-            keys = self.members[group]
-            keys.remove(key)
+            group = old[3]
+            self.members[group].remove(key)
             self.dirty.add(group)
 
     def _apply(self, fields: list[str], c: _Columns, now: float) -> None:
         if len(fields) != c.count:
             raise _MalformedRowError(f"{len(fields)} fields where the header has {c.count}")
-        address_text = fields[c.address].strip()
         try:
+            address = parse_address(fields[c.address].strip())
             valid = int(fields[c.valid])
             expire = int(fields[c.expire])
             subnet = int(fields[c.subnet])
             state = int(fields[c.state]) if c.state >= 0 else STATE_DEFAULT
         except ValueError as error:
-            raise _MalformedRowError(f"not a number: {error}") from None
-        key = address_text.lower()
+            raise _MalformedRowError(str(error)) from None
+        key = int(address)
         if valid <= 0 or state != STATE_DEFAULT or expire <= now:
             self._remove(key)
             return
@@ -230,7 +238,6 @@ class _LeaseTable:
             lease_type = int(fields[c.lease_type])
             prefix_len = int(fields[c.prefix_len])
             duid = bytes.fromhex(fields[c.duid].replace(":", ""))
-            address = IPv6Address(address_text)
             item = lease_item(address, lease_type, prefix_len, pref, valid)
         except ValueError as error:  # KeaLeaseError included
             raise _MalformedRowError(str(error)) from None
@@ -245,21 +252,24 @@ class _LeaseTable:
             if len(cache) >= _RELAY_CACHE_SIZE:
                 cache.clear()
             cache[text] = info
-        group = (subnet, duid)
-        members = self.members.get(group)
+        members = self.members.get((subnet, duid))
         if members is None:
             try:
                 client_duid(duid)
             except KeaLeaseError as error:
                 raise _MalformedRowError(str(error)) from None
-            members = self.members[group] = []
-        old = self.leases.get(key)
-        self.leases[key] = ((item, expire - valid, info), group)
+            group: _Group = (subnet, duid)
+            members = self.members[group] = [group]
+        else:
+            group = members[0]  # type: ignore[assignment]
+        leases = self.leases
+        old = leases.get(key)
+        leases[key] = (item, expire - valid, info, group)
         if old is None:
             members.append(key)
-        elif old[1] != group:
-            self.members[old[1]].remove(key)
-            self.dirty.add(old[1])
+        elif old[3] != group:
+            self.members[old[3]].remove(key)
+            self.dirty.add(old[3])
             members.append(key)
         self.dirty.add(group)
         if self.derive_links:
@@ -301,13 +311,17 @@ class _LeaseTable:
             key: BindingKey = (link, duid_octets)
             keys = members.get(group)
             old = index.get(key)
-            if not keys:
+            if keys is None or len(keys) < 2:
                 members.pop(group, None)
                 if old is not None:
                     index.remove(key)
                 continue
             duid = old.client_id if old is not None else Duid(duid_octets)
-            binding = assemble_binding(duid, link, [leases[address][0] for address in keys])
+            binding = assemble_binding(
+                duid,
+                link,
+                [leases[address][:3] for address in keys[1:]],  # type: ignore[index]
+            )
             if binding is None:
                 index.remove(key)
             elif binding != old:

@@ -44,6 +44,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from ipaddress import IPv6Address, IPv6Network
+from socket import AF_INET6, inet_pton
 from typing import Any
 
 import attrs
@@ -85,6 +86,7 @@ __all__ = [
     "lease_part",
     "lease_relay_hops",
     "links_from_link_addresses",
+    "parse_address",
     "parse_user_context",
     "relay_data_from_hops",
     "relay_hops",
@@ -107,6 +109,8 @@ MAX_RELAY_HOPS = 32
 
 #: Upper bound on the hex text of one relay's options (a relay message fits in 65535 octets).
 _MAX_OPTIONS_HEX = 2 + 2 * 65535
+#: The top 10 bits of a link-local address (fe80::/10).
+_LINK_LOCAL_TOP_BITS = 0xFE80 >> 6
 _ESCAPE = re.compile(r"&#x([0-9a-fA-F]{2})")
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 
@@ -235,10 +239,22 @@ def _hex_octets(value: object, what: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def parse_address(text: str) -> IPv6Address:
+    """
+    Parse an IPv6 address's text (without zone id), faster than C{IPv6Address(text)}.
+
+    @raise ValueError: if C{text} is not an IPv6 address.
+    """
+    try:
+        return IPv6Address(inet_pton(AF_INET6, text))
+    except (OSError, TypeError):
+        raise ValueError(f"{text!r} is not an IPv6 address") from None
+
+
 @lru_cache(maxsize=8192)
-def _address(text: str) -> IPv6Address:
-    # Relay link and peer addresses repeat across many leases: parse each spelling once.
-    return IPv6Address(text)
+def _link_address(text: str) -> IPv6Address:
+    # Relay link-addresses repeat across many leases: parse each spelling once.
+    return parse_address(text)
 
 
 @lru_cache(maxsize=8192)
@@ -259,8 +275,8 @@ def _hop_from_json(entry: object, index: int, count: int, decoded_ids: bool) -> 
     if not isinstance(hop, int) or isinstance(hop, bool) or not 0 <= hop <= 255:
         raise KeaLeaseError(f"relay {index} hop {hop!r} is not 0..255")
     try:
-        link = _address(str(entry.get("link", "::")))
-        peer = _address(str(entry.get("peer", "::")))
+        link = _link_address(str(entry.get("link", "::")))
+        peer = parse_address(str(entry.get("peer", "::")))
     except ValueError as error:
         raise KeaLeaseError(f"relay {index}: {error}") from None
     options_text = entry.get("options")
@@ -271,8 +287,10 @@ def _hop_from_json(entry: object, index: int, count: int, decoded_ids: bool) -> 
         options = _relay_options(options_text)
     remote_id = relay_id = None
     if decoded_ids:
-        remote_text = entry.get("remote-id")
-        relay_text = entry.get("relay-id")
+        # The decoded fields repeat what the options hold; they count when options lack it.
+        types = {type(option) for option in options}
+        remote_text = None if RemoteId in types else entry.get("remote-id")
+        relay_text = None if RelayId in types else entry.get("relay-id")
         try:
             if remote_text is not None:
                 remote_id = RemoteId.from_bytes(_hex_octets(remote_text, "remote-id"))
@@ -369,7 +387,8 @@ def client_link_address(hops: Sequence[KeaRelayHop]) -> IPv6Address | None:
     when no relay has one.
     """
     for hop in reversed(hops):
-        if not hop.link.is_unspecified and not hop.link.is_link_local:
+        value = int(hop.link)
+        if value and value >> 118 != _LINK_LOCAL_TOP_BITS:
             return hop.link
     return None
 
