@@ -75,6 +75,7 @@ __all__ = [
     "ClientPlan",
     "KeaLab",
     "KeaLabError",
+    "KeaLabUnavailableError",
     "LabResult",
     "LinkPlan",
     "RelayHop",
@@ -101,6 +102,10 @@ _OPTION_ELAPSED_TIME = 8
 
 class KeaLabError(Exception):
     """The lab could not be set up, or Kea did not answer as a DHCPv6 server must."""
+
+
+class KeaLabUnavailableError(KeaLabError):
+    """This machine cannot host the lab (e.g. creating a network namespace is not allowed)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -708,7 +713,11 @@ class KeaLab:
             self.workdir = Path(tempfile.mkdtemp(prefix="bulklq-kea-"))
             self._own_workdir = True
         for namespace in (self.relay_namespace, self.kea_namespace):
-            _ip("netns", "add", namespace)
+            try:
+                _ip("netns", "add", namespace)
+            except KeaLabError as error:
+                reason = f"cannot create a network namespace: {error}"
+                raise KeaLabUnavailableError(reason) from None
             self._namespaces.append(namespace)
         _ip(
             "link", "add", self.relay_interface, "netns", self.relay_namespace,

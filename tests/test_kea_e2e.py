@@ -76,6 +76,7 @@ from tests.kea_harness import (
     ClientPlan,
     KeaLab,
     KeaLabError,
+    KeaLabUnavailableError,
     LabResult,
     outcome_summary,
     unavailable_reason,
@@ -96,6 +97,13 @@ def require_services() -> bool:
     return os.environ.get("BULKLQ_REQUIRE_SERVICES") == "1"
 
 
+def skip_unless_lab(case: SynchronousTestCase, reason: str) -> None:
+    """Skip C{case} because the lab cannot run, or fail it under C{BULKLQ_REQUIRE_SERVICES=1}."""
+    if require_services():
+        case.fail(f"BULKLQ_REQUIRE_SERVICES=1 but the Kea lab cannot run: {reason}")
+    raise SkipTest(f"Kea end-to-end lab unavailable: {reason}")
+
+
 def run_kea_once(case: SynchronousTestCase) -> LabResult:
     """
     Run the Kea scenario once per test process and return its result.
@@ -106,9 +114,7 @@ def run_kea_once(case: SynchronousTestCase) -> LabResult:
     """
     reason = unavailable_reason()
     if reason is not None:
-        if require_services():
-            case.fail(f"BULKLQ_REQUIRE_SERVICES=1 but the Kea lab cannot run: {reason}")
-        raise SkipTest(f"Kea end-to-end lab unavailable: {reason}")
+        skip_unless_lab(case, reason)
     if "run" not in _LAB_RUNS:
         lab = KeaLab(timeout=15.0)
         case.addCleanup(lab.close)
@@ -120,6 +126,8 @@ def run_kea_once(case: SynchronousTestCase) -> LabResult:
         finally:
             lab.close()
     run = _LAB_RUNS["run"]
+    if isinstance(run, KeaLabUnavailableError):
+        skip_unless_lab(case, str(run))
     if isinstance(run, KeaLabError):
         case.fail(f"the Kea lab failed: {run}")
     return run
@@ -824,13 +832,13 @@ class KeaLiveFollowTests(ServingTestCase):
     def setUp(self) -> None:
         reason = unavailable_reason()
         if reason is not None:
-            if require_services():
-                self.fail(f"BULKLQ_REQUIRE_SERVICES=1 but the Kea lab cannot run: {reason}")
-            raise SkipTest(f"Kea end-to-end lab unavailable: {reason}")
+            skip_unless_lab(self, reason)
         self.lab = KeaLab(timeout=15.0)
         self.addCleanup(self.lab.close)
         try:
             self.lab.start()
+        except KeaLabUnavailableError as error:
+            skip_unless_lab(self, str(error))
         except KeaLabError as error:
             self.fail(f"the Kea lab failed: {error}")
         self.started_at = time.time()
