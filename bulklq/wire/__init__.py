@@ -31,6 +31,7 @@ from .messages import (
     decode_message,
 )
 from .options import (
+    MAX_NESTING,
     ClientData,
     ClientId,
     CltTime,
@@ -60,6 +61,7 @@ __all__ = [
     "BULK_LQ_MAX_RETRY",
     "LEASEQUERY_PORT",
     "MAX_MESSAGE_SIZE",
+    "MAX_NESTING",
     "AnyMessage",
     "ClientData",
     "ClientId",

@@ -10,16 +10,49 @@ import attrs
 from .constants import DuidType
 from .errors import WireError
 
-__all__ = ["MAX_DUID_LENGTH", "Duid"]
+__all__ = ["MAX_DUID_LENGTH", "Duid", "duid_problem"]
 
 #: A DUID is a 2-octet type and at most 128 octets of identifier (RFC 8415 section 11.1).
 MAX_DUID_LENGTH = 130
 
-# Shortest valid encoding of each known type: the fixed fields and at least one octet of the
-# variable part, except UUID which is exactly 16 octets.
-_MIN_LENGTH = {DuidType.DUID_LLT: 9, DuidType.DUID_EN: 7, DuidType.DUID_LL: 5}
-_UUID_LENGTH = 18
-_HEX_CHARS = re.compile(r"^[0-9a-fA-F]*$")
+# Allowed total lengths (type included) of each known type: the fixed fields and at least one
+# octet of the variable part; a UUID is exactly 16 octets (RFC 6355).
+_LENGTHS = {
+    DuidType.DUID_LLT.value: (9, MAX_DUID_LENGTH),
+    DuidType.DUID_EN.value: (7, MAX_DUID_LENGTH),
+    DuidType.DUID_LL.value: (5, MAX_DUID_LENGTH),
+    DuidType.DUID_UUID.value: (18, 18),
+}
+_HEX_CHARS = re.compile(r"[0-9a-fA-F]*")
+
+
+def duid_problem(raw: bytes) -> str | None:
+    """
+    What makes C{raw} an invalid DUID, or C{None} if it is valid.
+
+    A DUID is a 2-octet type and 1 to 128 octets (RFC 8415 section 11.1); a known type must
+    also hold its fixed fields and, except DUID-UUID (exactly 16 octets), at least one octet
+    of link-layer address or identifier.
+    """
+    length = len(raw)
+    if length < 3:
+        return f"DUID of {length} octets is shorter than 3"
+    if length > MAX_DUID_LENGTH:
+        return f"DUID of {length} octets exceeds {MAX_DUID_LENGTH}"
+    bounds = _LENGTHS.get((raw[0] << 8) | raw[1])
+    if bounds is None or bounds[0] <= length <= bounds[1]:
+        return None
+    name = DuidType((raw[0] << 8) | raw[1]).name
+    if bounds[0] == bounds[1]:
+        return f"{name} must be {bounds[0]} octets, not {length}"
+    return f"{name} of {length} octets is shorter than {bounds[0]}"
+
+
+def _pack(layout: str, *fields: int) -> bytes:
+    try:
+        return struct.pack(layout, *fields)
+    except struct.error as error:
+        raise WireError(f"cannot encode DUID fields {fields}: {error}") from None
 
 
 @attrs.frozen(order=True, repr=False)
@@ -39,23 +72,11 @@ class Duid:
         """
         Validate and wrap C{data}; C{offset} only locates errors in an enclosing buffer.
 
-        @raise WireError: if C{data} is shorter than 3 octets, longer than 130, or shorter
-            than its type's fixed fields.
+        @raise WireError: if C{data} is not a valid DUID (see L{duid_problem}).
         """
-        length = len(data)
-        if length < 3:
-            raise WireError(f"DUID of {length} octets is too short", offset)
-        if length > MAX_DUID_LENGTH:
-            raise WireError(f"DUID of {length} octets exceeds {MAX_DUID_LENGTH}", offset)
-        duid_type = (data[0] << 8) | data[1]
-        minimum = _MIN_LENGTH.get(duid_type)  # type: ignore[call-overload]
-        if minimum is not None and length < minimum:
-            raise WireError(
-                f"{DuidType(duid_type).name} of {length} octets is shorter than {minimum}",
-                offset,
-            )
-        if duid_type == DuidType.DUID_UUID and length != _UUID_LENGTH:
-            raise WireError(f"DUID_UUID must be {_UUID_LENGTH} octets, not {length}", offset)
+        problem = duid_problem(data)
+        if problem is not None:
+            raise WireError(problem, offset)
         return cls(bytes(data))
 
     @classmethod
@@ -73,7 +94,7 @@ class Duid:
             if any(len(part) not in (1, 2) for part in parts):
                 raise WireError(f"{text!r} is not a colon-separated hex DUID")
             cleaned = "".join(part.rjust(2, "0") for part in parts)
-        if not cleaned or len(cleaned) % 2 or not _HEX_CHARS.match(cleaned):
+        if not cleaned or len(cleaned) % 2 or not _HEX_CHARS.fullmatch(cleaned):
             raise WireError(f"{text!r} is not a hex DUID")
         return cls.from_bytes(bytes.fromhex(cleaned))
 
@@ -81,25 +102,23 @@ class Duid:
     def llt(cls, hardware_type: int, time: int, link_layer_address: bytes) -> Duid:
         """A DUID-LLT; C{time} counts seconds since 2000-01-01 00:00 UTC."""
         return cls.from_bytes(
-            struct.pack("!HHI", DuidType.DUID_LLT, hardware_type, time) + link_layer_address
+            _pack("!HHI", DuidType.DUID_LLT, hardware_type, time) + link_layer_address
         )
 
     @classmethod
     def en(cls, enterprise_number: int, identifier: bytes) -> Duid:
         """A DUID-EN: a vendor's enterprise number and its identifier."""
-        return cls.from_bytes(struct.pack("!HI", DuidType.DUID_EN, enterprise_number) + identifier)
+        return cls.from_bytes(_pack("!HI", DuidType.DUID_EN, enterprise_number) + identifier)
 
     @classmethod
     def ll(cls, hardware_type: int, link_layer_address: bytes) -> Duid:
         """A DUID-LL: hardware type and link-layer address."""
-        return cls.from_bytes(
-            struct.pack("!HH", DuidType.DUID_LL, hardware_type) + link_layer_address
-        )
+        return cls.from_bytes(_pack("!HH", DuidType.DUID_LL, hardware_type) + link_layer_address)
 
     @classmethod
     def uuid(cls, value: bytes) -> Duid:
         """A DUID-UUID (RFC 6355) from the 16 octets of a UUID."""
-        return cls.from_bytes(struct.pack("!H", DuidType.DUID_UUID) + value)
+        return cls.from_bytes(_pack("!H", DuidType.DUID_UUID) + value)
 
     @property
     def duid_type(self) -> int:
