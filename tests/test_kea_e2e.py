@@ -24,6 +24,8 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -643,8 +645,9 @@ class KeaBulkLeasequeryTests(ServingTestCase):
         self.result = run_kea_once(self)
         self.started_at = self.result.started_at
         self.expected = expected_bindings(self.result.outcomes)
-        directory = Path(self.mktemp())
-        directory.mkdir(parents=True)
+        # Not self.mktemp(): under pytest that writes into the working directory.
+        directory = Path(tempfile.mkdtemp(prefix="bulklq-kea-e2e-"))
+        self.addCleanup(shutil.rmtree, directory, True)
         lease_file = directory / "kea-leases6.csv"
         lease_file.write_bytes(self.result.lease_file)
         config_file = directory / "kea-dhcp6.conf"
