@@ -320,7 +320,6 @@ class PostgreSQLBindingStore:
         dbname = _database_name(settings.conninfo)
         self.name = f"postgresql:{dbname}" if dbname else "postgresql"
         self._threads = ThreadPool(0, settings.pool_size, name="bulklq-postgresql")
-        self._threads.start()
         self._pool = ConnectionPool(
             settings.conninfo,
             min_size=1,
@@ -336,7 +335,6 @@ class PostgreSQLBindingStore:
             reconnect_timeout=0,
             name="bulklq-postgresql",
         )
-        self._pool.open(wait=False)
         self._schema: _Schema | None = None
         self._schema_lock = threading.Lock()
         # Leases per binding seen so far: sizes the row LIMIT of the next page.
@@ -351,6 +349,11 @@ class PostgreSQLBindingStore:
     def _run(self, work: Callable[[Any], Any]) -> Deferred[Any]:
         if self._closed:
             return defer.fail(PostgreSQLStoreError("the store is closed"))
+        if not self._threads.started:
+            # Threads start on first use, not in the constructor: twistd builds the store
+            # before it daemonizes, and a fork keeps no threads.
+            self._threads.start()
+            self._pool.open(wait=False)
         return deferToThreadPool(self._reactor, self._threads, self._with_connection, work)
 
     def _with_connection(self, work: Callable[[Any], Any]) -> Any:
@@ -457,6 +460,9 @@ class PostgreSQLBindingStore:
             return defer.succeed(None)
         self._closed = True
         self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+        if not self._threads.started:
+            self._pool.close()  # never opened: nothing to wait for
+            return defer.succeed(None)
         closing: Deferred[None] = deferToThreadPool(self._reactor, self._threads, self._pool.close)
 
         def stopped(result: object) -> None:
