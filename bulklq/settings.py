@@ -25,6 +25,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogLevel
 
 from .config import AccessRule, ConfigError, ServerConfig, parse_access_rule
+from .stores import SCHEMES, store_scheme
 from .wire import LEASEQUERY_PORT, Duid, OptionCode, WireError
 
 __all__ = [
@@ -40,9 +41,6 @@ __all__ = [
 
 #: RFC 5460 section 5.2: TCP port 547, here on every address, IPv4 and IPv6 (dual stack).
 DEFAULT_LISTEN = f"tcp6:{LEASEQUERY_PORT}:interface=\\:\\:"
-
-#: Store URI schemes C{twistd bulklq} knows (see L{bulklq.stores}).
-STORE_SCHEMES = ("memory:", "sqlite:", "kea-csv:", "postgresql://", "postgres://")
 
 _LOG_LEVELS = {"debug", "info", "warn", "error", "critical"}
 
@@ -123,8 +121,10 @@ def _endpoint(value: Any) -> str:
 
 def _store_uri(value: Any) -> str:
     text = _text(value)
-    if not text.startswith(STORE_SCHEMES):
-        raise ConfigError(f"{text!r} has no known scheme (one of {', '.join(STORE_SCHEMES)})")
+    scheme = store_scheme(text)  # StoreURIError is a ValueError: reported with the option
+    if scheme not in SCHEMES:
+        known = ", ".join(f"{name}:" for name in sorted(SCHEMES))
+        raise ConfigError(f"{text!r}: unknown store scheme {scheme!r} (known: {known})")
     return text
 
 
