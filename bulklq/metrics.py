@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from twisted.web.resource import Resource
 from twisted.web.http import Request as HTTPRequest
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .config import ConfigError

@@ -118,10 +118,7 @@ def _log_observer(settings: Settings, twistd_options: Any) -> ILogObserver | Non
         observer = jsonFileLogObserver(stream)
     else:
         logfile = getter("logfile") or "-"
-        if logfile == "-":
-            stream = sys.stdout
-        else:
-            stream = LogFile.fromFullPath(logfile)
+        stream = sys.stdout if logfile == "-" else LogFile.fromFullPath(logfile)
         observer = textFileLogObserver(stream)
     return FilteringLogObserver(
         observer, [LogLevelFilterPredicate(defaultLogLevel=settings.log_level)]
