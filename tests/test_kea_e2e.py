@@ -334,6 +334,7 @@ class KeaLeaseFileTests(LeaseFileChecks, SynchronousTestCase):
     """What a live Kea 2.2 writes for the harness's relayed exchanges."""
 
     def setUp(self) -> None:
+        """Run Kea's scenario (once per process)."""
         self.result = run_kea_once(self)
 
     def test_lease_file_matches_exchanges(self) -> None:
@@ -642,6 +643,7 @@ class KeaBulkLeasequeryTests(ServingTestCase):
     """
 
     def setUp(self) -> Deferred[None]:
+        """Run Kea's scenario (once per process), then serve its lease file."""
         self.result = run_kea_once(self)
         self.started_at = self.result.started_at
         self.expected = expected_bindings(self.result.outcomes)
@@ -833,6 +835,7 @@ class KeaLiveFollowTests(ServingTestCase):
     """
 
     def setUp(self) -> None:
+        """Start a lab of this test's own, with Kea running until the cleanup."""
         reason = unavailable_reason()
         if reason is not None:
             skip_unless_lab(self, reason)
