@@ -1,0 +1,373 @@
+"""
+C{bulklq query}: ask one or more Bulk Leasequery servers and print the bindings.
+
+Exit codes: 0 success (also with no bindings), 2 bad arguments, 3 a server answered with an
+error status, 4 an incomplete answer (stream cut, QueryTerminated, data timeout), 5 no
+connection to a server. With several servers the highest code applies. See
+docs/requestor.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from ipaddress import IPv6Address
+from typing import IO, Any, NoReturn
+
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.task import LoopingCall, react
+
+from ..client import (
+    LeaseQuery,
+    QueryResult,
+    QueryStatus,
+    Requestor,
+    RequestorOptions,
+    ServerAddress,
+)
+from ..client.output import (
+    FORMATS,
+    BindingWriter,
+    CsvWriter,
+    JsonLinesWriter,
+    JsonWriter,
+    NextHop,
+    RoutesWriter,
+    TableWriter,
+)
+from ..model import Binding
+from ..wire import BULK_LQ_CONN_TIMEOUT, BULK_LQ_DATA_TIMEOUT, Duid, RemoteId, WireError
+
+__all__ = [
+    "EXIT_CONNECTION_FAILED",
+    "EXIT_INCOMPLETE",
+    "EXIT_OK",
+    "EXIT_SERVER_ERROR",
+    "EXIT_USAGE",
+    "build_query",
+    "default_requestor_duid",
+    "exit_code",
+    "register",
+    "run",
+    "run_query",
+]
+
+#: Every server answered completely (with or without bindings).
+EXIT_OK = 0
+#: Bad arguments (argparse's convention).
+EXIT_USAGE = 2
+#: A server answered with an error status (NotConfigured, NotAllowed, MalformedQuery, ...).
+EXIT_SERVER_ERROR = 3
+#: An answer is incomplete: the stream stopped before DONE, QueryTerminated, data timeout.
+EXIT_INCOMPLETE = 4
+#: No connection could be made to a server (after the retries).
+EXIT_CONNECTION_FAILED = 5
+
+_CODES = {
+    QueryStatus.SUCCESS: EXIT_OK,
+    QueryStatus.SERVER_ERROR: EXIT_SERVER_ERROR,
+    QueryStatus.TERMINATED: EXIT_INCOMPLETE,
+    QueryStatus.INCOMPLETE: EXIT_INCOMPLETE,
+    QueryStatus.TIMEOUT: EXIT_INCOMPLETE,
+    QueryStatus.CONNECTION_FAILED: EXIT_CONNECTION_FAILED,
+}
+
+
+def exit_code(result: QueryResult) -> int:
+    """The command's exit status for C{result}: the highest of the servers' codes."""
+    return max((_CODES[server.status] for server in result.servers), default=EXIT_OK)
+
+
+def default_requestor_duid() -> Duid:
+    """A DUID-UUID derived from this host's name: stable on one host, distinct across hosts."""
+    return Duid.uuid(uuid.uuid5(uuid.NAMESPACE_DNS, f"bulklq-requestor.{socket.getfqdn()}").bytes)
+
+
+def _type(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except (ValueError, WireError) as error:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}: {error}") from None
+
+    convert.__name__ = what
+    return convert
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be above 0")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError("must be 1..65535")
+    return value
+
+
+def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn]:
+    def error(message: str) -> NoReturn:
+        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {message} (see --help)\n")
+
+    return error
+
+
+def register(subparsers: Any) -> None:
+    """Add the C{query} subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "query",
+        help="ask Bulk Leasequery servers for bindings",
+        description=(
+            "Ask one or more DHCPv6 Bulk Leasequery (RFC 5460) servers for bindings and print "
+            "them. Exit codes: 0 success, 2 bad arguments, 3 server error status, "
+            "4 incomplete answer or timeout, 5 connection failure."
+        ),
+    )
+    parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
+    parser.add_argument(
+        "servers",
+        nargs="+",
+        metavar="SERVER",
+        help="host, host:port, IPv6 address or [IPv6]:port",
+    )
+    kind = parser.add_argument_group("what to ask (one of these; --link alone asks by link)")
+    exclusive = kind.add_mutually_exclusive_group()
+    exclusive.add_argument(
+        "--relay-id", type=_type(Duid.from_text, "a DUID"), metavar="DUID",
+        help="QUERY_BY_RELAY_ID: bindings relayed by this relay DUID (hex)",
+    )  # fmt: skip
+    exclusive.add_argument(
+        "--remote-id", type=_type(RemoteId.from_text, "ENTERPRISE:HEX"),
+        metavar="ENTERPRISE:HEX",
+        help="QUERY_BY_REMOTE_ID: bindings relayed with this Remote-ID",
+    )  # fmt: skip
+    exclusive.add_argument(
+        "--client-id", type=_type(Duid.from_text, "a DUID"), metavar="DUID",
+        help="QUERY_BY_CLIENTID: this client's bindings",
+    )  # fmt: skip
+    exclusive.add_argument(
+        "--address", type=_type(IPv6Address, "an IPv6 address"), metavar="ADDR",
+        help="QUERY_BY_ADDRESS: the binding holding this address or a prefix containing it",
+    )  # fmt: skip
+    kind.add_argument(
+        "--link", type=_type(IPv6Address, "an IPv6 address"), metavar="ADDR",
+        help="alone: QUERY_BY_LINK_ADDRESS; with another query: only bindings on that link",
+    )  # fmt: skip
+    parser.add_argument(
+        "--relay-data", action="store_true",
+        help="ask for each client's relay data (LQ_RELAY_DATA)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--port", type=_type(_port, "a port"), default=547,
+        help="server port when SERVER does not give one (default 547)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=_type(_positive, "a number of seconds"),
+        default=float(BULK_LQ_DATA_TIMEOUT), metavar="S",
+        help="data timeout: give up after S seconds without data (default 300)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--connect-timeout", type=_type(_positive, "a number of seconds"),
+        default=float(BULK_LQ_CONN_TIMEOUT), metavar="S",
+        help="give up a connection attempt after S seconds (default 30)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retries", type=_type(_count, "a count"), default=3, metavar="N",
+        help="retry a failed server N times with back-off (default 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--requestor-duid", type=_type(Duid.from_text, "a DUID"), metavar="DUID",
+        help="the DUID sent as CLIENTID (default: a DUID-UUID derived from the host name)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format", choices=FORMATS, default="table",
+        help="output format (default table)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stream", action="store_true",
+        help="print bindings as they arrive, unmerged, in constant memory (not with json)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dev", metavar="IF", help="routes: add 'dev IF' to each route",
+    )  # fmt: skip
+    parser.add_argument(
+        "--next-hop", choices=[choice.value for choice in NextHop], default="auto",
+        help="routes: take the next hop from the client's address, the relay data, "
+        "or the address if any else the relay data (auto, the default)",
+    )  # fmt: skip
+    parser.set_defaults(run=run)
+
+
+def build_query(arguments: argparse.Namespace) -> LeaseQuery:
+    """
+    The L{LeaseQuery} the arguments ask for.
+
+    @raise ValueError: if no query is given.
+    """
+    link = arguments.link or IPv6Address(0)
+    relay_data = arguments.relay_data
+    if arguments.relay_id is not None:
+        return LeaseQuery.by_relay_id(arguments.relay_id, link, relay_data)
+    if arguments.remote_id is not None:
+        return LeaseQuery.by_remote_id(arguments.remote_id, link, relay_data)
+    if arguments.client_id is not None:
+        return LeaseQuery.by_client_id(arguments.client_id, link, relay_data)
+    if arguments.address is not None:
+        return LeaseQuery.by_address(arguments.address, link, relay_data)
+    if arguments.link is not None:
+        return LeaseQuery.by_link_address(arguments.link, relay_data)
+    raise ValueError("give one of --relay-id, --link, --remote-id, --client-id, --address")
+
+
+def _writer(arguments: argparse.Namespace, out: IO[str], now: Callable[[], float]) -> BindingWriter:
+    name = arguments.format
+    if name == "json":
+        return JsonWriter(out)
+    if name == "jsonl":
+        return JsonLinesWriter(out)
+    if name == "csv":
+        return CsvWriter(out)
+    if name == "routes":
+        return RoutesWriter(out, arguments.dev, NextHop(arguments.next_hop), now)
+    return TableWriter(out, now)
+
+
+class _Progress:
+    """Bindings received and the rate, rewritten in place on a terminal every second."""
+
+    def __init__(self, clock: IReactorTime, err: IO[str], enabled: bool) -> None:
+        self.count = 0
+        self._clock = clock
+        self._err = err
+        self._start = clock.seconds()
+        self._loop: LoopingCall | None = None
+        if enabled:
+            self._loop = LoopingCall(self._show)
+            self._loop.clock = clock
+            self._loop.start(1.0, now=False)
+
+    def binding(self, binding: Binding) -> None:
+        self.count += 1
+
+    def _show(self) -> None:
+        elapsed = max(self._clock.seconds() - self._start, 1e-9)
+        self._err.write(f"\r{self.count} bindings, {self.count / elapsed:,.0f}/s ")
+        self._err.flush()
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+            self._err.write("\r\x1b[K")
+            self._err.flush()
+
+
+async def run_query(
+    clock: IReactorTime,
+    arguments: argparse.Namespace,
+    out: IO[str],
+    err: IO[str],
+    *,
+    endpoint_factory: Callable[[ServerAddress], IStreamClientEndpoint] | None = None,
+    now: Callable[[], float] | None = None,
+) -> int:
+    """
+    Run C{bulklq query} on a reactor (C{clock}) and return the exit status; L{run} wraps
+    it in C{task.react}. Tests pass a Clock and an C{endpoint_factory}.
+    """
+    prog = "bulklq query"
+    try:
+        query = build_query(arguments)
+        servers = [ServerAddress.parse(text, arguments.port) for text in arguments.servers]
+    except ValueError as error:
+        err.write(f"{prog}: error: {error}\n")
+        return EXIT_USAGE
+    if arguments.stream and arguments.format == "json":
+        err.write(f"{prog}: error: --stream cannot be used with --format json\n")
+        return EXIT_USAGE
+    clock_now = now or clock.seconds
+    writer = _writer(arguments, out, clock_now)
+    requestor = Requestor(
+        arguments.requestor_duid or default_requestor_duid(),
+        clock,
+        RequestorOptions(
+            data_timeout=arguments.timeout,
+            connect_timeout=arguments.connect_timeout,
+            retries=arguments.retries,
+            keep_bindings=not arguments.stream,
+        ),
+        endpoint_factory,
+    )
+    progress = _Progress(clock, err, _isatty(err))
+
+    def stream(binding: Binding) -> None:
+        progress.count += 1
+        writer.binding(binding)
+
+    writer.start()
+    try:
+        result = await requestor.query_all(
+            servers, query, stream if arguments.stream else progress.binding
+        )
+    finally:
+        progress.stop()
+    if not arguments.stream:
+        for binding in result.bindings:
+            writer.binding(binding)
+    writer.finish(result)
+    out.flush()
+    for server in result.servers:
+        if not server.complete or server.discarded:
+            err.write(f"{prog}: {server.describe()}\n")
+    return exit_code(result)
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def run(arguments: argparse.Namespace) -> int:
+    """The subcommand's entry point: run L{run_query} on the global reactor."""
+
+    async def main(reactor: Any) -> None:
+        code = await run_query(reactor, arguments, sys.stdout, sys.stderr)
+        raise SystemExit(code)
+
+    def start(reactor: Any) -> Any:
+        from twisted.internet.defer import Deferred  # noqa: PLC0415
+
+        return Deferred.fromCoroutine(main(reactor))
+
+    try:
+        react(start)
+    except SystemExit as done:
+        return int(done.code or 0)
+    return EXIT_OK  # pragma: no cover - react always exits
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """C{python -m bulklq.cli.query ...}: the subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="bulklq")
+    register(parser.add_subparsers(dest="command", required=True))
+    arguments = parser.parse_args(["query", *(sys.argv[1:] if argv is None else argv)])
+    result: int = arguments.run(arguments)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
