@@ -388,7 +388,7 @@ def contract_dataset(now: int = CONTRACT_NOW) -> tuple[tuple[Link, ...], tuple[B
             )
         )
     # Clients on more than one link.
-    for number, link in ((1, _LINKS[1]), (1, _LINKS[2]), (8, _LINKS[0]), (6, _LINKS[2])):
+    for number, link in ((1, _LINKS[1]), (1, _LINKS[2]), (8, _LINKS[0]), (6, _LINKS[0])):
         bindings.append(
             make_binding(
                 number,
@@ -420,6 +420,7 @@ def contract_dataset(now: int = CONTRACT_NOW) -> tuple[tuple[Link, ...], tuple[B
             relay_data=_contract_relay(1, _LINKS[0]),
         )
     )
+    assert len({binding.key for binding in bindings}) == len(bindings)
     return _LINKS, tuple(bindings)
 
 
