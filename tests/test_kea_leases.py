@@ -1,0 +1,260 @@
+"""Tests for L{bulklq.stores.kea_leases}: Kea lease rows and relay chains as bindings."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv6Address, IPv6Network
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from bulklq.stores.kea_leases import (
+    NO_RELAY,
+    KeaLease6,
+    KeaLeaseError,
+    bindings_from_leases,
+    client_link_address,
+    is_active,
+    relay_hops,
+    relay_info,
+    unescape,
+)
+from bulklq.wire import (
+    Duid,
+    InterfaceId,
+    MessageType,
+    RelayId,
+    RelayMessageOption,
+    RemoteId,
+    UnknownOption,
+    decode_options,
+)
+
+#: user_context of the real row in Kea's own test data (Kea 2.4+ relay-info), unescaped.
+REAL_CONTEXT = (
+    '{ "ISC": { "relay-info": [ { "hop": 44, "link": "2001:db8::4", "peer": "2001:db8::5",'
+    ' "remote-id": "010203040506", "relay-id": "6464646464646464",'
+    ' "options": "0x00250006010203040506003500086464646464646464" } ] } }'
+)
+CLIENT = bytes.fromhex("000300010200000000aa")
+
+
+def context(key: str, *hops: dict[str, object]) -> str:
+    """A user_context JSON text with C{hops} under C{ISC.key}."""
+    return json.dumps({"ISC": {key: list(hops)}})
+
+
+def lease(address: str = "2001:db8:1::10", **changes: object) -> KeaLease6:
+    """An active IA_NA lease of CLIENT in subnet 1 (CLTT 1000, valid 3600)."""
+    value = KeaLease6(IPv6Address(address), CLIENT, 3600, 4600, 1, 1800)
+    return attrs.evolve(value, **changes)  # type: ignore[arg-type]
+
+
+class UnescapeTests(SynchronousTestCase):
+    """Kea's memfile escapes."""
+
+    def test_escapes(self) -> None:
+        """&#x2c is a comma, &#x26 an ampersand, any &#xNN that octet; case-insensitive."""
+        self.assertEqual(unescape("a&#x2cb&#x26c&#x3Bd&#x0a"), "a,b&c;d\n")
+        self.assertEqual(unescape("no escapes, here"), "no escapes, here")
+        self.assertEqual(unescape("&#x2"), "&#x2")
+
+
+class RelayDecodingTests(SynchronousTestCase):
+    """Relay chains from user_context, per row."""
+
+    def test_real_row(self) -> None:
+        """Kea's own relay-info row: hop 44, options decoded, decoded ids agree."""
+        [hop] = relay_hops(json.loads(REAL_CONTEXT))
+        self.assertEqual(
+            (hop.hop, str(hop.link), str(hop.peer)), (44, "2001:db8::4", "2001:db8::5")
+        )
+        remote = RemoteId.from_bytes(bytes.fromhex("010203040506"))
+        self.assertEqual(hop.options, (remote, RelayId(Duid(b"d" * 8))))
+        info = relay_info(REAL_CONTEXT)
+        self.assertEqual(info.relay_ids, (Duid(b"d" * 8),))
+        self.assertEqual(info.remote_ids, (remote,))
+
+    def test_kea22_relays(self) -> None:
+        """Kea 2.2 relays: Remote-ID, Relay-ID and Interface-ID parsed from upper-case hex."""
+        options = (
+            InterfaceId(b"eth0").encode()
+            + RemoteId(9, b"line").encode()
+            + RelayId(Duid.en(9, b"r1")).encode()
+        )
+        text = context(
+            "relays",
+            {
+                "hop": 0,
+                "link": "2001:db8:1::1",
+                "options": "0x" + options.hex().upper(),
+                "peer": "fe80::1",
+            },
+        )
+        info = relay_info(text)
+        self.assertEqual(info.relay_ids, (Duid.en(9, b"r1"),))
+        self.assertEqual(info.remote_ids, (RemoteId(9, b"line"),))
+        assert info.relay_data is not None
+        self.assertEqual(
+            info.relay_data.relay_message.options, decode_options(options, 0, len(options), 0)
+        )
+
+    def test_decoded_ids_without_options(self) -> None:
+        """relay-info remote-id/relay-id count when the options do not carry them."""
+        text = context(
+            "relay-info",
+            {
+                "hop": 0,
+                "link": "2001:db8:1::1",
+                "peer": "fe80::1",
+                "options": "0x",
+                "remote-id": "0X00000009AB",
+                "relay-id": "00020000000972",
+            },
+        )
+        info = relay_info(text)
+        self.assertEqual(info.remote_ids, (RemoteId(9, b"\xab"),))
+        self.assertEqual(info.relay_ids, (Duid(bytes.fromhex("00020000000972")),))
+
+    def test_chain(self) -> None:
+        """
+        LQ_RELAY_DATA: RELAY-FORW layers outermost first, each nesting the next in
+        RELAY_MSG, the innermost without; the outermost relay's peer-address; the ids of
+        every hop.
+        """
+        outer = RelayId(Duid.en(9, b"outer")).encode().hex()
+        inner = (RemoteId(9, b"port").encode() + UnknownOption(99, b"x").encode()).hex()
+        text = context(
+            "relay-info",
+            {"hop": 1, "link": "2001:db8:ff::1", "peer": "2001:db8:1::1", "options": "0x" + outer},
+            {"hop": 0, "link": "2001:db8:1::1", "peer": "fe80::7", "options": "0x" + inner},
+        )
+        info = relay_info(text)
+        assert info.relay_data is not None
+        self.assertEqual(info.relay_data.peer_address, IPv6Address("2001:db8:1::1"))
+        first, second = info.relay_data.relay_message.layers()
+        self.assertEqual(first.msg_type, MessageType.RELAY_FORW)
+        self.assertEqual(first.options[-1], RelayMessageOption(second))
+        self.assertIsNone(second.option(RelayMessageOption))
+        self.assertEqual(second.options, (RemoteId(9, b"port"), UnknownOption(99, b"x")))
+        self.assertEqual(info.relay_ids, (Duid.en(9, b"outer"),))
+        self.assertEqual(info.remote_ids, (RemoteId(9, b"port"),))
+        self.assertEqual(info.link_address, IPv6Address("2001:db8:1::1"))
+        info.relay_data.encode()
+
+    def test_client_link(self) -> None:
+        """The link Kea uses: the relay nearest the client not :: nor link-local."""
+        hops = relay_hops(
+            json.loads(
+                context(
+                    "relays",
+                    {"hop": 2, "link": "2001:db8:9::1", "peer": "fe80::1"},
+                    {"hop": 1, "link": "fe80::5", "peer": "fe80::2"},
+                    {"hop": 0, "link": "::", "peer": "fe80::3"},
+                )
+            )
+        )
+        self.assertEqual(client_link_address(hops), IPv6Address("2001:db8:9::1"))
+        self.assertIsNone(client_link_address(hops[1:]))
+
+    def test_no_relay(self) -> None:
+        """No user context, or one without ISC relay information, means no chain."""
+        for text in (None, "", '{"ISC": {}}', '{"other": 1}'):
+            self.assertIs(relay_info(text), NO_RELAY, text)
+
+    def test_malformed(self) -> None:
+        """Malformed relay information raises KeaLeaseError with the reason."""
+        for text, reason in (
+            ("not json", "not JSON"),
+            ("[1]", "not a JSON object"),
+            ('{"ISC": 5}', "ISC"),
+            ('{"ISC": {"relays": {}}}', "not a JSON list"),
+            (context("relays", {"hop": 300}), "hop"),
+            (context("relays", {"hop": 0, "link": "nope"}), "relay 0"),
+            (context("relays", {"hop": 0, "options": "0x0025"}), "relay options"),
+            (context("relays", {"hop": 0, "options": "0x0g"}), "not hex"),
+            (context("relays", {"hop": 0, "options": 7}), "hex string"),
+            (context("relays", *[{"hop": 0}] * 33), "exceeds"),
+            (context("relay-info", {"hop": 0, "relay-id": "00"}), "relay 0"),
+        ):
+            error = self.assertRaises(KeaLeaseError, relay_info, text)
+            self.assertIn(reason, str(error), text)
+
+
+class BindingTests(SynchronousTestCase):
+    """Grouping active leases into bindings."""
+
+    def test_active(self) -> None:
+        """Active: state 0, valid lifetime above 0, expiry after now."""
+        self.assertTrue(is_active(lease(), 4599))
+        self.assertFalse(is_active(lease(), 4600))
+        self.assertFalse(is_active(lease(state=3), 100))
+        self.assertFalse(is_active(lease(valid_lifetime=0), 100))
+
+    def test_grouping(self) -> None:
+        """
+        Addresses and prefixes of one DUID in one subnet are one binding; another subnet
+        is another binding; inactive leases are left out.
+        """
+        leases = [
+            lease(),
+            lease("2001:db8:100::", lease_type=2, prefix_len=56),
+            lease("2001:db8:2::10", subnet_id=2),
+            lease("2001:db8:1::11", state=1),
+        ]
+        bindings = sorted(bindings_from_leases(leases, 2000), key=lambda b: b.key)
+        self.assertEqual([b.link_id for b in bindings], ["subnet-1", "subnet-2"])
+        self.assertEqual([str(a.address) for a in bindings[0].addresses], ["2001:db8:1::10"])
+        self.assertEqual(
+            [p.prefix for p in bindings[0].prefixes], [IPv6Network("2001:db8:100::/56")]
+        )
+
+    def test_newest_lease_carries_the_binding(self) -> None:
+        """
+        The newest lease gives the CLTT and relay chain; an older lease's lifetimes are
+        shortened so that it keeps its own expiry.
+        """
+        old_context = context(
+            "relays",
+            {
+                "hop": 0,
+                "link": "2001:db8:1::1",
+                "options": "0x" + RemoteId(9, b"old").encode().hex(),
+            },
+        )
+        new_context = context(
+            "relays",
+            {
+                "hop": 0,
+                "link": "2001:db8:1::1",
+                "options": "0x" + RemoteId(9, b"new").encode().hex(),
+            },
+        )
+        leases = [
+            lease("2001:db8:1::10", expire=4000, user_context=old_context),  # CLTT 400
+            lease("2001:db8:1::11", expire=4600, user_context=new_context),  # CLTT 1000
+        ]
+        [binding] = bindings_from_leases(leases, 2000)
+        self.assertEqual(binding.cltt, 1000)
+        older = binding.addresses[0]
+        self.assertEqual((older.valid_lifetime, older.preferred_lifetime), (3000, 1200))
+        self.assertEqual(binding.cltt + older.valid_lifetime, 4000)
+        self.assertEqual(binding.remote_ids, (RemoteId(9, b"new"), RemoteId(9, b"old")))
+        assert binding.relay_data is not None
+        self.assertEqual(binding.relay_data.relay_message.options, (RemoteId(9, b"new"),))
+
+    def test_errors(self) -> None:
+        """A malformed lease is reported to on_error and left out; without it, raised."""
+        bad = [
+            lease("2001:db8:1::12", duid=b"\x00"),
+            lease("2001:db8:1::13", lease_type=5),
+            lease("2001:db8:100::1", lease_type=2, prefix_len=56),
+            lease(),
+        ]
+        seen: list[str] = []
+        [binding] = bindings_from_leases(
+            bad, 2000, on_error=lambda _, error: seen.append(str(error))
+        )
+        self.assertEqual([str(a.address) for a in binding.addresses], ["2001:db8:1::10"])
+        self.assertEqual(len(seen), 3)
+        self.assertRaises(KeaLeaseError, bindings_from_leases, bad, 2000)
