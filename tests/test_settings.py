@@ -258,3 +258,27 @@ class EndpointAddressTests(SynchronousTestCase):
         self.assertIsNone(tcp_endpoint_address("systemd:domain=INET6:index=0"))
         self.assertIsNone(tcp_endpoint_address("ssl:547"))
         self.assertIsNone(tcp_endpoint_address("tcp:port=x"))
+
+
+class ReferenceDocumentTests(SynchronousTestCase):
+    """docs/configuration.md stays true."""
+
+    DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+    def test_every_option_documented(self) -> None:
+        """Every option has a row in the reference table."""
+        text = self.DOC.read_text()
+        for spec in OPTIONS:
+            self.assertIn(f"| `{spec.name}` |", text)
+
+    def test_example_file_is_valid(self) -> None:
+        """The complete example file in the reference is accepted as it is."""
+        text = self.DOC.read_text()
+        block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+        path = Path(self.mktemp())
+        path.write_text(block)
+        settings = resolve({}, ENV, path)
+        self.assertTrue(settings.udp)
+        assert settings.allow is not None
+        self.assertEqual(len(settings.allow), 2)
+        self.assertEqual(settings.sensitive_options, frozenset({37}))
