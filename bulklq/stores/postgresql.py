@@ -24,6 +24,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv6Address, IPv6Network
+from socket import AF_INET6, inet_pton
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -233,13 +234,26 @@ def _link_filter(a: str) -> str:
     return f" AND {_sk(a)} = %(lsk)s"
 
 
+def _parse_address(text: str) -> IPv6Address:
+    """An address column's text (VARCHAR, or INET through host()) as an address, fast."""
+    try:
+        return IPv6Address(int.from_bytes(inet_pton(AF_INET6, text), "big"))
+    except OSError:
+        raise KeaLeaseError(f"address {text!r} is not an IPv6 address") from None
+
+
 def _row_lease(row: Sequence[Any]) -> KeaLease6:
+    """
+    The lease of one result row.
+
+    @raise KeaLeaseError: for an address column that is not an IPv6 address.
+    """
     # The first 11 columns are L{_Schema.columns}; a scan adds its C{hit} flag after them.
     (subnet_id, duid, address, valid, expire, preferred, lease_type, iaid, plen, state, ctx) = row[
         :11
     ]
     return KeaLease6(
-        address=IPv6Address(address),
+        address=_parse_address(address),
         duid=bytes(duid) if duid is not None else b"",
         valid_lifetime=int(valid or 0),
         expire=int(expire or 0),
@@ -251,6 +265,17 @@ def _row_lease(row: Sequence[Any]) -> KeaLease6:
         state=int(state or 0),
         user_context=ctx,
     )
+
+
+def _row_leases(rows: Iterable[Sequence[Any]]) -> list[KeaLease6]:
+    """The leases of C{rows}; a row whose address is malformed is skipped with a warning."""
+    leases = []
+    for row in rows:
+        try:
+            leases.append(_row_lease(row))
+        except KeaLeaseError as error:
+            _log.warn("lease6 row skipped (subnet {subnet}): {error}", subnet=row[0], error=error)
+    return leases
 
 
 def subnet_of_link(link_id: str) -> int | None:
@@ -510,7 +535,7 @@ class PostgreSQLBindingStore:
         if len(groups) > limit:
             del groups[limit:]
             more = True
-        leases = [_row_lease(row) for _, members in groups for row in members]
+        leases = _row_leases(row for _, members in groups for row in members)
         found = bindings_from_leases(leases, now, on_error=self._skip)
         found.sort(key=_binding_key)
         bindings = [binding for binding in found if query.matches(binding)]
@@ -599,10 +624,14 @@ class PostgreSQLBindingStore:
                     f"WHERE t.{column} = %(id)s AND {_active('m')}",
                     with_link,
                 )
-            hit = (
-                f"EXISTS (SELECT 1 FROM {table} t WHERE t.{column} = %(id)s "  # noqa: S608
-                f"AND {schema.table_join(table, 'l')})"
+            # One index probe per lease (a LATERAL with LIMIT 1: an EXISTS would be
+            # planned as a hash of every row of this id, rebuilt on every page).
+            probe = (
+                f"LEFT JOIN LATERAL (SELECT true AS found FROM {table} t "  # noqa: S608
+                f"WHERE t.{column} = %(id)s AND {schema.table_join(table, 'l')} LIMIT 1) p "
+                "ON true"
             )
+            return _scan_sql(schema, "p.found IS NOT NULL", with_link, probe)
         else:
             # Kea's user_context holds the id as hex: in "relay-id"/"remote-id" (Kea 2.3.2+)
             # and inside the relay's "options" (every version, upper-case in real files).
@@ -636,8 +665,7 @@ class PostgreSQLBindingStore:
             "AND l.user_context LIKE %(pattern)s ORDER BY l.subnet_id LIMIT 100",
             {"pattern": f'%"{address}"%', "now": now},
         ).fetchall()
-        for found in rows:
-            lease = _row_lease(found)
+        for lease in _row_leases(rows):
             try:
                 if client_link_address(lease_relay_hops(lease)) == address:
                     return Link(subnet_link_id(lease.subnet_id), (IPv6Network(address),))
@@ -660,14 +688,14 @@ def _candidates_sql(schema: _Schema, candidates: str, with_link: bool) -> str:
     )
 
 
-def _scan_sql(schema: _Schema, hit: str | None, with_link: bool) -> str:
+def _scan_sql(schema: _Schema, hit: str | None, with_link: bool, join: str = "") -> str:
     """
     SQL of a page when many clients may match: walk C{lease6} in key order (the
     C{bulklq_lease6_key} index) and keep every active lease of a client one of whose active
     leases is a C{hit} (every client when C{None}).
     """
     link = _link_filter("l") if with_link else ""
-    scan = f"FROM lease6 l WHERE {_active('l')} AND {_after('l')}{link} {_order('l')}"
+    scan = f"FROM lease6 l {join} WHERE {_active('l')} AND {_after('l')}{link} {_order('l')}"
     if hit is None:
         return f"SELECT {schema.columns('l')} {scan} LIMIT %(rows)s"
     # The window keeps the scan's order; the outer filter and LIMIT stop it early.
