@@ -33,7 +33,7 @@ from .config import ServerConfig, normalise_peer
 from .interfaces import IBindingStore
 from .model import Binding, Link
 from .query import QueryPlan, Rejection, Resolution, resolve_query, validate_query
-from .server._encode import client_data
+from .server import client_data
 from .stats import QueryRecord, ServerStats
 from .wire import (
     ClientData,
