@@ -36,6 +36,7 @@ its address text, the lease value shared with its binding, and the client's grou
 from __future__ import annotations
 
 import csv
+import gc
 import os
 from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv6Address, IPv6Network
@@ -527,10 +528,18 @@ class KeaCsvStore:
         if self._followed is not None:
             self._followed.close()
         table = _LeaseTable(derive_links=self._configured is None)
-        self._followed = self._load_set(table)
-        previous = self._table
-        table.flush(self._index, self._link_id, gone=previous.members)
-        self._table = table
+        # A bulk load allocates millions of objects and frees none: the cyclic garbage
+        # collector would rescan the growing heap again and again (quadratic time).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._followed = self._load_set(table)
+            previous = self._table
+            table.flush(self._index, self._link_id, gone=previous.members)
+            self._table = table
+        finally:
+            if collecting:
+                gc.enable()
         if self._followed is None:
             log.warn("{path} does not exist yet; waiting for Kea to create it", path=str(self.path))
         log.info(

@@ -465,7 +465,8 @@ def lease_item(
     """
     if lease_type == LEASE_TYPE_PD:
         try:
-            network = IPv6Network((address, prefix_len))
+            # An int, not the address: IPv6Network would format and re-parse an IPv6Address.
+            network = IPv6Network((int(address), prefix_len))
         except ValueError as error:
             raise KeaLeaseError(f"prefix: {error}") from None
         return PrefixLease(network, preferred, valid)
