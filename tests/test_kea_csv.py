@@ -755,3 +755,37 @@ class OpenerTests(SynchronousTestCase):
             error = self.assertRaises(KeaCsvError, open_store_uri, uri, clock)
             self.assertIn(text, str(error), uri)
             self.assertNotIn("\n", str(error))
+
+
+class PollFailureTests(SynchronousTestCase):
+    """A failing poll is logged and the following goes on."""
+
+    def test_failure_logged_and_retried(self) -> None:
+        """An error while reading is logged; the next poll runs and applies new rows."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "kea-leases6.csv"
+        path.write_text(HEADER_3 + "\n")
+        clock = Clock()
+        clock.advance(T)
+        store = KeaCsvStore(path, clock)
+        store.load()
+        store.start()
+        self.addCleanup(store.close)
+        calls = []
+
+        def broken() -> None:
+            calls.append(1)
+            raise OSError("disk on fire")
+
+        original = store.poll
+        store.poll = broken  # type: ignore[method-assign]
+        clock.advance(1)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(len(calls), 1)
+        store.poll = original  # type: ignore[method-assign]
+        client, rows = _binding_rows(1)
+        with open(path, "a", encoding="ascii") as handle:
+            handle.write("\n".join(rows) + "\n")
+        clock.advance(1)
+        self.assertEqual([b.client_id for b in store.bindings()], [client])

@@ -552,11 +552,18 @@ class KeaCsvStore:
     def start(self) -> None:
         """Poll the lease file every C{interval} seconds until L{close}."""
         if self._poller is None and not self._closed:
-            self._poller = LoopingCall(self.poll)
+            self._poller = LoopingCall(self._poll_logged)
             self._poller.clock = self._reactor
             self._poller.start(self._interval, now=False).addErrback(
                 lambda failure: log.failure("{name}: following stopped", failure, name=self.name)
             )
+
+    def _poll_logged(self) -> None:
+        # One failed poll (an unreadable file, a disk error) must not stop the following.
+        try:
+            self.poll()
+        except Exception:
+            log.failure("{name}: reading the lease file failed; retrying", name=self.name)
 
     def _rotated(self, old: _FollowedFile) -> bool:
         """Whether the lease file was replaced by Kea's LFC (the old file kept as a sibling)."""
