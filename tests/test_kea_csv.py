@@ -610,12 +610,26 @@ class LiveFollowTests(SynchronousTestCase):
         self.assertEqual(len(self.clients()), 4)
 
     def test_shrunk_file_reloads(self) -> None:
-        """A lease file truncated in place is reloaded."""
+        """
+        A lease file truncated in place is reloaded; links derived from leases that are
+        gone are recomputed.
+        """
+        link = self.successResultOf(self.store.find_link(IPv6Address("2001:db8:1::1")))
+        self.assertIsNotNone(link)
+        other = (
+            f"2001:db8:2::9,00:03:00:01:02:00:00:00:00:99,60,{T + 60},2,30,0,1,128,0,0,,,0,,1,0,0"
+        )
+        self.append(other + "\n")
+        self.clock.advance(1)
+        self.assertIsNotNone(
+            self.successResultOf(self.store.find_link(IPv6Address("2001:db8:2::1")))
+        )
         with open(self.path, "w", encoding="ascii") as handle:
             handle.write(HEADER_3 + "\n" + "\n".join(self.rows[1:3]) + "\n")
         self.clock.advance(1)
         self.assertEqual(self.store.reloads, 1)
         self.assertEqual(len(self.clients()), 1)
+        self.assertIsNone(self.successResultOf(self.store.find_link(IPv6Address("2001:db8:2::1"))))
 
     def test_close_stops_polling(self) -> None:
         """After close, no poll is scheduled and appended rows are not read."""

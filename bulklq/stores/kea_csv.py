@@ -536,6 +536,8 @@ class KeaCsvStore:
             self._followed = self._load_set(table)
             previous = self._table
             table.flush(self._index, self._link_id, gone=previous.members)
+            for subnet in set(previous.derived) - set(table.derived):
+                self._index.remove_link(self._link_id(subnet))
             self._table = table
         finally:
             if collecting:
