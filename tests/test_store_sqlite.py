@@ -5,12 +5,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
+from ipaddress import IPv6Address
 
+import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bulklq.model import Binding, BindingKey, BindingQuery, Link
+from bulklq.model import AddressLease, Binding, BindingKey, BindingQuery, Link
 from bulklq.stores import open_store
 from bulklq.stores.sqlite import (
     SCHEMA_VERSION,
@@ -26,6 +29,17 @@ from bulklq.testing import (
     make_binding,
     make_duid,
     make_link,
+    make_relay_hop,
+)
+from bulklq.wire import (
+    InterfaceId,
+    LQRelayData,
+    MessageType,
+    RelayId,
+    RelayMessage,
+    RelayMessageOption,
+    RemoteId,
+    UnknownOption,
 )
 
 
@@ -70,6 +84,42 @@ class DatabaseTests(SynchronousTestCase):
         self.assertEqual(self.database.links(), list(links))
         for binding in bindings:
             self.assertEqual(self.database.get(binding.key), binding)
+
+    def test_explicit_ids_and_relay_msg_position(self) -> None:
+        """
+        Relay-IDs and Remote-IDs that differ from the chain's, client options, and a
+        RELAY_MSG that is not a hop's last option all read back exactly; the explicit ids
+        are what the indexes hold.
+        """
+        inner = make_relay_hop("2001:db8:1::1", remote_id=RemoteId(9, b"inner"))
+        outer = RelayMessage(
+            MessageType.RELAY_FORW,
+            1,
+            IPv6Address("2001:db8:ffff::1"),
+            IPv6Address("fe80::2"),
+            (RelayMessageOption(inner), InterfaceId(b"uplink"), RelayId(make_duid(900))),
+        )
+        binding = Binding(
+            make_duid(1),
+            "link-1",
+            DEFAULT_CLTT,
+            relay_data=LQRelayData(IPv6Address("2001:db8:ffff::1"), outer),
+            relay_ids=(make_duid(901),),
+            remote_ids=(),
+            options=(UnknownOption(65000, b"x"),),
+        )
+        binding = attrs.evolve(
+            binding, addresses=(AddressLease(IPv6Address("2001:db8:1::7"), 1, 2),)
+        )
+        self.database.put(binding)
+        self.assertEqual(self.database.get(binding.key), binding)
+        by_relay = BindingQuery.by_relay_id
+        self.assertEqual(self.database.fetch(by_relay(make_duid(900)), None, 5, 0).bindings, [])
+        self.assertEqual(
+            list(self.database.fetch(by_relay(make_duid(901)), None, 5, 0).bindings), [binding]
+        )
+        remote = BindingQuery.by_remote_id(RemoteId(9, b"inner"))
+        self.assertEqual(self.database.fetch(remote, None, 5, 0).bindings, [])
 
     def test_replace_reindexes(self) -> None:
         """Replacing a binding drops its old index rows and adds the new ones."""
@@ -227,7 +277,9 @@ class ConcurrentWriterTests(TestCase):
         churn = [make_binding(n, "link-1", cltt=DEFAULT_CLTT) for n in range(2, 400, 2)]
         database.put_many(stable + churn)
         database.close()
-        store = SQLiteBindingStore(path, reactor, threads=2)
+        clock = Clock()
+        clock.advance(DEFAULT_CLTT)
+        store = SQLiteBindingStore(path, reactor, clock, threads=2)
         self.addCleanup(store.close)
         stop = threading.Event()
         writes = [0]
@@ -270,12 +322,6 @@ class ConcurrentWriterTests(TestCase):
             return failure
 
         query = BindingQuery.by_link("link-1")
-        # now = DEFAULT_CLTT (the reactor's clock is real time, far later): use a clock.
-        from twisted.internet.task import Clock
-
-        clock = Clock()
-        clock.advance(DEFAULT_CLTT)
-        store._clock = clock
         d = ensureDeferred(collect_bindings(store, query, limit=3))
         d.addCallbacks(finish, failed)
         return d

@@ -43,18 +43,21 @@ from ..model import (
     Link,
     PrefixLease,
     QueryKind,
+    relay_identities,
 )
 from ..wire import (
     Duid,
     LQRelayData,
     MessageType,
     Option,
+    RelayId,
     RelayMessage,
     RelayMessageOption,
     RemoteId,
     decode_options,
     encode_options,
 )
+from ..wire._fast import ipv6_from_packed, new, slot_setters
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -82,7 +85,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE TABLE bindings (
             link_id TEXT NOT NULL, duid BLOB NOT NULL, cltt INTEGER NOT NULL,
             expires INTEGER NOT NULL, addresses BLOB NOT NULL, prefixes BLOB NOT NULL,
-            relay BLOB, relay_ids BLOB NOT NULL, remote_ids BLOB NOT NULL,
+            relay BLOB, relay_ids BLOB, remote_ids BLOB,
             options BLOB NOT NULL,
             PRIMARY KEY (link_id, duid)) WITHOUT ROWID""",
         """CREATE INDEX bindings_by_duid ON bindings (duid, link_id)""",
@@ -161,6 +164,7 @@ def _encode_relay(relay_data: LQRelayData) -> bytes:
 
 
 def _row_of(binding: Binding) -> tuple[Any, ...]:
+    chain_relay_ids, chain_remote_ids = relay_identities(binding.relay_data)
     return (
         binding.link_id,
         binding.client_id.raw,
@@ -180,93 +184,225 @@ def _row_of(binding: Binding) -> tuple[Any, ...]:
             for p in binding.prefixes
         ),
         None if binding.relay_data is None else _encode_relay(binding.relay_data),
-        _pack_ids(duid.raw for duid in binding.relay_ids),
-        _pack_ids(_remote_id_bytes(remote_id) for remote_id in binding.remote_ids),
+        # NULL: the ids are those found in the chain (the usual case).
+        None
+        if binding.relay_ids == chain_relay_ids
+        else _pack_ids(duid.raw for duid in binding.relay_ids),
+        None
+        if binding.remote_ids == chain_remote_ids
+        else _pack_ids(_remote_id_bytes(remote_id) for remote_id in binding.remote_ids),
         encode_options(binding.options),
     )
 
 
+_set_binding = slot_setters(
+    Binding,
+    "client_id",
+    "link_id",
+    "cltt",
+    "addresses",
+    "prefixes",
+    "relay_data",
+    "relay_ids",
+    "remote_ids",
+    "options",
+)
+_set_address_lease = slot_setters(AddressLease, "address", "preferred_lifetime", "valid_lifetime")
+_set_prefix_lease = slot_setters(PrefixLease, "prefix", "preferred_lifetime", "valid_lifetime")
+_set_relay = slot_setters(
+    RelayMessage, "msg_type", "hop_count", "link_address", "peer_address", "options"
+)
+_set_relay_data = slot_setters(LQRelayData, "peer_address", "relay_message")
+(_set_duid_raw,) = slot_setters(Duid, "raw")
+_set_remote = slot_setters(RemoteId, "enterprise_number", "remote_id")
+_REMOTE_ID_CODE = RemoteId.code
+_RELAY_ID_CODE = RelayId.code
+_RELAY_FORW = MessageType.RELAY_FORW
+
+
+def _duid(raw: bytes) -> Duid:
+    duid = new(Duid)
+    _set_duid_raw(duid, raw)
+    return duid
+
+
+def _remote_id(data: bytes) -> RemoteId:
+    remote_id = new(RemoteId)
+    set_enterprise, set_value = _set_remote
+    set_enterprise(remote_id, int.from_bytes(data[:4], "big"))
+    set_value(remote_id, data[4:])
+    return remote_id
+
+
+_HopOptions = tuple[tuple[Option, ...], tuple[Duid, ...], tuple[RemoteId, ...]]
+
+
 class _Decoder:
     """
-    Rebuilds L{Binding}s from rows, caching values that repeat (relay addresses, options,
-    Relay-IDs, Remote-IDs) in bounded dictionaries.
+    Rebuilds L{Binding}s from rows. Everything stored was validated when it was a Binding,
+    so values are built without re-validation (as the codec's own decoders do), and the
+    values that repeat across bindings (relay addresses, options, Relay-IDs, Remote-IDs) are
+    shared through bounded caches.
     """
 
     _LIMIT = 65536
 
     def __init__(self) -> None:
         self._addresses: dict[bytes, IPv6Address] = {}
+        self._hops: dict[bytes, _HopOptions] = {}
+        self._tlvs: dict[bytes, Option] = {}
         self._options: dict[bytes, tuple[Option, ...]] = {}
-        self._duids: dict[bytes, Duid] = {}
-        self._remote_ids: dict[bytes, RemoteId] = {}
-
-    def _cached(self, cache: dict[bytes, _T], key: bytes, make: Callable[[bytes], _T]) -> _T:
-        value = cache.get(key)
-        if value is None:
-            if len(cache) >= self._LIMIT:
-                cache.clear()
-            value = cache[key] = make(key)
-        return value
+        self._ids: dict[bytes, tuple[Duid, ...]] = {}
 
     def _address(self, packed: bytes) -> IPv6Address:
-        return self._cached(self._addresses, packed, IPv6Address)
+        address = self._addresses.get(packed)
+        if address is None:
+            if len(self._addresses) >= self._LIMIT:
+                self._addresses.clear()
+            address = self._addresses[packed] = ipv6_from_packed(packed)
+        return address
+
+    def _split(self, data: bytes) -> _HopOptions:
+        tlvs = self._tlvs
+        if len(tlvs) >= self._LIMIT:
+            tlvs.clear()
+        options: list[Option] = []
+        relay_ids: list[Duid] = []
+        remote_ids: list[RemoteId] = []
+        offset = 0
+        end = len(data)
+        while offset < end:
+            code = (data[offset] << 8) | data[offset + 1]
+            stop = offset + 4 + ((data[offset + 2] << 8) | data[offset + 3])
+            tlv = data[offset:stop]
+            option = tlvs.get(tlv)
+            if option is None:
+                if code == _REMOTE_ID_CODE:
+                    option = _remote_id(data[offset + 4 : stop])
+                else:
+                    option = decode_options(tlv, 0, len(tlv), 0)[0]
+                tlvs[tlv] = option
+            if code == _REMOTE_ID_CODE:
+                remote_ids.append(option)  # type: ignore[arg-type]
+            elif code == _RELAY_ID_CODE:
+                relay_ids.append(option.duid)  # type: ignore[attr-defined]
+            options.append(option)
+            offset = stop
+        return tuple(options), tuple(relay_ids), tuple(remote_ids)
+
+    def _hop(self, data: bytes) -> _HopOptions:
+        found = self._hops.get(data)
+        if found is None:
+            if len(self._hops) >= self._LIMIT:
+                self._hops.clear()
+            found = self._hops[data] = self._split(data)
+        return found
 
     def options(self, data: bytes) -> tuple[Option, ...]:
-        """Decoded options, shared between equal encodings."""
+        """Decoded options, each shared between equal encodings."""
         if not data:
             return ()
-        return self._cached(self._options, data, lambda d: decode_options(d, 0, len(d), 0))
+        return self._hop(data)[0]
 
-    def relay(self, data: bytes) -> LQRelayData:
-        """The LQ_RELAY_DATA value of an encoded relay column."""
+    def relay(self, data: bytes) -> tuple[LQRelayData, tuple[Duid, ...], tuple[RemoteId, ...]]:
+        """
+        The LQ_RELAY_DATA value of an encoded relay column, with the Relay-IDs and
+        Remote-IDs of every hop, outermost first.
+        """
         hops = []
         offset = 16
         size = _HOP.size
-        while offset < len(data):
+        end = len(data)
+        while offset < end:
             hop_count, link, peer, position, length = _HOP.unpack_from(data, offset)
             offset += size
             hops.append((hop_count, link, peer, position, data[offset : offset + length]))
             offset += length
+        set_type, set_hops, set_link, set_peer, set_options = _set_relay
+        address = self._address
         chain: RelayMessage | None = None
+        relay_ids: tuple[Duid, ...] = ()
+        remote_ids: tuple[RemoteId, ...] = ()
         for hop_count, link, peer, position, options_data in reversed(hops):
-            options = self.options(options_data)
+            options, hop_relay_ids, hop_remote_ids = self._hop(options_data)
+            if hop_relay_ids:
+                relay_ids = hop_relay_ids + relay_ids
+            if hop_remote_ids:
+                remote_ids = hop_remote_ids + remote_ids
             if chain is not None and position != _NO_RELAY_MSG:
                 options = (*options[:position], RelayMessageOption(chain), *options[position:])
-            chain = RelayMessage(
-                MessageType.RELAY_FORW,
-                hop_count,
-                self._address(link),
-                self._address(peer),
-                options,
-            )
-        assert chain is not None
-        return LQRelayData(self._address(data[:16]), chain)
+            chain = new(RelayMessage)
+            set_type(chain, _RELAY_FORW)
+            set_hops(chain, hop_count)
+            set_link(chain, address(link))
+            set_peer(chain, address(peer))
+            set_options(chain, options)
+        relay_data = new(LQRelayData)
+        set_data_peer, set_data_message = _set_relay_data
+        set_data_peer(relay_data, address(data[:16]))
+        set_data_message(relay_data, chain)
+        return relay_data, relay_ids, remote_ids
+
+    def _relay_ids(self, data: bytes) -> tuple[Duid, ...]:
+        found = self._ids.get(data)
+        if found is None:
+            if len(self._ids) >= self._LIMIT:
+                self._ids.clear()
+            found = self._ids[data] = tuple(_duid(raw) for raw in _unpack_ids(data))
+        return found
 
     def binding(self, row: Sequence[Any]) -> Binding:
         """The L{Binding} of a row of C{_COLUMNS}."""
         link_id, duid, cltt, addresses, prefixes, relay, relay_ids, remote_ids, options = row
-        leases = tuple(
-            AddressLease(IPv6Address(packed), preferred, valid)
-            for packed, preferred, valid in _LEASE.iter_unpack(addresses)
-        )
-        delegated = tuple(
-            PrefixLease(IPv6Network((int.from_bytes(packed, "big"), length)), preferred, valid)
-            for packed, length, preferred, valid in _PREFIX.iter_unpack(prefixes)
-        )
-        return Binding(
-            Duid(duid),
-            link_id,
-            cltt,
-            leases,
-            delegated,
-            None if relay is None else self.relay(relay),
-            tuple(self._cached(self._duids, raw, Duid) for raw in _unpack_ids(relay_ids)),
+        leases = []
+        set_address, set_preferred, set_valid = _set_address_lease
+        for packed, preferred, valid in _LEASE.iter_unpack(addresses):
+            lease = new(AddressLease)
+            set_address(lease, ipv6_from_packed(packed))
+            set_preferred(lease, preferred)
+            set_valid(lease, valid)
+            leases.append(lease)
+        delegated = (
             tuple(
-                self._cached(self._remote_ids, raw, RemoteId.from_bytes)
-                for raw in _unpack_ids(remote_ids)
-            ),
-            self.options(options),
+                PrefixLease(IPv6Network((int.from_bytes(packed, "big"), length)), preferred, valid)
+                for packed, length, preferred, valid in _PREFIX.iter_unpack(prefixes)
+            )
+            if prefixes
+            else ()
         )
+        if relay is None:
+            relay_data = None
+            chain_relay_ids: tuple[Duid, ...] = ()
+            chain_remote_ids: tuple[RemoteId, ...] = ()
+        else:
+            relay_data, chain_relay_ids, chain_remote_ids = self.relay(relay)
+        binding = new(Binding)
+        (
+            set_client,
+            set_link,
+            set_cltt,
+            set_addresses,
+            set_prefixes,
+            set_relay_data,
+            set_relay_ids,
+            set_remote_ids,
+            set_options,
+        ) = _set_binding
+        set_client(binding, _duid(duid))
+        set_link(binding, link_id)
+        set_cltt(binding, cltt)
+        set_addresses(binding, tuple(leases))
+        set_prefixes(binding, delegated)
+        set_relay_data(binding, relay_data)
+        set_relay_ids(binding, chain_relay_ids if relay_ids is None else self._relay_ids(relay_ids))
+        set_remote_ids(
+            binding,
+            chain_remote_ids
+            if remote_ids is None
+            else tuple(_remote_id(raw) for raw in _unpack_ids(remote_ids)),
+        )
+        set_options(binding, self.options(options))
+        return binding
 
 
 class SQLiteDatabase:
@@ -382,35 +518,33 @@ class SQLiteDatabase:
 
         return self._transaction(work)
 
-    @staticmethod
-    def _unindex(connection: sqlite3.Connection, key: BindingKey) -> bool:
+    def _unindex(self, connection: sqlite3.Connection, key: BindingKey) -> bool:
         row = connection.execute(
-            "SELECT addresses, prefixes, relay_ids, remote_ids FROM bindings "
-            "WHERE link_id = ? AND duid = ?",
+            f"SELECT {_COLUMNS} FROM bindings WHERE link_id = ? AND duid = ?",  # noqa: S608
             key,
         ).fetchone()
         if row is None:
             return False
+        old = self._decoder.binding(row)
         link_id, duid = key
-        addresses, prefixes, relay_ids, remote_ids = row
         connection.executemany(
             "DELETE FROM addresses WHERE address = ? AND link_id = ? AND duid = ?",
-            [(packed, link_id, duid) for packed, _, _ in _LEASE.iter_unpack(addresses)],
+            [(lease.address.packed, link_id, duid) for lease in old.addresses],
         )
         connection.executemany(
             "DELETE FROM prefixes WHERE length = ? AND network = ? AND link_id = ? AND duid = ?",
             [
-                (length, packed, link_id, duid)
-                for packed, length, _, _ in _PREFIX.iter_unpack(prefixes)
+                (p.prefix.prefixlen, p.prefix.network_address.packed, link_id, duid)
+                for p in old.prefixes
             ],
         )
         connection.executemany(
             "DELETE FROM relay_ids WHERE relay_id = ? AND link_id = ? AND duid = ?",
-            [(raw, link_id, duid) for raw in _unpack_ids(relay_ids)],
+            [(relay_id.raw, link_id, duid) for relay_id in set(old.relay_ids)],
         )
         connection.executemany(
             "DELETE FROM remote_ids WHERE remote_id = ? AND link_id = ? AND duid = ?",
-            [(raw, link_id, duid) for raw in _unpack_ids(remote_ids)],
+            [(_remote_id_bytes(remote_id), link_id, duid) for remote_id in set(old.remote_ids)],
         )
         connection.execute("DELETE FROM bindings WHERE link_id = ? AND duid = ?", key)
         return True
