@@ -91,7 +91,7 @@ def generate(path: str, rows: int, seed: int = 5460) -> None:
             duid += f"{(client >> 8) & 255:02x}:{client & 255:02x}:00"
             context = _relay_context(relay, client, old_format=client % 5 == 0)
             expire = NOW + rng.randrange(600, 3600)
-            address = f"2001:db8:{relay:x}::{client:x}"
+            address = str(IPv6Address((0x20010DB8 << 96) + (relay << 80) + client))
             prefix = str(IPv6Address((0x20010DB9 << 96) + (client << 72)))
             for lease_type, lease_address, length in ((0, address, 128), (2, prefix, 56)):
                 row = (
