@@ -9,7 +9,7 @@ stay far below 65535 octets and tests stay fast.
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Network
 
 from hypothesis import strategies as st
 
@@ -46,6 +46,8 @@ from bulklq.wire.options import is_modelled
 __all__ = [
     "LEASEQUERY_MESSAGE_TYPES",
     "any_messages",
+    "binding_data",
+    "bulk_messages",
     "client_data",
     "client_ids",
     "duids",
@@ -58,6 +60,7 @@ __all__ = [
     "relay_messages",
     "remote_ids",
     "status_codes",
+    "stored_relay_chains",
     "u8",
     "u16",
     "u32",
@@ -249,3 +252,98 @@ messages = st.builds(
 
 #: Any message decode_message may return.
 any_messages: st.SearchStrategy[Message | RelayMessage] = st.one_of(messages, relay_messages)
+
+
+# Realistic Bulk Leasequery traffic: what a requestor and a server actually exchange, valid
+# in every decoder's eyes (prefixes without host bits, relay chains without the client's
+# message, option codes nobody assigned). Independent decoders are checked against these.
+
+#: Option codes far from any assignment (kept raw by every decoder).
+unassigned_options = st.builds(UnknownOption, st.integers(65000, 65535), _variable(0, 8))
+
+clean_prefixes = st.builds(
+    lambda preferred, valid, length, address: IAPrefix(
+        preferred,
+        valid,
+        length,
+        IPv6Network((address, length), strict=False).network_address,
+    ),
+    lifetimes,
+    lifetimes,
+    st.integers(0, 128),
+    ipv6_addresses,
+)
+
+
+def _realistic_layer(
+    inner: st.SearchStrategy[RelayMessage | None],
+) -> st.SearchStrategy[RelayMessage]:
+    return st.builds(
+        lambda hops, link, peer, options, relayed: RelayMessage(
+            MessageType.RELAY_FORW,
+            hops,
+            link,
+            peer,
+            options + (() if relayed is None else (RelayMessageOption(relayed),)),
+        ),
+        st.integers(0, 31),
+        ipv6_addresses,
+        ipv6_addresses,
+        st.lists(st.one_of(interface_ids, remote_ids, relay_ids), max_size=3).map(tuple),
+        inner,
+    )
+
+
+#: RELAY-FORW chains of one to three layers, innermost RELAY_MSG removed (as LQ_RELAY_DATA
+#: carries them).
+stored_relay_chains: st.SearchStrategy[RelayMessage] = st.recursive(
+    _realistic_layer(st.none()), _realistic_layer, max_leaves=3
+)
+
+binding_data = st.builds(
+    lambda client, addresses, prefixes, clt, relay_data, extra: ClientData(
+        (client, *addresses, *prefixes, clt, *relay_data, *extra)
+    ),
+    client_ids,
+    st.lists(st.builds(IAAddress, ipv6_addresses, lifetimes, lifetimes), max_size=2),
+    st.lists(clean_prefixes, max_size=2),
+    st.builds(CltTime, u32),
+    st.lists(st.builds(LQRelayData, ipv6_addresses, stored_relay_chains), max_size=1),
+    st.lists(unassigned_options, max_size=1),
+)
+
+bulk_queries = st.builds(
+    lambda xid, requestor, query_type, link, query_options: Message(
+        MessageType.LEASEQUERY,
+        xid,
+        (requestor, LQQuery(query_type, link, query_options)),
+    ),
+    st.integers(0, 0xFFFFFF),
+    client_ids,
+    st.sampled_from(list(QueryType)),
+    ipv6_addresses,
+    st.lists(
+        st.one_of(
+            relay_ids, remote_ids, client_ids, oros, st.builds(IAAddress, ipv6_addresses, u32, u32)
+        ),
+        max_size=3,
+    ).map(tuple),
+)
+
+bulk_replies = st.builds(
+    lambda msg_type, xid, head, data, status: Message(msg_type, xid, (*head, *data, *status)),
+    st.sampled_from([MessageType.LEASEQUERY_REPLY, MessageType.LEASEQUERY_DATA]),
+    st.integers(0, 0xFFFFFF),
+    st.lists(st.one_of(client_ids, server_ids), max_size=2),
+    st.lists(binding_data, max_size=1),
+    st.lists(status_codes, max_size=1),
+)
+
+bulk_dones = st.builds(
+    lambda xid, status: Message(MessageType.LEASEQUERY_DONE, xid, tuple(status)),
+    st.integers(0, 0xFFFFFF),
+    st.lists(status_codes, max_size=1),
+)
+
+#: A realistic Bulk Leasequery message: LEASEQUERY, LEASEQUERY-REPLY/-DATA or -DONE.
+bulk_messages: st.SearchStrategy[Message] = st.one_of(bulk_queries, bulk_replies, bulk_dones)
