@@ -115,7 +115,8 @@ class SQLiteStoreError(ValueError):
 
 _LEASE = struct.Struct("!16sII")
 _PREFIX = struct.Struct("!16sBII")
-_HOP = struct.Struct("!B16s16sHH")
+_HOP = struct.Struct("!B16s16sHHB")
+_REMOTE = struct.Struct("!HH")
 _NO_RELAY_MSG = 0xFFFF
 _ALL_ONES = (1 << 128) - 1
 _COLUMNS = "link_id, duid, cltt, addresses, prefixes, relay, relay_ids, remote_ids, options"
@@ -140,16 +141,28 @@ def _remote_id_bytes(remote_id: RemoteId) -> bytes:
 
 
 def _encode_relay(relay_data: LQRelayData) -> bytes:
+    """
+    The relay column: the peer address, then per hop (outermost first) its header, the
+    position of its RELAY_MSG, its options other than REMOTE_ID and RELAY_MSG as one
+    encoding (shared by every client behind the same relay port, so decoding caches it),
+    and its REMOTE_IDs (per client) with their positions.
+    """
     parts = [relay_data.peer_address.packed]
     for layer in relay_data.relay_message.layers():
         position = _NO_RELAY_MSG
-        options: list[Option] = []
+        others: list[Option] = []
+        remote_ids: list[tuple[int, RemoteId]] = []
+        index = 0
         for option in layer.options:
             if isinstance(option, RelayMessageOption) and isinstance(option.message, RelayMessage):
-                position = len(options)
+                position = index
+                continue
+            if isinstance(option, RemoteId):
+                remote_ids.append((index, option))
             else:
-                options.append(option)
-        data = encode_options(options)
+                others.append(option)
+            index += 1
+        data = encode_options(others)
         parts.append(
             _HOP.pack(
                 layer.hop_count,
@@ -157,9 +170,14 @@ def _encode_relay(relay_data: LQRelayData) -> bytes:
                 layer.peer_address.packed,
                 position,
                 len(data),
+                len(remote_ids),
             )
         )
         parts.append(data)
+        for index, remote_id in remote_ids:
+            payload = _remote_id_bytes(remote_id)
+            parts.append(_REMOTE.pack(index, len(payload)))
+            parts.append(payload)
     return b"".join(parts)
 
 
@@ -235,6 +253,7 @@ def _remote_id(data: bytes) -> RemoteId:
 
 
 _HopOptions = tuple[tuple[Option, ...], tuple[Duid, ...], tuple[RemoteId, ...]]
+_NO_OPTIONS: _HopOptions = ((), (), ())
 
 
 class _Decoder:
@@ -309,27 +328,83 @@ class _Decoder:
         The LQ_RELAY_DATA value of an encoded relay column, with the Relay-IDs and
         Remote-IDs of every hop, outermost first.
         """
+        # The usual chain, one hop, takes a straight path.
+        hop_count, link, peer, _, length, remote_count = _HOP.unpack_from(data, 16)
+        offset = 16 + _HOP.size + length
+        remotes = []
+        for _ in range(remote_count):
+            index, remote_length = _REMOTE.unpack_from(data, offset)
+            remotes.append((index, data[offset + 4 : offset + 4 + remote_length]))
+            offset += 4 + remote_length
+        if offset != len(data):
+            return self._relay_chain(data)
+        others = data[16 + _HOP.size : 16 + _HOP.size + length]
+        options, relay_ids, _ = self._hop(others) if others else _NO_OPTIONS
+        remote_ids: tuple[RemoteId, ...] = ()
+        if remotes:
+            merged = list(options)
+            for index, payload in remotes:
+                remote_id = _remote_id(payload)
+                merged.insert(index, remote_id)
+                remote_ids += (remote_id,)
+            options = tuple(merged)
+        set_type, set_hops, set_link, set_peer, set_options = _set_relay
+        address = self._address
+        chain = new(RelayMessage)
+        set_type(chain, _RELAY_FORW)
+        set_hops(chain, hop_count)
+        set_link(chain, address(link))
+        set_peer(chain, address(peer))
+        set_options(chain, options)
+        relay_data = new(LQRelayData)
+        set_data_peer, set_data_message = _set_relay_data
+        set_data_peer(relay_data, address(data[:16]))
+        set_data_message(relay_data, chain)
+        return relay_data, relay_ids, remote_ids
+
+    def _relay_chain(
+        self, data: bytes
+    ) -> tuple[LQRelayData, tuple[Duid, ...], tuple[RemoteId, ...]]:
         hops = []
         offset = 16
         size = _HOP.size
         end = len(data)
+        unpack_hop = _HOP.unpack_from
+        unpack_remote = _REMOTE.unpack_from
         while offset < end:
-            hop_count, link, peer, position, length = _HOP.unpack_from(data, offset)
+            hop_count, link, peer, position, length, remote_count = unpack_hop(data, offset)
             offset += size
-            hops.append((hop_count, link, peer, position, data[offset : offset + length]))
+            others = data[offset : offset + length]
             offset += length
+            remotes = []
+            for _ in range(remote_count):
+                index, remote_length = unpack_remote(data, offset)
+                offset += 4
+                remotes.append((index, data[offset : offset + remote_length]))
+                offset += remote_length
+            hops.append((hop_count, link, peer, position, others, remotes))
         set_type, set_hops, set_link, set_peer, set_options = _set_relay
         address = self._address
+        remote = _remote_id
         chain: RelayMessage | None = None
         relay_ids: tuple[Duid, ...] = ()
         remote_ids: tuple[RemoteId, ...] = ()
-        for hop_count, link, peer, position, options_data in reversed(hops):
-            options, hop_relay_ids, hop_remote_ids = self._hop(options_data)
+        for hop_count, link, peer, position, others, remotes in reversed(hops):
+            options, hop_relay_ids, _ = self._hop(others) if others else _NO_OPTIONS
             if hop_relay_ids:
                 relay_ids = hop_relay_ids + relay_ids
-            if hop_remote_ids:
-                remote_ids = hop_remote_ids + remote_ids
-            if chain is not None and position != _NO_RELAY_MSG:
+            if remotes:
+                hop_remote_ids = []
+                merged = list(options)
+                for index, payload in remotes:
+                    remote_id = remote(payload)
+                    merged.insert(index, remote_id)
+                    hop_remote_ids.append(remote_id)
+                remote_ids = (*hop_remote_ids, *remote_ids)
+                if chain is not None and position != _NO_RELAY_MSG:
+                    merged.insert(position, RelayMessageOption(chain))
+                options = tuple(merged)
+            elif chain is not None and position != _NO_RELAY_MSG:
                 options = (*options[:position], RelayMessageOption(chain), *options[position:])
             chain = new(RelayMessage)
             set_type(chain, _RELAY_FORW)
