@@ -182,7 +182,8 @@ def _plain_frame_encoder(
             raw,
             _IAADDR_CODE,
             24,
-            lease.address.packed,
+            # IPv6Address.packed is this, less a property call and a function call.
+            lease.address._ip.to_bytes(16, "big"),  # type: ignore[attr-defined]
             preferred if preferred > 0 else 0,
             valid - elapsed,
             _CLT_CODE,

@@ -501,7 +501,7 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
 
     def _replyFrame(self, plan: QueryPlan, data_frame: bytes) -> bytes:
         """Turn the first DATA frame into the REPLY: CLIENTID, SERVERID, CLIENT_DATA (S29)."""
-        head = plan.client_id.encode() + self.factory.serverIdOption
+        head: bytes = plan.client_id.encode() + self.factory.serverIdOption
         size = len(data_frame) - 2 + len(head)
         if size > 0xFFFF:
             raise _QueryAbortedError("the first binding does not fit in a REPLY", "internal")
