@@ -165,7 +165,14 @@ def decode_message(data: bytes) -> AnyMessage:
     end = len(data)
     if end > MAX_MESSAGE_SIZE:
         raise WireError(f"message of {end} octets exceeds {MAX_MESSAGE_SIZE}", 0)
-    return _decode_message_at(data, 0, end, 1)
+    if end < 4 or data[0] in _RELAY_TYPES or data[0] == 0:
+        return _decode_message_at(data, 0, end, 1)
+    # A client/server message (every message of a Bulk Leasequery conversation), inline.
+    message = new(Message)
+    _set_msg_type(message, _MESSAGE_TYPES.get(data[0], data[0]))
+    _set_transaction_id(message, _U32.unpack_from(data)[0] & 0xFFFFFF)
+    _set_msg_options(message, decode_options(data, 4, end, 1))
+    return message
 
 
 def _decode_message_at(data: bytes, start: int, end: int, depth: int) -> AnyMessage:

@@ -77,7 +77,8 @@ OptionT = TypeVar("OptionT", bound="Option")
 Decoder = Callable[[bytes, int, int, int], "Option"]
 _DECODERS: dict[int, Decoder] = {}
 
-#: Codes that L{decode_options} decodes itself (the options of every binding), for speed.
+#: Codes that L{decode_options} decodes itself (the options of every binding and of relay
+#: chains), for speed.
 _BUILT_IN = frozenset(
     (
         OptionCode.OPTION_CLIENTID,
@@ -85,6 +86,9 @@ _BUILT_IN = frozenset(
         OptionCode.OPTION_IAPREFIX,
         OptionCode.OPTION_CLIENT_DATA,
         OptionCode.OPTION_CLT_TIME,
+        OptionCode.OPTION_INTERFACE_ID,
+        OptionCode.OPTION_REMOTE_ID,
+        OptionCode.OPTION_RELAY_ID,
     )
 )
 
@@ -93,8 +97,9 @@ def register_decoder(code: int) -> Callable[[Decoder], Decoder]:
     """
     Register the function that decodes option C{code}'s data.
 
-    The options of a binding (CLIENTID, IAADDR, IAPREFIX, CLIENT_DATA, CLT_TIME) are decoded
-    inline by L{decode_options} and cannot be replaced.
+    The options of a binding (CLIENTID, IAADDR, IAPREFIX, CLIENT_DATA, CLT_TIME) and of relay
+    chains (INTERFACE_ID, REMOTE_ID, RELAY_ID) are decoded inline by L{decode_options} and
+    cannot be replaced.
     """
 
     def register(decoder: Decoder) -> Decoder:
@@ -290,6 +295,18 @@ def decode_options(data: bytes, start: int, end: int, depth: int) -> tuple[Optio
             _set_iaprefix_options(
                 option, decode_options(data, begin + 25, offset, depth + 1) if length > 25 else ()
             )
+        elif code == 53:  # OPTION_RELAY_ID (in every relay chain and relay-id query)
+            option = new(RelayId)
+            _set_relay_id_duid(option, _duid_at(code, data, begin, offset))
+        elif code == 18:  # OPTION_INTERFACE_ID
+            option = new(InterfaceId)
+            _set_interface_id_value(option, data[begin:offset])
+        elif code == 37:  # OPTION_REMOTE_ID
+            if length < 5:
+                raise _too_short(code, 5, begin, length)
+            option = new(RemoteId)
+            _set_remote_enterprise(option, _unpack_u32(data, begin)[0])
+            _set_remote_id(option, data[begin + 4 : offset])
         else:
             decoder = _DECODERS.get(code)
             if decoder is None:
@@ -429,13 +446,6 @@ class RelayId(Option):
 def _decode_server_id(data: bytes, start: int, end: int, depth: int) -> Option:
     option = new(ServerId)
     _set_server_id_duid(option, _duid_at(OptionCode.OPTION_SERVERID, data, start, end))
-    return option
-
-
-@register_decoder(OptionCode.OPTION_RELAY_ID)
-def _decode_relay_id(data: bytes, start: int, end: int, depth: int) -> Option:
-    option = new(RelayId)
-    _set_relay_id_duid(option, _duid_at(OptionCode.OPTION_RELAY_ID, data, start, end))
     return option
 
 
@@ -622,13 +632,6 @@ class InterfaceId(Option):
 (_set_interface_id_value,) = slot_setters(InterfaceId, "value")
 
 
-@register_decoder(OptionCode.OPTION_INTERFACE_ID)
-def _decode_interface_id(data: bytes, start: int, end: int, depth: int) -> Option:
-    option = new(InterfaceId)
-    _set_interface_id_value(option, data[start:end])
-    return option
-
-
 @attrs.frozen(order=True)
 class RemoteId(Option):
     """
@@ -690,11 +693,6 @@ class RemoteId(Option):
 
 
 _set_remote_enterprise, _set_remote_id = slot_setters(RemoteId, "enterprise_number", "remote_id")
-
-
-@register_decoder(OptionCode.OPTION_REMOTE_ID)
-def _decode_remote_id(data: bytes, start: int, end: int, depth: int) -> Option:
-    return RemoteId.from_bytes(data[start:end], start)
 
 
 @attrs.frozen
