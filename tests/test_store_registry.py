@@ -160,3 +160,12 @@ class MemoryURITests(SynchronousTestCase):
     def test_missing_file(self) -> None:
         """A missing file fails the open with OSError."""
         self.assertRaises(OSError, open_store, "memory:/nonexistent/bulklq.jsonl", self.clock)
+
+    def test_example_file(self) -> None:
+        """The example bindings shipped in examples/bindings.jsonl load into a memory store."""
+        import os
+
+        path = os.path.join(os.path.dirname(__file__), "..", "examples", "bindings.jsonl")
+        store = open_store(f"memory:{path}", self.clock)
+        self.assertGreater(len(store), 0)  # type: ignore[arg-type]
+        self.assertGreater(len(store.links()), 0)  # type: ignore[attr-defined]

@@ -243,3 +243,26 @@ class ContractCatchesBrokenStoresTests(SynchronousTestCase):
 
         case = _contract_case(MemoryBindingStore, "test_contract_writes_between_pages")
         self.failureResultOf(case.test_contract_writes_between_pages(), SkipTest)
+
+
+class DocsExampleTests(SynchronousTestCase):
+    """The store example in docs/testing.md runs and passes the whole contract."""
+
+    def test_docs_example_passes(self) -> None:
+        """Every contract test of the documented ListStore example passes."""
+        import os
+        import re
+
+        path = os.path.join(os.path.dirname(__file__), "..", "docs", "testing.md")
+        with open(path, encoding="utf-8") as docs:
+            text = docs.read()
+        match = re.search(r"<!-- example: contract -->\n```python\n(.*?)```", text, re.S)
+        assert match is not None, "example block not found"
+        namespace: dict[str, object] = {}
+        exec(compile(match.group(1), "docs/testing.md", "exec"), namespace)
+        case_class = namespace["ListStoreContractTests"]
+        names = [name for name in dir(case_class) if name.startswith("test_contract_")]
+        self.assertGreaterEqual(len(names), 10)
+        for name in names:
+            case = case_class(name)  # type: ignore[operator]
+            self.successResultOf(getattr(case, name)())
