@@ -170,7 +170,9 @@ class Mutator:
             self.change_length,
             self.change_length,
             self.splice,
+            self.wrap,
         ]
+        self.seeds = list(corpus)
 
     def draw(self) -> bytes:
         """One input: random octets one time in eight, else a mutated corpus entry."""
@@ -181,13 +183,15 @@ class Mutator:
             if size and rng.random() < 0.7:
                 octets = bytes((rng.choice(MESSAGE_TYPES),)) + octets[1:]
             return octets
-        octets = rng.choice(self.corpus)
+        octets = rng.choice(self.seeds if rng.random() < 0.25 else self.corpus)
         for _ in range(1 + (rng.random() < 0.3)):
             octets = rng.choice(self.kinds)(octets)
         return octets
 
     def keep(self, octets: bytes) -> None:
-        """Remember a mutant that still decodes (bounded corpus)."""
+        """Remember a mutant that still decodes and has options (bounded corpus)."""
+        if len(octets) <= 8:
+            return
         if len(self.corpus) < CORPUS_LIMIT:
             self.corpus.append(octets)
         else:
@@ -244,6 +248,18 @@ class Mutator:
         else:
             length = self.rng.randrange(0x10000)
         return octets[:offset] + struct.pack("!H", length) + octets[offset + 2 :]
+
+    def wrap(self, octets: bytes) -> bytes:
+        """Wrap the message's options in CLIENT_DATA, 1 to 24 times (towards the depth bound)."""
+        header = 34 if octets[:1] in (b"\x0c", b"\x0d") else 4
+        if len(octets) < header:
+            return octets
+        body = octets[header:]
+        for _ in range(self.rng.choice((1, 1, 2, 4, 12, 23, 24))):
+            if len(body) > 0xFFFF - 4 - header:
+                break
+            body = struct.pack("!HH", 45, len(body)) + body
+        return octets[:header] + body
 
     def splice(self, octets: bytes) -> bytes:
         """The head of these octets and the tail of another corpus entry."""
