@@ -152,6 +152,11 @@ class ControlledStore:
             _, held, value = self.pending.pop(0)
             held.callback(value)
 
+    def fail_next(self, error: Exception) -> None:
+        """Fail the oldest held answer with C{error}."""
+        _, held, _ = self.pending.pop(0)
+        held.errback(error)
+
     def fetch(self, query: BindingQuery, resume_after: Any, limit: int) -> Deferred[BindingPage]:
         """Fetch from the inner store (held or failing as configured)."""
         self.fetches += 1
