@@ -29,6 +29,7 @@ from bulklq.testing import (
     make_binding,
     make_duid,
     make_link,
+    make_relay_data,
     make_relay_hop,
 )
 from bulklq.wire import (
@@ -120,6 +121,37 @@ class DatabaseTests(SynchronousTestCase):
         )
         remote = BindingQuery.by_remote_id(RemoteId(9, b"inner"))
         self.assertEqual(self.database.fetch(remote, None, 5, 0).bindings, [])
+
+    def test_relay_shapes_round_trip(self) -> None:
+        """
+        One-hop chains with no, one or two Remote-IDs, with or without other options, and a
+        three-hop chain read back exactly, and their ids find them.
+        """
+        chains = [
+            make_relay_data(relay_id=make_duid(900), interface_id=None),
+            make_relay_data(interface_id=None),
+            make_relay_data(remote_id=RemoteId(1, b"only"), interface_id=None),
+            make_relay_data(
+                make_relay_hop(
+                    interface_id=b"x",
+                    remote_id=RemoteId(1, b"a"),
+                    options=(RemoteId(2, b"b"), RelayId(make_duid(901))),
+                )
+            ),
+            make_relay_data(
+                make_relay_hop("2001:db8:f::1", relay_id=make_duid(902)),
+                make_relay_hop("2001:db8:e::1", remote_id=RemoteId(3, b"mid")),
+                make_relay_hop("2001:db8:1::1", remote_id=RemoteId(4, b"in")),
+            ),
+        ]
+        bindings = [make_binding(n + 1, relay_data=chain) for n, chain in enumerate(chains)]
+        self.database.put_many(bindings)
+        for binding in bindings:
+            self.assertEqual(self.database.get(binding.key), binding)
+            for remote_id in binding.remote_ids:
+                query = BindingQuery.by_remote_id(remote_id)
+                found = self.database.fetch(query, None, 9, DEFAULT_CLTT).bindings
+                self.assertEqual(list(found), [binding])
 
     def test_replace_reindexes(self) -> None:
         """Replacing a binding drops its old index rows and adds the new ones."""

@@ -117,6 +117,11 @@ _LEASE = struct.Struct("!16sII")
 _PREFIX = struct.Struct("!16sBII")
 _HOP = struct.Struct("!B16s16sHHB")
 _REMOTE = struct.Struct("!HH")
+_HOP_SIZE = _HOP.size
+_LEASE_SIZE = _LEASE.size
+_unpack_lease = _LEASE.unpack
+_unpack_hop = _HOP.unpack_from
+_unpack_remote = _REMOTE.unpack_from
 _NO_RELAY_MSG = 0xFFFF
 _ALL_ONES = (1 << 128) - 1
 _COLUMNS = "link_id, duid, cltt, addresses, prefixes, relay, relay_ids, remote_ids, options"
@@ -231,6 +236,8 @@ _set_relay = slot_setters(
     RelayMessage, "msg_type", "hop_count", "link_address", "peer_address", "options"
 )
 _set_relay_data = slot_setters(LQRelayData, "peer_address", "relay_message")
+_set_data_peer, _set_data_message = _set_relay_data
+_new = new
 (_set_duid_raw,) = slot_setters(Duid, "raw")
 _set_remote = slot_setters(RemoteId, "enterprise_number", "remote_id")
 _REMOTE_ID_CODE = RemoteId.code
@@ -329,37 +336,44 @@ class _Decoder:
         Remote-IDs of every hop, outermost first.
         """
         # The usual chain, one hop, takes a straight path.
-        hop_count, link, peer, _, length, remote_count = _HOP.unpack_from(data, 16)
-        offset = 16 + _HOP.size + length
-        remotes = []
-        for _ in range(remote_count):
-            index, remote_length = _REMOTE.unpack_from(data, offset)
-            remotes.append((index, data[offset + 4 : offset + 4 + remote_length]))
+        hop_count, link, peer, _, length, remote_count = _unpack_hop(data, 16)
+        start = 16 + _HOP_SIZE
+        offset = start + length
+        if remote_count == 1:
+            index, remote_length = _unpack_remote(data, offset)
             offset += 4 + remote_length
-        if offset != len(data):
+            if offset != len(data):
+                return self._relay_chain(data)
+            remote_id = _remote_id(data[offset - remote_length : offset])
+            remote_ids: tuple[RemoteId, ...] = (remote_id,)
+        elif remote_count == 0:
+            if offset != len(data):
+                return self._relay_chain(data)
+            remote_ids = ()
+        else:
             return self._relay_chain(data)
-        others = data[16 + _HOP.size : 16 + _HOP.size + length]
-        options, relay_ids, _ = self._hop(others) if others else _NO_OPTIONS
-        remote_ids: tuple[RemoteId, ...] = ()
-        if remotes:
-            merged = list(options)
-            for index, payload in remotes:
-                remote_id = _remote_id(payload)
-                merged.insert(index, remote_id)
-                remote_ids += (remote_id,)
-            options = tuple(merged)
+        if length:
+            others = data[start : offset - (4 + remote_length if remote_count else 0)]
+            found = self._hops.get(others)
+            if found is None:
+                found = self._hop(others)
+            options, relay_ids, _ = found
+        else:
+            options, relay_ids, _ = _NO_OPTIONS
+        if remote_ids:
+            options = (*options[:index], remote_id, *options[index:])
+        addresses = self._addresses
+        chain = _new(RelayMessage)
         set_type, set_hops, set_link, set_peer, set_options = _set_relay
-        address = self._address
-        chain = new(RelayMessage)
         set_type(chain, _RELAY_FORW)
         set_hops(chain, hop_count)
-        set_link(chain, address(link))
-        set_peer(chain, address(peer))
+        set_link(chain, addresses.get(link) or self._address(link))
+        set_peer(chain, addresses.get(peer) or self._address(peer))
         set_options(chain, options)
-        relay_data = new(LQRelayData)
-        set_data_peer, set_data_message = _set_relay_data
-        set_data_peer(relay_data, address(data[:16]))
-        set_data_message(relay_data, chain)
+        relay_data = _new(LQRelayData)
+        peer_address = data[:16]
+        _set_data_peer(relay_data, addresses.get(peer_address) or self._address(peer_address))
+        _set_data_message(relay_data, chain)
         return relay_data, relay_ids, remote_ids
 
     def _relay_chain(
@@ -429,14 +443,23 @@ class _Decoder:
     def binding(self, row: Sequence[Any]) -> Binding:
         """The L{Binding} of a row of C{_COLUMNS}."""
         link_id, duid, cltt, addresses, prefixes, relay, relay_ids, remote_ids, options = row
-        leases = []
         set_address, set_preferred, set_valid = _set_address_lease
-        for packed, preferred, valid in _LEASE.iter_unpack(addresses):
-            lease = new(AddressLease)
+        leases: tuple[AddressLease, ...] | list[AddressLease]
+        if len(addresses) == _LEASE_SIZE:  # the usual: one address
+            packed, preferred, valid = _unpack_lease(addresses)
+            lease = _new(AddressLease)
             set_address(lease, ipv6_from_packed(packed))
             set_preferred(lease, preferred)
             set_valid(lease, valid)
-            leases.append(lease)
+            leases = (lease,)
+        else:
+            leases = []
+            for packed, preferred, valid in _LEASE.iter_unpack(addresses):
+                lease = _new(AddressLease)
+                set_address(lease, ipv6_from_packed(packed))
+                set_preferred(lease, preferred)
+                set_valid(lease, valid)
+                leases.append(lease)
         delegated = (
             tuple(
                 PrefixLease(IPv6Network((int.from_bytes(packed, "big"), length)), preferred, valid)
@@ -451,7 +474,7 @@ class _Decoder:
             chain_remote_ids: tuple[RemoteId, ...] = ()
         else:
             relay_data, chain_relay_ids, chain_remote_ids = self.relay(relay)
-        binding = new(Binding)
+        binding = _new(Binding)
         (
             set_client,
             set_link,
@@ -463,10 +486,12 @@ class _Decoder:
             set_remote_ids,
             set_options,
         ) = _set_binding
-        set_client(binding, _duid(duid))
+        client_id = _new(Duid)
+        _set_duid_raw(client_id, duid)
+        set_client(binding, client_id)
         set_link(binding, link_id)
         set_cltt(binding, cltt)
-        set_addresses(binding, tuple(leases))
+        set_addresses(binding, leases if type(leases) is tuple else tuple(leases))
         set_prefixes(binding, delegated)
         set_relay_data(binding, relay_data)
         set_relay_ids(binding, chain_relay_ids if relay_ids is None else self._relay_ids(relay_ids))
@@ -476,7 +501,7 @@ class _Decoder:
             if remote_ids is None
             else tuple(_remote_id(raw) for raw in _unpack_ids(remote_ids)),
         )
-        set_options(binding, self.options(options))
+        set_options(binding, self.options(options) if options else ())
         return binding
 
 
