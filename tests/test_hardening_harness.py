@@ -69,14 +69,17 @@ def frame(message: bytes) -> bytes:
     return struct.pack("!H", len(message)) + message
 
 
-def harness_bindings(count: int, link: Link = LINK) -> list[Binding]:
-    """C{count} bindings on C{link}, relayed by L{RELAY_DUID} with L{REMOTE}."""
+def harness_bindings(count: int, link: Link = LINK, cltt: int = NOW - 60) -> list[Binding]:
+    """
+    C{count} bindings on C{link}, relayed by L{RELAY_DUID} with L{REMOTE}, last seen at
+    C{cltt} (valid for an hour after).
+    """
     relay = make_relay_data(link_address=link.address + 1, relay_id=RELAY_DUID, remote_id=REMOTE)
     return [
         make_binding(
             number,
             link.link_id,
-            cltt=NOW - 60,
+            cltt=cltt,
             addresses=(link.prefixes[0].network_address + number,),
             relay_data=relay,
         )
