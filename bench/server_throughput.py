@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from ipaddress import IPv6Address, IPv6Network
+from typing import Any
 
 REPLY, DONE, DATA = 15, 16, 17
 RELAY_DUID = bytes.fromhex("0004000102030405060708090a0b0c0d0e0f")
@@ -123,10 +124,24 @@ def count_frames(
             time.sleep(0.002)
 
 
-def requestor(port: int, query: bytes, xid: int, slow: bool, result: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    """Connect, send one query, count the answer; put a dict on C{result}."""
+def requestor(
+    port: int,
+    query: bytes,
+    xid: int,
+    slow: bool,
+    result: multiprocessing.Queue,  # type: ignore[type-arg]
+    *,
+    go: Any = None,
+) -> None:
+    """
+    Connect, wait for C{go} (a multiprocessing Event) if given, send one query, count the
+    answer; put a dict on C{result}.
+    """
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if go is not None:
+        result.put({"ready": 1.0})
+        go.wait()
     start = time.perf_counter()
     sock.sendall(query)
     counts = count_frames(sock, xid, slow)
@@ -248,14 +263,22 @@ def plain_sender(total: int, ready: multiprocessing.Queue) -> None:  # type: ign
 def run_requestors(
     port: int, queries: list[tuple[bytes, int]], slow: bool = False
 ) -> list[dict[str, float]]:
-    """Run one requestor process per query at once; their results."""
+    """
+    Run one requestor process per query; all connect first, then send at the same moment.
+    """
     results: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    go = multiprocessing.Event()
     processes = [
-        multiprocessing.Process(target=requestor, args=(port, query, xid, slow, results))
+        multiprocessing.Process(
+            target=requestor, args=(port, query, xid, slow, results), kwargs={"go": go}
+        )
         for query, xid in queries
     ]
     for process in processes:
         process.start()
+    for _ in processes:
+        results.get(timeout=300)
+    go.set()
     collected = [results.get(timeout=300) for _ in processes]
     for process in processes:
         process.join()

@@ -428,7 +428,8 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
             )
             raise _QueryAbortedError(f"the store failed {what}", "error")
 
-        deferred.addTimeout(self._config.store_timeout, self._clock)
+        if not deferred.called:  # a synchronous store needs no timer
+            deferred.addTimeout(self._config.store_timeout, self._clock)
         deferred.addErrback(failed)
         return deferred
 
@@ -451,6 +452,9 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         while True:
             while self._writePaused:
                 await self._untilWritable()
+            if self._closing:
+                # Aborted (write timeout): stop pulling; connectionLost follows.
+                raise CancelledError()
             page: BindingPage = await self._storeCall(
                 store.fetch(resolution.query, resume_after, page_size), "a page"
             )
