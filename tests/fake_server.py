@@ -174,6 +174,13 @@ class FakeServerFactory(Factory):
         return protocol
 
 
+def requestor_of(query: Message) -> Duid:
+    """The CLIENTID DUID of a LEASEQUERY (what a server copies into its REPLY)."""
+    client_id = query.option(ClientId)
+    assert client_id is not None
+    return client_id.duid
+
+
 def query_link(query: Message) -> IPv6Address:
     """The link-address of a LEASEQUERY's LQ_QUERY."""
     lq_query = query.option(LQQuery)
@@ -195,10 +202,10 @@ def answer(
     def behave(protocol: FakeServerProtocol, query: Message) -> None:
         xid = query.transaction_id
         if not datas:
-            protocol.send(reply(xid, *reply_options, server=server))
+            protocol.send(reply(xid, *reply_options, server=server, requestor=requestor_of(query)))
             return
         protocol.send(
-            reply(xid, *reply_options, datas[0], server=server),
+            reply(xid, *reply_options, datas[0], server=server, requestor=requestor_of(query)),
             *(data(xid, item) for item in datas[1:]),
             done(xid, *done_options),
         )
@@ -223,7 +230,9 @@ def refuse(code: int, text: str = "") -> Behaviour:
     """Answer every query with a REPLY carrying an error STATUS_CODE."""
 
     def behave(protocol: FakeServerProtocol, query: Message) -> None:
-        protocol.send(reply(query.transaction_id, status(code, text)))
+        protocol.send(
+            reply(query.transaction_id, status(code, text), requestor=requestor_of(query))
+        )
 
     return behave
 
@@ -233,7 +242,10 @@ def close_mid_stream(datas: Sequence[ClientData]) -> Behaviour:
 
     def behave(protocol: FakeServerProtocol, query: Message) -> None:
         xid = query.transaction_id
-        protocol.send(reply(xid, datas[0]), *(data(xid, item) for item in datas[1:]))
+        protocol.send(
+            reply(xid, datas[0], requestor=requestor_of(query)),
+            *(data(xid, item) for item in datas[1:]),
+        )
         protocol.transport.loseConnection()
 
     return behave
@@ -244,7 +256,10 @@ def stall(datas: Sequence[ClientData]) -> Behaviour:
 
     def behave(protocol: FakeServerProtocol, query: Message) -> None:
         xid = query.transaction_id
-        protocol.send(reply(xid, datas[0]), *(data(xid, item) for item in datas[1:]))
+        protocol.send(
+            reply(xid, datas[0], requestor=requestor_of(query)),
+            *(data(xid, item) for item in datas[1:]),
+        )
 
     return behave
 
@@ -254,7 +269,7 @@ def overlong_length(datas: Sequence[ClientData]) -> Behaviour:
 
     def behave(protocol: FakeServerProtocol, query: Message) -> None:
         xid = query.transaction_id
-        protocol.send(reply(xid, datas[0]))
+        protocol.send(reply(xid, datas[0], requestor=requestor_of(query)))
         protocol.send_raw(b"\xff\xff" + data(xid, datas[1]).encode())
         protocol.transport.loseConnection()
 
