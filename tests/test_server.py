@@ -541,6 +541,15 @@ class ReplyTests(ServerTestCase):
         self.assertEqual([c for c, _ in clients(replies)], [make_duid(9).raw])
         self.assertEqual(replies[0].msg_type, MessageType.LEASEQUERY_REPLY)
 
+    def test_oversized_binding_skipped(self) -> None:
+        """S40 and framing: a binding whose CLIENT_DATA cannot fit in one message (65535
+        octets) is skipped and logged; the others on the page are sent."""
+        huge = [UnknownOption(39, b"x" * 40000), UnknownOption(39, b"y" * 40000)]
+        harness = self.harness(bindings=[make_binding(5, options=huge), make_binding(6)])
+        _, _, replies = harness.ask(lq(4, "2001:db8:1::1", OptionRequest((39,))))
+        self.assertEqual([c for c, _ in clients(replies)], [make_duid(6).raw])
+        self.assertEqual(replies[-1].msg_type, MessageType.LEASEQUERY_DONE)
+
     def test_oro_stored_option(self) -> None:
         """S42: a stored option asked for by the LQ_QUERY's ORO is included."""
         stored = UnknownOption(39, b"\x00\x05host1")
