@@ -134,6 +134,7 @@ class ControlledStore:
         self.pending: list[tuple[str, Deferred[Any], Any]] = []
         self.cancelled = 0
         self.fetches = 0
+        self.limits: list[int] = []
 
     def _wrap(self, method: str, result: Deferred[Any]) -> Deferred[Any]:
         if not self.hold:
@@ -160,6 +161,7 @@ class ControlledStore:
     def fetch(self, query: BindingQuery, resume_after: Any, limit: int) -> Deferred[BindingPage]:
         """Fetch from the inner store (held or failing as configured)."""
         self.fetches += 1
+        self.limits.append(limit)
         if self.fail_fetch is not None:
             from twisted.internet.defer import fail
 

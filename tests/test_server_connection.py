@@ -257,6 +257,15 @@ class BackpressureTests(ServerTestCase):
         self.assertEqual(harness.store.fetches, 4)
         self.assertEqual(len(take(transport)), 21)
 
+    def test_small_first_page(self) -> None:
+        """The first page is small (the REPLY goes out fast), the next ones page_size."""
+        bindings = [make_binding(n) for n in range(1, 201)]
+        harness = self.harness(bindings=bindings, controlled=True, page_size=100)
+        protocol, transport = harness.connect()
+        protocol.dataReceived(framed(LINK1_QUERY))
+        self.assertEqual(harness.store.limits, [64, 100, 100])
+        self.assertEqual(len(take(transport)), 201)
+
     def test_pause_between_pages(self) -> None:
         """A pause raised by a page's write holds the next fetch until resumed."""
         bindings = [make_binding(n) for n in range(1, 21)]

@@ -52,8 +52,10 @@ _HH = struct.Struct("!HH")
 _REPLY = MessageType.LEASEQUERY_REPLY << 24
 _DATA = MessageType.LEASEQUERY_DATA << 24
 _DONE = MessageType.LEASEQUERY_DONE << 24
-_CLIENT_DATA_HEADER = 4
 _FRAME_HEADER = 6
+#: Bindings asked for in a query's first page (then C{page_size}): the time to the first
+#: binding is that of a small page.
+FIRST_PAGE_SIZE = 64
 
 
 class _QueryAbortedError(Exception):
@@ -449,6 +451,8 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         encode_frame = ClientDataEncoder(plan.requested).encode_frame
         data_type = _DATA | xid
         page_size = self._config.page_size
+        # A small first page gets the REPLY (and its first binding) out quickly.
+        limit = min(page_size, FIRST_PAGE_SIZE)
         store = self._store
         resume_after = None
         while True:
@@ -458,7 +462,7 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
                 # Aborted (write timeout): stop pulling; connectionLost follows.
                 raise CancelledError()
             page: BindingPage = await self._storeCall(
-                store.fetch(resolution.query, resume_after, page_size), "a page"
+                store.fetch(resolution.query, resume_after, limit), "a page"
             )
             now = int(self._clock.seconds())
             bindings = page.bindings
@@ -493,6 +497,7 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
             if last:
                 return
             resume_after = page.resume_after
+            limit = page_size
 
     def _encodeOneByOne(
         self,
