@@ -16,7 +16,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bulklq.model import Binding
 from bulklq.testing import CONTRACT_NOW, DEFAULT_CLTT, connect_in_memory, make_binding, make_duid
-from bulklq.wire import ClientData, ClientId, Message, MessageType, RelayId, decode_message
+from bulklq.wire import (
+    ClientData,
+    ClientId,
+    IAAddress,
+    Message,
+    MessageType,
+    RelayId,
+    decode_message,
+)
 
 from .test_server import RELAY, ServerHarness, lq, status_of
 
@@ -71,10 +79,11 @@ class ServerModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.harness = ServerHarness(bindings=[])
+        self.harness = ServerHarness(bindings=[], idle_timeout=10**7)
         self.model: dict[tuple[str, bytes], Binding] = {}
         self.client, self.server, self.pump = connect(self.harness)
         self.xid = 0
+        self.now = CONTRACT_NOW
 
     @rule(
         client=st.integers(1, 6),
@@ -126,14 +135,32 @@ class ServerModel(RuleBasedStateMachine):
                 cid = cd.option(ClientId)
                 assert cid is not None
                 got.append(cid.duid.raw)
+                for iaaddr in cd.options_of(IAAddress):
+                    assert iaaddr.valid_lifetime > 0, iaaddr
         assert got == [b.client_id.raw for b in expected], (got, expected)
 
     def _active(self, keep: object) -> list[Binding]:
         return [
             binding
             for key, binding in sorted(self.model.items())
-            if binding.is_active(CONTRACT_NOW) and keep(binding)  # type: ignore[operator]
+            if binding.is_active(self.now) and keep(binding)  # type: ignore[operator]
         ]
+
+    @rule(seconds=st.integers(0, 2000))
+    def tick(self, seconds: int) -> None:
+        """Time passes: leases run out (S40)."""
+        self.harness.clock.advance(seconds)
+        self.now += seconds
+
+    @rule(client=st.integers(1, 6), link=st.sampled_from(["link-1", "link-2"]))
+    def query_address(self, client: int, link: str) -> None:
+        """QUERY_BY_ADDRESS with link :: (the link is found from the address)."""
+        self.xid += 1
+        address = IPv6Address("2001:db8:1::" if link == "link-1" else "2001:db8:2::") + client
+        self._ask(
+            lq(1, "::", IAAddress(address, 0, 0), xid=self.xid),
+            self._active(lambda b: b.contains(address)),
+        )
 
     @rule(link=st.sampled_from(["link-1", "link-2"]))
     def query_link(self, link: str) -> None:
