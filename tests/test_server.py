@@ -336,6 +336,20 @@ class MessageFormatTests(ServerTestCase):
         _, transport, replies = harness.ask(make_relay_hop().encode())
         self.assertTrue(transport.disconnecting)
 
+    def test_internal_error_contained(self) -> None:
+        """S6: an unexpected error while handling a message is logged and closes this
+        connection; nothing escapes stringReceived."""
+        from bulklq.server import _protocol
+
+        def broken(*args: object) -> None:
+            raise ZeroDivisionError("bug")
+
+        self.patch(_protocol, "validate_query", broken)
+        protocol, transport = self.harness().connect()
+        protocol.dataReceived(framed(lq(4, "2001:db8:1::1")))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
     def test_oversized_frame_closes(self) -> None:
         """S6: a frame longer than MAX_LENGTH (no LEASEQUERY is that big) closes at once."""
         protocol, transport = self.harness().connect()

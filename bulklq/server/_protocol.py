@@ -245,6 +245,15 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         if self._closing or self._lost:
             return
         try:
+            self._messageReceived(string)
+        except Exception:
+            # A bug, not bad input (that is handled below): log it, end this connection
+            # cleanly, keep the server running.
+            self.log.failure("handling a message from {peer} failed", peer=self.peer)
+            self._terminateAll("internal error")
+
+    def _messageReceived(self, string: bytes) -> None:
+        try:
             message = decode_message(string)
         except WireError as error:
             self.log.warn(
