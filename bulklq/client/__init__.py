@@ -24,6 +24,7 @@ from ._protocol import BindingCallback, BulkLeasequeryClientProtocol
 from ._query import UNSPECIFIED, LeaseQuery
 from ._requestor import Requestor, RequestorOptions, ServerAddress
 from ._result import (
+    MAX_LEASES_PER_BINDING,
     BindingMerger,
     QueryResult,
     QueryStatus,
@@ -34,6 +35,7 @@ from ._result import (
 
 __all__ = [
     "INFINITE_LIFETIME",
+    "MAX_LEASES_PER_BINDING",
     "UNKNOWN_LINK",
     "UNSPECIFIED",
     "BindingCallback",

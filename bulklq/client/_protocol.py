@@ -37,7 +37,13 @@ from ..wire import (
 )
 from ._decode import binding_from_client_data, fast_data_bindings
 from ._query import UNSPECIFIED, LeaseQuery
-from ._result import BindingMerger, QueryStatus, ServerResult, TooManyBindingsError
+from ._result import (
+    MAX_LEASES_PER_BINDING,
+    BindingMerger,
+    QueryStatus,
+    ServerResult,
+    TooManyBindingsError,
+)
 
 __all__ = ["BindingCallback", "BulkLeasequeryClientProtocol"]
 
@@ -166,7 +172,8 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         @param keep: keep the bindings (merged by client and link) in the result; without
             it memory does not grow with the size of the answer.
         @param max_bindings: with C{keep}, end the query as incomplete (and close the
-            connection) when the result would hold more bindings than this.
+            connection) when the result would hold more bindings than this. Whatever
+            the limit, a kept binding holds at most C{MAX_LEASES_PER_BINDING} leases.
 
         Cancelling the Deferred aborts the connection: the server would go on sending.
         """
@@ -180,7 +187,11 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         while xid in self._pending:
             xid = self._random.getrandbits(24)
         pending = _Pending(
-            xid, query, deferred, on_binding, BindingMerger(max_bindings) if keep else None
+            xid,
+            query,
+            deferred,
+            on_binding,
+            BindingMerger(max_bindings, MAX_LEASES_PER_BINDING) if keep else None,
         )
         self._pending[xid] = pending
         self.sendString(query.to_message(xid, self._requestor_duid).encode())

@@ -15,6 +15,7 @@ from ..wire import Duid, StatusCode, rfc_name
 from ._decode import INFINITE_LIFETIME
 
 __all__ = [
+    "MAX_LEASES_PER_BINDING",
     "BindingMerger",
     "QueryResult",
     "QueryStatus",
@@ -136,7 +137,12 @@ class QueryResult:
 
 
 class TooManyBindingsError(Exception):
-    """A result grew beyond the number of bindings the caller allowed."""
+    """A result grew beyond the number of bindings (or leases per binding) allowed."""
+
+
+#: The most addresses and prefixes the requestor keeps for one client on one link. No real
+#: client holds that many; a server reporting more is broken or hostile.
+MAX_LEASES_PER_BINDING = 1024
 
 
 def _rebase(lifetime: int, shift: int) -> int:
@@ -200,23 +206,43 @@ class BindingMerger:
     """
     Collects bindings, one per (link, client DUID), merging reports of the same key with
     L{merge_bindings}. Holds at most C{max_bindings} keys (C{None}: no limit); one more
-    raises L{TooManyBindingsError}.
+    raises L{TooManyBindingsError}. With C{max_leases}, a merged binding may hold at most
+    that many addresses and prefixes together: a server that keeps reporting new leases
+    for one client cannot grow one binding (nor the cost of merging into it) without bound.
     """
 
-    def __init__(self, max_bindings: int | None = None) -> None:
+    def __init__(self, max_bindings: int | None = None, max_leases: int | None = None) -> None:
         self._bindings: dict[BindingKey, Binding] = {}
         self._max_bindings = max_bindings
+        self._max_leases = max_leases
+        # Servers usually send in key order: then no sort is needed at the end.
+        self._last: BindingKey | None = None
+        self._ordered = True
 
     def add(self, binding: Binding) -> None:
         """Add one report."""
-        key = binding.key
-        existing = self._bindings.get(key)
-        if existing is None:
-            if self._max_bindings is not None and len(self._bindings) >= self._max_bindings:
+        key = (binding.link_id, binding.client_id.raw)
+        bindings = self._bindings
+        existing = bindings.setdefault(key, binding)
+        if existing is binding:
+            if self._max_bindings is not None and len(bindings) > self._max_bindings:
+                del bindings[key]
                 raise TooManyBindingsError(f"more than {self._max_bindings} bindings")
-            self._bindings[key] = binding
+            if self._ordered:
+                if self._last is not None and key < self._last:
+                    self._ordered = False
+                self._last = key
+            merged = binding
         else:
-            self._bindings[key] = merge_bindings(existing, binding)
+            merged = bindings[key] = merge_bindings(existing, binding)
+        if (
+            self._max_leases is not None
+            and len(merged.addresses) + len(merged.prefixes) > self._max_leases
+        ):
+            bindings[key] = existing
+            if existing is binding:
+                del bindings[key]
+            raise TooManyBindingsError(f"a binding with more than {self._max_leases} leases")
 
     def add_all(self, bindings: Iterable[Binding]) -> None:
         """Add several reports."""
@@ -228,4 +254,6 @@ class BindingMerger:
 
     def bindings(self) -> tuple[Binding, ...]:
         """The merged bindings in key order (link id, then client DUID octets)."""
+        if self._ordered:
+            return tuple(self._bindings.values())
         return tuple(self._bindings[key] for key in sorted(self._bindings))
