@@ -24,7 +24,6 @@ from bulklq.stores.sqlite import (
 from bulklq.testing import (
     DEFAULT_CLTT,
     BindingStoreContractMixin,
-    collect_bindings,
     contract_dataset,
     make_binding,
     make_duid,
@@ -302,7 +301,11 @@ class ConcurrentWriterTests(TestCase):
     """
 
     def test_writer_thread(self) -> None:
-        """A thread inserts, replaces and removes bindings as fast as it can during the query."""
+        """
+        A thread inserts, replaces and removes bindings as fast as it can while the query
+        streams in pages of 3; the query waits for the writer to make progress after every
+        page, so writes land between pages as well as during them.
+        """
         path = self.mktemp()
         database = SQLiteDatabase(path)
         stable = [make_binding(n, "link-1", cltt=DEFAULT_CLTT) for n in range(1, 400, 2)]
@@ -314,6 +317,7 @@ class ConcurrentWriterTests(TestCase):
         store = SQLiteBindingStore(path, reactor, clock, threads=2)
         self.addCleanup(store.close)
         stop = threading.Event()
+        progress = threading.Condition()
         writes = [0]
 
         def writer() -> None:
@@ -330,14 +334,35 @@ class ConcurrentWriterTests(TestCase):
                         )
                     connection.put(make_binding(1000 + number, "link-1", cltt=DEFAULT_CLTT))
                     number += 1
-                    writes[0] = number
+                    with progress:
+                        writes[0] = number
+                        progress.notify_all()
             finally:
                 connection.close()
+
+        def wait_for_write() -> None:
+            with progress:
+                target = writes[0] + 1
+                progress.wait_for(lambda: writes[0] >= target or stop.is_set(), timeout=10)
+
+        async def stream() -> tuple[list[Binding], int]:
+            found: list[Binding] = []
+            resume = None
+            pages = 0
+            while True:
+                page = await store.fetch(BindingQuery.by_link("link-1"), resume, 3)
+                found.extend(page.bindings)
+                pages += 1
+                if page.resume_after is None:
+                    return found, pages
+                resume = page.resume_after
+                wait_for_write()
 
         thread = threading.Thread(target=writer)
         thread.start()
 
-        def finish(found: list[Binding]) -> None:
+        def finish(result: tuple[list[Binding], int]) -> None:
+            found, pages = result
             stop.set()
             thread.join()
             keys = [b.key for b in found]
@@ -346,14 +371,13 @@ class ConcurrentWriterTests(TestCase):
             found_set = set(found)
             for binding in stable:
                 self.assertIn(binding, found_set)
-            self.assertGreater(writes[0], 0)
+            self.assertGreaterEqual(writes[0], pages - 1)
 
         def failed(failure):  # type: ignore[no-untyped-def]
             stop.set()
             thread.join()
             return failure
 
-        query = BindingQuery.by_link("link-1")
-        d = ensureDeferred(collect_bindings(store, query, limit=3))
+        d = ensureDeferred(stream())
         d.addCallbacks(finish, failed)
         return d
