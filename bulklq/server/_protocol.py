@@ -166,6 +166,11 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
 
     def connectionMade(self) -> None:
         """Register the reply producer, start the idle timer, tell the factory."""
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            # Writes are already batched per page; Nagle would only delay the last
+            # segment of a reply (and a lone empty REPLY) by a delayed-ACK period.
+            set_no_delay(True)
         self.transport.registerProducer(self._producer, True)
         self.factory.connectionMade(self)
         self.log.info("connection from {peer}", peer=self.peer)
