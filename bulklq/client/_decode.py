@@ -33,6 +33,7 @@ __all__ = [
     "UNKNOWN_LINK",
     "binding_from_client_data",
     "fast_data_bindings",
+    "fast_single_binding",
     "granted_lifetime",
     "link_from_relay_data",
 ]
@@ -49,6 +50,58 @@ _IAPREFIX = struct.Struct("!IIBQQ")
 _U32 = struct.Struct("!I")
 _MAX_ADDRESS = (1 << 128) - 1
 _DUID_MINIMUM = {1: 9, 2: 7, 3: 5}
+_new = object.__new__
+_NETMASKS = [IPv6Network._make_netmask(length) for length in range(129)]  # type: ignore[attr-defined]
+_MASKS = [_MAX_ADDRESS ^ (_MAX_ADDRESS >> length) for length in range(129)]
+
+
+def _address(value: int) -> IPv6Address:
+    """C{IPv6Address(value)} for an int known to be in range, without the checks."""
+    address = _new(IPv6Address)
+    address._ip = value  # type: ignore[attr-defined]
+    address._scope_id = None  # type: ignore[attr-defined]
+    return address
+
+
+def _network(value: int, length: int) -> IPv6Network:
+    """C{IPv6Network((value, length))} for a value with no host bits, without the parsing."""
+    if length >= 127:
+        return IPv6Network((value, length))
+    network = _new(IPv6Network)
+    network.network_address = _address(value)
+    network.netmask, network._prefixlen = _NETMASKS[length]  # type: ignore[attr-defined]
+    return network
+
+
+def _same_as_ipaddress() -> bool:
+    """Whether the shortcuts build what C{ipaddress} builds on this Python."""
+    for value, length in ((0x20010DB8 << 96, 56), (0, 0), (1 << 127, 1), (5 << 64, 64)):
+        real = IPv6Network((value, length))
+        fast = _network(value, length)
+        if vars(real) != vars(fast) or str(real) != str(fast) or hash(real) != hash(fast):
+            return False
+        address = IPv6Address(value + 1)
+        quick = _address(value + 1)
+        if (address, str(address), hash(address)) != (quick, str(quick), hash(quick)):
+            return False
+    return True
+
+
+if not _same_as_ipaddress():  # pragma: no cover - another Python's ipaddress internals
+    _address = IPv6Address  # type: ignore[assignment]
+
+    def _network(value: int, length: int) -> IPv6Network:
+        return IPv6Network((value, length))
+
+
+# The usual CLIENT_DATA after its CLIENTID: a addresses, p prefixes, CLT_TIME, nothing else.
+# The option headers are unpacked with the values and checked afterwards.
+_SHAPES = {
+    28 * a + 29 * p + 8: (a, p, struct.Struct("!" + "HHQQII" * a + "HHIIBQQ" * p + "HHI"))
+    for a in range(4)
+    for p in range(4)
+    if a or p
+}
 
 
 def granted_lifetime(remaining: int, clt_time: int) -> int:
@@ -235,7 +288,7 @@ def _fast_client_data(
     ceiling = INFINITE_LIFETIME - 1
     addresses = [
         AddressLease(
-            IPv6Address(address),
+            _address(address),
             preferred if preferred == infinite else min(preferred + clt_time, ceiling),
             valid if valid == infinite else min(valid + clt_time, ceiling),
         )
@@ -243,7 +296,7 @@ def _fast_client_data(
     ]
     prefixes = [
         PrefixLease(
-            IPv6Network((prefix & (_MAX_ADDRESS ^ (_MAX_ADDRESS >> length)), length)),
+            _network(prefix & _MASKS[length], length),
             preferred if preferred == infinite else min(preferred + clt_time, ceiling),
             valid if valid == infinite else min(valid + clt_time, ceiling),
         )
@@ -251,6 +304,187 @@ def _fast_client_data(
     ]
     return _make_binding(
         client_id, query_link, received_at, clt_time, addresses, prefixes, relay_data, ()
+    )
+
+
+def fast_single_binding(frame: bytes, received_at: int, query_link: str | None) -> Binding | None:
+    """
+    The binding of a LEASEQUERY-DATA frame that holds exactly one CLIENT_DATA of the usual
+    shape (CLIENTID first, then up to 3 IAADDR and 3 IAPREFIX without sub-options, then
+    CLT_TIME, nothing else), read with one C{unpack}; C{None} for any other frame (which
+    means "try L{fast_data_bindings}", never "invalid").
+    """
+    end = len(frame)
+    if (
+        end < 16
+        or frame[4] != 0
+        or frame[5] != 45
+        or (frame[6] << 8) | frame[7] != end - 8
+        or frame[8] != 0
+        or frame[9] != 1
+    ):
+        return None
+    length = (frame[10] << 8) | frame[11]
+    if not 3 <= length <= 130:
+        return None
+    duid_type = (frame[12] << 8) | frame[13]
+    if duid_type == 4:
+        if length != 18:
+            return None
+    elif length < _DUID_MINIMUM.get(duid_type, 3):
+        return None
+    rest = 12 + length
+    shape = _SHAPES.get(end - rest)
+    if shape is None:
+        return None
+    count_addresses, count_prefixes, layout = shape
+    values = layout.unpack_from(frame, rest)
+    ceiling = INFINITE_LIFETIME - 1
+    link = UNKNOWN_LINK if query_link is None else query_link
+    if count_prefixes == 0 and count_addresses == 1:
+        code, size, high, low, preferred, valid, clt_code, clt_size, clt_time = values
+        if (code, size, clt_code, clt_size) != (5, 24, 46, 4):
+            return None
+        preferred += clt_time
+        valid += clt_time
+        return Binding(
+            Duid(frame[12:rest]),
+            link,
+            received_at - clt_time,
+            (
+                AddressLease(
+                    _address((high << 64) | low),
+                    preferred if preferred < ceiling else _granted_top(preferred - clt_time),
+                    valid if valid < ceiling else _granted_top(valid - clt_time),
+                ),
+            ),
+            (),
+            None,
+            (),
+            (),
+            (),
+        )
+    if count_addresses == 1 and count_prefixes == 1:
+        (
+            code,
+            size,
+            high,
+            low,
+            preferred,
+            valid,
+            prefix_code,
+            prefix_size,
+            prefix_preferred,
+            prefix_valid,
+            prefix_length,
+            prefix_high,
+            prefix_low,
+            clt_code,
+            clt_size,
+            clt_time,
+        ) = values
+        if (code, size, prefix_code, prefix_size, clt_code, clt_size) != (
+            5,
+            24,
+            26,
+            25,
+            46,
+            4,
+        ) or prefix_length > 128:
+            return None
+        preferred += clt_time
+        valid += clt_time
+        prefix_preferred += clt_time
+        prefix_valid += clt_time
+        return Binding(
+            Duid(frame[12:rest]),
+            link,
+            received_at - clt_time,
+            (
+                AddressLease(
+                    _address((high << 64) | low),
+                    preferred if preferred < ceiling else _granted_top(preferred - clt_time),
+                    valid if valid < ceiling else _granted_top(valid - clt_time),
+                ),
+            ),
+            (
+                PrefixLease(
+                    _network(
+                        ((prefix_high << 64) | prefix_low) & _MASKS[prefix_length], prefix_length
+                    ),
+                    prefix_preferred
+                    if prefix_preferred < ceiling
+                    else _granted_top(prefix_preferred - clt_time),
+                    prefix_valid
+                    if prefix_valid < ceiling
+                    else _granted_top(prefix_valid - clt_time),
+                ),
+            ),
+            None,
+            (),
+            (),
+            (),
+        )
+    return _shaped_general(frame, rest, values, count_addresses, count_prefixes, received_at, link)
+
+
+def _granted_top(remaining: int) -> int:
+    """L{granted_lifetime} when the sum reached the ceiling: infinity or the ceiling."""
+    return INFINITE_LIFETIME if remaining == INFINITE_LIFETIME else INFINITE_LIFETIME - 1
+
+
+def _shaped_general(  # noqa: PLR0917
+    frame: bytes,
+    rest: int,
+    values: tuple[int, ...],
+    count_addresses: int,
+    count_prefixes: int,
+    received_at: int,
+    link: str,
+) -> Binding | None:
+    index = 0
+    infinite = INFINITE_LIFETIME
+    ceiling = INFINITE_LIFETIME - 1
+    clt_index = 6 * count_addresses + 7 * count_prefixes
+    if values[clt_index] != 46 or values[clt_index + 1] != 4:
+        return None
+    clt_time = values[clt_index + 2]
+    addresses = []
+    for _ in range(count_addresses):
+        code, size, high, low, preferred, valid = values[index : index + 6]
+        if code != 5 or size != 24:
+            return None
+        addresses.append(
+            AddressLease(
+                _address((high << 64) | low),
+                preferred if preferred == infinite else min(preferred + clt_time, ceiling),
+                valid if valid == infinite else min(valid + clt_time, ceiling),
+            )
+        )
+        index += 6
+    prefixes = []
+    for _ in range(count_prefixes):
+        code, size, preferred, valid, prefix_length, high, low = values[index : index + 7]
+        if code != 26 or size != 25 or prefix_length > 128:
+            return None
+        prefixes.append(
+            PrefixLease(
+                _network(((high << 64) | low) & _MASKS[prefix_length], prefix_length),
+                preferred if preferred == infinite else min(preferred + clt_time, ceiling),
+                valid if valid == infinite else min(valid + clt_time, ceiling),
+            )
+        )
+        index += 7
+    return Binding(
+        Duid(frame[12:rest]),
+        link,
+        received_at - clt_time,
+        tuple(addresses),
+        tuple(prefixes),
+        None,
+        (),
+        (),
+        (),
     )
 
 
@@ -263,6 +497,9 @@ def fast_data_bindings(
     CLIENTID and CLT_TIME; see the module docstring). C{None} means "decode it with the
     codec", never "invalid".
     """
+    binding = fast_single_binding(frame, received_at, query_link)
+    if binding is not None:
+        return [binding]
     end = len(frame)
     offset = 4
     bindings: list[Binding] = []

@@ -1,0 +1,95 @@
+"""
+Requestor parse rate: bindings per second decoded into L{Binding} objects by
+L{bulklq.client.Requestor} from a loopback server in another process.
+
+  python bench/client_parse.py [--count N] [--server frames|bulklq|both] [--repeat R]
+
+Prints JSON: for each server kind, bindings/s streaming (each binding handed to a counting
+callback, nothing kept) and keeping (merged result held), best of R runs. The C{frames}
+server replays codec-built frames (so only the requestor is measured); C{bulklq} is the
+real server over a memory store (so the figure is bounded by the server too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twisted.internet import defer, task
+
+from bulklq.client import LeaseQuery, QueryStatus, Requestor, RequestorOptions
+from bulklq.wire import Duid
+
+HERE = Path(__file__).parent
+
+
+def start_server(kind: str, count: int) -> tuple[subprocess.Popen[str], int]:
+    """Start bench/client_server.py; return the process and its port."""
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "client_server.py"), kind, str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    port = int(process.stdout.readline())
+    return process, port
+
+
+async def measure(reactor: object, port: int, count: int, keep: bool) -> float:
+    """One query; bindings per second from sending the query to the last binding."""
+    seen = [0]
+
+    def count_binding(binding: object) -> None:
+        seen[0] += 1
+
+    requestor = Requestor(
+        Duid.en(32473, b"bench"),
+        reactor,  # type: ignore[arg-type]
+        RequestorOptions(retries=0, keep_bindings=keep),
+    )
+    protocol = await requestor.connect(f"[::1]:{port}")
+    started = time.perf_counter()
+    result = await protocol.query(LeaseQuery.by_relay_id(Duid.uuid(bytes(16))), count_binding, keep)
+    elapsed = time.perf_counter() - started
+    protocol.transport.loseConnection()
+    assert result.status is QueryStatus.SUCCESS, result.describe()
+    assert seen[0] == count, (seen[0], count)
+    return count / elapsed
+
+
+async def run(reactor: object, options: argparse.Namespace) -> None:
+    """Measure every asked server kind and print the figures as JSON."""
+    figures: dict[str, object] = {"count": options.count, "repeat": options.repeat}
+    kinds = ["frames", "bulklq"] if options.server == "both" else [options.server]
+    for kind in kinds:
+        process, port = start_server(kind, options.count)
+        try:
+            for keep in (False, True):
+                rates = [
+                    await measure(reactor, port, options.count, keep)
+                    for _ in range(options.repeat)
+                ]
+                label = f"{kind}_{'keep' if keep else 'stream'}_bindings_per_s"
+                figures[label] = round(max(rates))
+        finally:
+            process.terminate()
+            process.wait()
+    print(json.dumps(figures, indent=2))
+
+
+def main() -> None:
+    """Parse the options and run under task.react."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=200_000)
+    parser.add_argument("--server", choices=["frames", "bulklq", "both"], default="both")
+    parser.add_argument("--repeat", type=int, default=3)
+    options = parser.parse_args()
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor, options)))
+
+
+if __name__ == "__main__":
+    main()
