@@ -17,6 +17,7 @@ from ._decode import (
     UNKNOWN_LINK,
     binding_from_client_data,
     fast_data_bindings,
+    fast_single_binding,
     granted_lifetime,
     link_from_relay_data,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "TooManyBindingsError",
     "binding_from_client_data",
     "fast_data_bindings",
+    "fast_single_binding",
     "granted_lifetime",
     "link_from_relay_data",
     "merge_bindings",
