@@ -100,6 +100,27 @@ class ListeningTests(ServerTestCase):
         harness.factory.connectionLost(newcomer)
 
 
+class SlowlorisEvictionTests(ServerTestCase):
+    """S24 against stalled partial frames."""
+
+    def test_partial_frame_evictable(self) -> None:
+        """S24: a connection stuck in a partial frame is idle since its last octet and
+        can be evicted; a connection that just sent an octet cannot."""
+        harness = self.harness(max_connections=2, data_timeout=1000)
+        stalled, stalled_transport = harness.connect("2001:db8::1")
+        stalled.dataReceived(framed(LINK1_QUERY)[:3])
+        harness.clock.advance(harness.factory.eviction_min_idle)
+        fresh, fresh_transport = harness.connect("2001:db8::2")
+        fresh.dataReceived(framed(LINK1_QUERY)[:3])
+        newcomer = harness.factory.buildProtocol(TwistedIPv6Address("TCP", "2001:db8::3", 1))
+        self.assertIsNotNone(newcomer)
+        self.assertTrue(stalled_transport.disconnecting)
+        self.assertFalse(fresh_transport.disconnecting)
+        lose(stalled, stalled_transport)
+        assert newcomer is not None
+        harness.factory.connectionLost(newcomer)
+
+
 class TimeoutTests(ServerTestCase):
     """S18, S19 and the idle timeout."""
 
@@ -343,6 +364,25 @@ class ErrorTests(ServerTestCase):
         self.assertEqual(harness.store.cancelled, 1)
         self.assertEqual([r.status for r in records], ["ConnectionLost"])
         self.assertEqual(harness.factory.stats.connections_open, 0)
+
+
+class CancelTests(ServerTestCase):
+    """Cancelling the store's Deferred when the requestor goes away."""
+
+    def test_canceller_error_is_quiet(self) -> None:
+        """S25: a store whose canceller errbacks with its own error (a driver reporting
+        the interrupted statement) ends the query quietly: no failure logged, no store
+        error counted."""
+        harness = self.harness(controlled=True)
+        harness.store.hold = True
+        protocol, transport = harness.connect()
+        protocol.dataReceived(framed(LINK1_QUERY))
+        _, held, _ = harness.store.pending[0]
+        # The canceller errbacks with a driver error instead of CancelledError.
+        held._canceller = lambda d: d.errback(RuntimeError("statement interrupted"))
+        lose(protocol, transport)
+        self.assertEqual(self.flushLoggedErrors(RuntimeError), [])
+        self.assertEqual(harness.factory.stats.store_errors, 0)
 
 
 class HalfCloseTests(ServerTestCase):

@@ -35,7 +35,9 @@ class BulkLeasequeryFactory(Factory):
         limit is closed at once, unless an I{idle} connection counted by that limit can
         be evicted (S24): the one idle the longest, provided it has been idle for at
         least L{eviction_min_idle} seconds (so that a requestor that just connected gets
-        time to send its query). Idle means no query in progress and no partial frame.
+        time to send its query). Idle means no query in progress; idle time counts from the
+        last octet received or the end of the last query, so a connection stuck in a
+        partial frame is evictable too.
       - L{shutdown} stops taking connections and queries, lets the queries in progress
         finish within a grace period, then terminates what is left.
 
@@ -161,8 +163,8 @@ class BulkLeasequeryFactory(Factory):
 
     def shutdown(self, grace: float | None = None) -> Deferred[None]:
         """
-        Stop gracefully: refuse new connections and new queries (a LEASEQUERY arriving now
-        gets a REPLY with QueryTerminated), close idle connections, let queries in
+        Stop gracefully: refuse new connections, stop reading queries (a LEASEQUERY
+        already read gets a REPLY with QueryTerminated), close idle connections, let queries in
         progress run for C{grace} seconds (default C{config.shutdown_grace}), then end
         what is left with DONE(QueryTerminated) (or a REPLY with it when nothing was sent
         yet) and close. Connections that still cannot drain their buffers are aborted

@@ -213,8 +213,11 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
 
     @property
     def idle(self) -> bool:
-        """No query in progress, no partial frame, not closing: an eviction candidate."""
-        return not (self._queries or self._unprocessed or self._closing or self._lost)
+        """
+        No query in progress and not closing: an eviction candidate (S24), idle since
+        L{idleSince}. A connection stuck in a partial frame is idle since its last octet.
+        """
+        return not (self._queries or self._closing or self._lost)
 
     @property
     def queriesInProgress(self) -> int:
@@ -227,6 +230,7 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         """Frame the octets (L{Int16StringReceiver}), then re-arm the read timers."""
         if self._closing or self._lost or self._readClosed:
             return
+        self.idleSince = self._clock.seconds()
         self._inDataReceived = True
         try:
             super().dataReceived(data)
@@ -345,7 +349,6 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
             self._dataTimer = None
         if not partial and not self._queries and not self._readClosed:
             if self._idleTimer is None:
-                self.idleSince = self._clock.seconds()
                 self._idleTimer = self._clock.callLater(
                     self._config.idle_timeout, self._timedOut, "idle"
                 )
@@ -433,6 +436,10 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         """A store Deferred bounded by C{store_timeout}; failures become L{_QueryAbortedError}."""
 
         def failed(failure: FailureType) -> None:
+            if self._lost or self._closing:
+                # We cancelled it (the connection is going away): whatever the store's
+                # canceller reports, this is a cancellation, not a store failure.
+                raise CancelledError()
             if failure.check(CancelledError) and not failure.check(DeferredTimeoutError):
                 failure.raiseException()
             if failure.check(DeferredTimeoutError):
@@ -572,6 +579,8 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
                 self._stats.store_errors += 1
             self._sendTerminated(query, abort.reason)
         self._recordQuery(query)
+        if not self._queries:
+            self.idleSince = self._clock.seconds()
         if abort is not None:
             self._terminateAll(abort.reason)
             return
