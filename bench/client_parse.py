@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,19 +23,8 @@ from twisted.internet import defer, task
 from bulklq.client import LeaseQuery, QueryStatus, Requestor, RequestorOptions
 from bulklq.wire import Duid
 
-HERE = Path(__file__).parent
-
-
-def start_server(kind: str, count: int) -> tuple[subprocess.Popen[str], int]:
-    """Start bench/client_server.py; return the process and its port."""
-    process = subprocess.Popen(
-        [sys.executable, str(HERE / "client_server.py"), kind, str(count)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    port = int(process.stdout.readline())
-    return process, port
+sys.path.insert(0, str(Path(__file__).parent))
+from client_server import start_server  # type: ignore[import-not-found]
 
 
 async def measure(reactor: object, port: int, count: int, keep: bool) -> float:
@@ -70,8 +58,7 @@ async def run(reactor: object, options: argparse.Namespace) -> None:
         try:
             for keep in (False, True):
                 rates = [
-                    await measure(reactor, port, options.count, keep)
-                    for _ in range(options.repeat)
+                    await measure(reactor, port, options.count, keep) for _ in range(options.repeat)
                 ]
                 label = f"{kind}_{'keep' if keep else 'stream'}_bindings_per_s"
                 figures[label] = round(max(rates))

@@ -14,10 +14,12 @@ requestor is what is measured.
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import threading
 import time
 from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
 
 from bulklq.wire import (
     ClientData,
@@ -33,6 +35,18 @@ from bulklq.wire import (
 )
 
 SERVER_DUID = Duid.llt(1, 700000000, bytes.fromhex("020000000001"))
+
+
+def start_server(kind: str, count: int) -> tuple[subprocess.Popen[str], int]:
+    """Start this script as a server process; return the process and its port."""
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__)), kind, str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    port = int(process.stdout.readline())
+    return process, port
 
 
 def client_data(number: int) -> ClientData:

@@ -10,6 +10,7 @@ docs/requestor.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import socket
 import sys
 import uuid
@@ -310,17 +311,20 @@ async def run_query(
         ),
         endpoint_factory,
     )
-    progress = _Progress(clock, err, _isatty(err))
+    show_progress = _isatty(err)
+    progress = _Progress(clock, err, show_progress)
 
     def stream(binding: Binding) -> None:
         progress.count += 1
         writer.binding(binding)
 
+    if arguments.stream:
+        on_binding: Callable[[Binding], object] | None = stream if show_progress else writer.binding
+    else:
+        on_binding = progress.binding if show_progress else None
     writer.start()
     try:
-        result = await requestor.query_all(
-            servers, query, stream if arguments.stream else progress.binding
-        )
+        result = await requestor.query_all(servers, query, on_binding)
     finally:
         progress.stop()
     if not arguments.stream:
@@ -353,6 +357,10 @@ def run(arguments: argparse.Namespace) -> int:
 
         return Deferred.fromCoroutine(main(reactor))
 
+    # The command may hold millions of long-lived objects that form no cycles; the default
+    # generational thresholds would rescan them over and over while they arrive.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     try:
         react(start)
     except SystemExit as done:

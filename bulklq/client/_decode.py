@@ -11,8 +11,11 @@ gives exactly what L{binding_from_client_data} gives after L{decode_message}.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv6Address, IPv6Network
+from typing import Any
+
+import attrs
 
 from ..model import AddressLease, Binding, PrefixLease, relay_identities
 from ..wire import (
@@ -92,6 +95,117 @@ if not _same_as_ipaddress():  # pragma: no cover - another Python's ipaddress in
 
     def _network(value: int, length: int) -> IPv6Network:
         return IPv6Network((value, length))
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> list[Callable[[Any, Any], None]] | None:
+    """The slot descriptors' setters of a frozen attrs class whose fields are plain."""
+    fields = attrs.fields(cls)
+    if tuple(field.name for field in fields) != names or any(
+        field.validator is not None or field.converter is not None for field in fields
+    ):
+        return None  # pragma: no cover - the model changed: use the constructors
+    return [getattr(cls, name).__set__ for name in names]
+
+
+_BINDING_SETTERS = _slot_setters(
+    Binding,
+    (
+        "client_id",
+        "link_id",
+        "cltt",
+        "addresses",
+        "prefixes",
+        "relay_data",
+        "relay_ids",
+        "remote_ids",
+        "options",
+    ),
+)
+_LEASE_SETTERS = _slot_setters(AddressLease, ("address", "preferred_lifetime", "valid_lifetime"))
+_PREFIX_SETTERS = _slot_setters(PrefixLease, ("prefix", "preferred_lifetime", "valid_lifetime"))
+_DUID_SETTERS = _slot_setters(Duid, ("raw",))
+
+
+def _plain_binding(
+    client_id: Duid,
+    link_id: str,
+    cltt: int,
+    addresses: tuple[AddressLease, ...],
+    prefixes: tuple[PrefixLease, ...],
+) -> Binding:
+    """C{Binding(client_id, link_id, cltt, addresses, prefixes)} without relay data."""
+    return Binding(client_id, link_id, cltt, addresses, prefixes, None, (), (), ())
+
+
+_address_lease: Callable[[IPv6Address, int, int], AddressLease] = AddressLease
+_prefix_lease: Callable[[IPv6Network, int, int], PrefixLease] = PrefixLease
+_duid: Callable[[bytes], Duid] = Duid
+
+if _BINDING_SETTERS and _LEASE_SETTERS and _PREFIX_SETTERS and _DUID_SETTERS:
+    # What the attrs constructors do, minus their per-call overhead; checked just below.
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8 = _BINDING_SETTERS
+    _l0, _l1, _l2 = _LEASE_SETTERS
+    _p0, _p1, _p2 = _PREFIX_SETTERS
+    (_d0,) = _DUID_SETTERS
+
+    def _quick_binding(
+        client_id: Duid,
+        link_id: str,
+        cltt: int,
+        addresses: tuple[AddressLease, ...],
+        prefixes: tuple[PrefixLease, ...],
+    ) -> Binding:
+        binding = _new(Binding)
+        _b0(binding, client_id)
+        _b1(binding, link_id)
+        _b2(binding, cltt)
+        _b3(binding, addresses)
+        _b4(binding, prefixes)
+        _b5(binding, None)
+        _b6(binding, ())
+        _b7(binding, ())
+        _b8(binding, ())
+        return binding
+
+    def _quick_lease(address: IPv6Address, preferred: int, valid: int) -> AddressLease:
+        lease = _new(AddressLease)
+        _l0(lease, address)
+        _l1(lease, preferred)
+        _l2(lease, valid)
+        return lease
+
+    def _quick_prefix(prefix: IPv6Network, preferred: int, valid: int) -> PrefixLease:
+        lease = _new(PrefixLease)
+        _p0(lease, prefix)
+        _p1(lease, preferred)
+        _p2(lease, valid)
+        return lease
+
+    def _quick_duid(raw: bytes) -> Duid:
+        duid = _new(Duid)
+        _d0(duid, raw)
+        return duid
+
+    _sample = (
+        _quick_duid(b"\x00\x03\x00\x01\x02"),
+        "link",
+        5,
+        (_quick_lease(IPv6Address(1), 2, 3),),
+        (_quick_prefix(IPv6Network("2001:db8::/56"), 4, 5),),
+    )
+    _reference = _plain_binding(
+        Duid(b"\x00\x03\x00\x01\x02"),
+        "link",
+        5,
+        (AddressLease(IPv6Address(1), 2, 3),),
+        (PrefixLease(IPv6Network("2001:db8::/56"), 4, 5),),
+    )
+    _built = _quick_binding(*_sample)
+    if (_built, hash(_built), repr(_built)) == (_reference, hash(_reference), repr(_reference)):
+        _plain_binding = _quick_binding
+        _address_lease = _quick_lease
+        _prefix_lease = _quick_prefix
+        _duid = _quick_duid
 
 
 # The usual CLIENT_DATA after its CLIENTID: a addresses, p prefixes, CLT_TIME, nothing else.
@@ -347,21 +461,17 @@ def fast_single_binding(frame: bytes, received_at: int, query_link: str | None) 
             return None
         preferred += clt_time
         valid += clt_time
-        return Binding(
-            Duid(frame[12:rest]),
+        return _plain_binding(
+            _duid(frame[12:rest]),
             link,
             received_at - clt_time,
             (
-                AddressLease(
+                _address_lease(
                     _address((high << 64) | low),
                     preferred if preferred < ceiling else _granted_top(preferred - clt_time),
                     valid if valid < ceiling else _granted_top(valid - clt_time),
                 ),
             ),
-            (),
-            None,
-            (),
-            (),
             (),
         )
     if count_addresses == 1 and count_prefixes == 1:
@@ -396,19 +506,19 @@ def fast_single_binding(frame: bytes, received_at: int, query_link: str | None) 
         valid += clt_time
         prefix_preferred += clt_time
         prefix_valid += clt_time
-        return Binding(
-            Duid(frame[12:rest]),
+        return _plain_binding(
+            _duid(frame[12:rest]),
             link,
             received_at - clt_time,
             (
-                AddressLease(
+                _address_lease(
                     _address((high << 64) | low),
                     preferred if preferred < ceiling else _granted_top(preferred - clt_time),
                     valid if valid < ceiling else _granted_top(valid - clt_time),
                 ),
             ),
             (
-                PrefixLease(
+                _prefix_lease(
                     _network(
                         ((prefix_high << 64) | prefix_low) & _MASKS[prefix_length], prefix_length
                     ),
@@ -420,10 +530,6 @@ def fast_single_binding(frame: bytes, received_at: int, query_link: str | None) 
                     else _granted_top(prefix_valid - clt_time),
                 ),
             ),
-            None,
-            (),
-            (),
-            (),
         )
     return _shaped_general(frame, rest, values, count_addresses, count_prefixes, received_at, link)
 

@@ -45,7 +45,7 @@ _inet_ntop = socket.inet_ntop
 
 def format_address(address: IPv6Address) -> str:
     """C{str(address)} (RFC 5952 text), computed faster for the common case."""
-    text = _inet_ntop(_AF_INET6, address.packed)
+    text = _inet_ntop(_AF_INET6, address._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
     return text if "." not in text else str(address)
 
 
