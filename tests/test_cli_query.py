@@ -279,8 +279,42 @@ class FormatTests(CommandTestCase):
         self.assertIn("timeout", err)
 
 
+class _ClosedPipe(io.StringIO):
+    """An output whose reader went away after C{room} characters."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, text: str) -> int:
+        if self.tell() + len(text) > self.room:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
 class ExitCodeTests(CommandTestCase):
     """Exit codes."""
+
+    def test_broken_pipe(self) -> None:
+        """141 and no traceback when the output is closed early (| head), streaming or not."""
+        self.serve("::1", answer([client_data(n) for n in range(1, 50)]))
+        for extra in ((), ("--stream",)):
+            out = _ClosedPipe(300)
+            err = io.StringIO()
+            running = defer.Deferred.fromCoroutine(
+                cli.run_query(
+                    self.clock,
+                    parse("::1", "--link", "2001:db8::1", "--format", "jsonl", *extra),
+                    out,
+                    err,
+                    endpoint_factory=self.endpoints.__getitem__,
+                )
+            )
+            for endpoint in self.endpoints.values():
+                endpoint.flush()
+            self.assertEqual(self.successResultOf(running), cli.EXIT_BROKEN_PIPE)
+            self.assertNotIn("Traceback", err.getvalue())
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_success_without_bindings(self) -> None:
         """0: success, including no bindings."""

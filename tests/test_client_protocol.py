@@ -452,6 +452,28 @@ class MemoryTests(ProtocolTestCase):
         self.assertEqual(results[0].status, QueryStatus.INCOMPLETE)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_stop_streaming(self) -> None:
+        """A callback raising StopStreaming ends the query quietly as incomplete."""
+        from bulklq.client import StopStreaming
+
+        def stop(binding: Binding) -> None:
+            raise StopStreaming("enough")
+
+        for keep in (False, True):
+            transport = StringTransport()
+            protocol = BulkLeasequeryClientProtocol(REQUESTOR_DUID, self.clock, 300)
+            protocol.makeConnection(transport)
+            results: list[ServerResult] = []
+            protocol.query(LeaseQuery.by_relay_id(RELAY), stop, keep).addCallback(results.append)
+            xid = decode_message(transport.value()[2:]).transaction_id  # type: ignore[union-attr]
+            protocol.dataReceived(frame(reply(xid, client_data(1)), data(xid, client_data(2))))
+            self.assertEqual(
+                (results[0].status, results[0].error), (QueryStatus.INCOMPLETE, "enough")
+            )
+            self.assertTrue(transport.disconnecting)
+            protocol.connectionLost()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_cancel_aborts(self) -> None:
         """Cancelling a query's Deferred aborts the connection (the server would go on sending)."""
         deferred = self.protocol.query(LeaseQuery.by_relay_id(RELAY))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
+import os
 import socket
 import sys
 import uuid
@@ -28,6 +30,7 @@ from ..client import (
     Requestor,
     RequestorOptions,
     ServerAddress,
+    StopStreaming,
 )
 from ..client.output import (
     FORMATS,
@@ -43,6 +46,7 @@ from ..model import Binding
 from ..wire import BULK_LQ_CONN_TIMEOUT, BULK_LQ_DATA_TIMEOUT, Duid, RemoteId, WireError
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_CONNECTION_FAILED",
     "EXIT_INCOMPLETE",
     "EXIT_OK",
@@ -66,6 +70,9 @@ EXIT_SERVER_ERROR = 3
 EXIT_INCOMPLETE = 4
 #: No connection could be made to a server (after the retries).
 EXIT_CONNECTION_FAILED = 5
+#: The output was closed before everything was written (C{| head}), as a shell reports
+#: a process ended by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 
 _CODES = {
     QueryStatus.SUCCESS: EXIT_OK,
@@ -314,12 +321,18 @@ async def run_query(
     show_progress = _isatty(err)
     progress = _Progress(clock, err, show_progress)
 
+    output_closed: list[bool] = []
+
     def stream(binding: Binding) -> None:
         progress.count += 1
-        writer.binding(binding)
+        try:
+            writer.binding(binding)
+        except BrokenPipeError:
+            output_closed.append(True)
+            raise StopStreaming("the output was closed") from None
 
     if arguments.stream:
-        on_binding: Callable[[Binding], object] | None = stream if show_progress else writer.binding
+        on_binding: Callable[[Binding], object] | None = stream
     else:
         on_binding = progress.binding if show_progress else None
     writer.start()
@@ -327,15 +340,30 @@ async def run_query(
         result = await requestor.query_all(servers, query, on_binding)
     finally:
         progress.stop()
-    if not arguments.stream:
-        for binding in result.bindings:
-            writer.binding(binding)
-    writer.finish(result)
-    out.flush()
+    try:
+        if output_closed:
+            raise BrokenPipeError
+        if not arguments.stream:
+            for binding in result.bindings:
+                writer.binding(binding)
+        writer.finish(result)
+        out.flush()
+    except BrokenPipeError:
+        _discard_output(out)
+        return EXIT_BROKEN_PIPE
     for server in result.servers:
         if not server.complete or server.discarded:
             err.write(f"{prog}: {server.describe()}\n")
     return exit_code(result)
+
+
+def _discard_output(out: IO[str]) -> None:
+    """After a broken pipe: send what is still buffered nowhere, so exit is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -21,7 +21,7 @@ from ._decode import (
     granted_lifetime,
     link_from_relay_data,
 )
-from ._protocol import BindingCallback, BulkLeasequeryClientProtocol
+from ._protocol import BindingCallback, BulkLeasequeryClientProtocol, StopStreaming
 from ._query import UNSPECIFIED, LeaseQuery
 from ._requestor import Requestor, RequestorOptions, ServerAddress
 from ._result import (
@@ -49,6 +49,7 @@ __all__ = [
     "RequestorOptions",
     "ServerAddress",
     "ServerResult",
+    "StopStreaming",
     "TooManyBindingsError",
     "binding_from_client_data",
     "fast_data_bindings",

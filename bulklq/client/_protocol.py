@@ -45,7 +45,7 @@ from ._result import (
     TooManyBindingsError,
 )
 
-__all__ = ["BindingCallback", "BulkLeasequeryClientProtocol"]
+__all__ = ["BindingCallback", "BulkLeasequeryClientProtocol", "StopStreaming"]
 
 #: Called with each binding as it arrives (one per accepted CLIENT_DATA).
 BindingCallback = Callable[[Binding], object]
@@ -53,6 +53,13 @@ BindingCallback = Callable[[Binding], object]
 _REPLY = MessageType.LEASEQUERY_REPLY
 _DATA = MessageType.LEASEQUERY_DATA
 _DONE = MessageType.LEASEQUERY_DONE
+
+
+class StopStreaming(Exception):  # noqa: N818 - a signal, not an error
+    """
+    Raised by a binding callback to end its query early: the query ends as incomplete with
+    this exception's text, the connection is aborted, and nothing is logged as a failure.
+    """
 
 
 class _Pending:
@@ -282,6 +289,8 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
                         pending.received += 1
                         try:
                             pending.on_binding(binding)
+                        except StopStreaming as stop:
+                            self._abort_query(pending, str(stop) or "the consumer stopped")
                         except Exception:
                             self._log.failure("The binding consumer failed")
                             self._abort_query(pending, "the binding consumer failed")
@@ -412,6 +421,9 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         except TooManyBindingsError as error:
             self._abort_query(pending, str(error))
             return False
+        except StopStreaming as stop:
+            self._abort_query(pending, str(stop) or "the consumer stopped")
+            return False
         except Exception:
             self._log.failure("The binding consumer failed")
             self._abort_query(pending, "the binding consumer failed")
@@ -419,7 +431,8 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         return True
 
     def _abort_query(self, pending: _Pending, reason: str) -> None:
-        self._finish_pending(pending, QueryStatus.INCOMPLETE, None, reason)
+        """End one query for a reason of ours (limit, consumer): not worth retrying."""
+        self._finish_pending(pending, QueryStatus.INCOMPLETE, None, reason, local=True)
         self._closing_reason = (QueryStatus.INCOMPLETE, f"another query failed: {reason}")
         self._abort()
 
@@ -462,12 +475,13 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         status: QueryStatus,
         code: StatusCodeOption | None,
         error: str | None = None,
+        local: bool = False,
     ) -> None:
         if self._pending.pop(pending.xid, None) is None:
             return
         if not self._pending:
             self._stop_timer()
-        self._finish(pending, status, code, error)
+        self._finish(pending, status, code, error, local)
 
     def _finish(
         self,
@@ -475,6 +489,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         status: QueryStatus,
         code: StatusCodeOption | None = None,
         error: str | None = None,
+        local: bool = False,
     ) -> None:
         result = ServerResult(
             self.peer,
@@ -486,6 +501,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             pending.received,
             pending.discarded,
             error=error,
+            local=local,
         )
         pending.merger = None
         if not pending.deferred.called:

@@ -63,6 +63,9 @@ class ServerResult:
         (R7, R11, R12, undecodable frames) while this query was outstanding.
     @ivar attempts: connection attempts made (1 without retries).
     @ivar error: a one-line explanation when the status is not a success.
+    @ivar local: the requestor itself ended the query (a limit was reached, or the binding
+        callback raised L{StopStreaming<bulklq.client.StopStreaming>} or failed): asking
+        again would end the same way, so it is not retried.
     """
 
     server: str
@@ -75,6 +78,7 @@ class ServerResult:
     discarded: int = 0
     attempts: int = 1
     error: str | None = None
+    local: bool = False
 
     @property
     def complete(self) -> bool:
@@ -84,6 +88,8 @@ class ServerResult:
     @property
     def retryable(self) -> bool:
         """Whether asking again may help: anything but success and a definite refusal."""
+        if self.local:
+            return False
         if self.status is QueryStatus.SERVER_ERROR:
             return self.status_code == StatusCode.QueryTerminated
         return self.status is not QueryStatus.SUCCESS
