@@ -40,15 +40,12 @@ from ..wire import (
 from ._encode import ClientDataEncoder, OversizeBindingError
 
 if TYPE_CHECKING:
-    from twisted.python.failure import Failure as FailureType
-
     from ..model import Binding, BindingPage
     from ._factory import BulkLeasequeryFactory
 
 __all__ = ["BulkLeasequeryProtocol"]
 
 _HI = struct.Struct("!HI")
-_HH = struct.Struct("!HH")
 _REPLY = MessageType.LEASEQUERY_REPLY << 24
 _DATA = MessageType.LEASEQUERY_DATA << 24
 _DONE = MessageType.LEASEQUERY_DONE << 24
@@ -435,7 +432,7 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
     def _storeCall(self, deferred: Deferred[Any], what: str) -> Deferred[Any]:
         """A store Deferred bounded by C{store_timeout}; failures become L{_QueryAbortedError}."""
 
-        def failed(failure: FailureType) -> None:
+        def failed(failure: Failure) -> None:
             if self._lost or self._closing:
                 # We cancelled it (the connection is going away): whatever the store's
                 # canceller reports, this is a cancellation, not a store failure.
