@@ -38,9 +38,13 @@ from __future__ import annotations
 import csv
 import gc
 import os
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
 from ipaddress import IPv6Address, IPv6Network
+from itertools import takewhile
 from pathlib import Path
+from socket import AF_INET6, inet_pton
 from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -54,30 +58,41 @@ from zope.interface import implementer
 
 from ..interfaces import IBindingStore
 from ..model import (
-    AddressLease,
     Binding,
     BindingKey,
     BindingPage,
     BindingQuery,
     Link,
-    PrefixLease,
+    QueryKind,
 )
 from ..wire import Duid
+from ..wire._fast import ipv6_from_packed
 from .kea_config import load_kea_config
 from .kea_leases import (
     LEASE_TYPE_PD,
     STATE_DEFAULT,
     KeaLeaseError,
     RelayInfo,
+    RelaySummary,
     assemble_binding,
     client_duid,
     lease_item,
     parse_address,
-    relay_info,
+    relay_summary,
     subnet_link_id,
     unescape,
 )
-from .memory import MemoryBindingStore
+from .memory import (
+    _BULK,
+    MemoryBindingStore,
+    _index_add,
+    _index_discard,
+    _Keys,
+    _keys_after,
+    _mask,
+    _SortedKeys,
+    index_from_lists,
+)
 
 __all__ = ["KeaCsvError", "KeaCsvStore", "lease_file_set", "open_store_uri"]
 
@@ -98,15 +113,18 @@ REQUIRED_COLUMNS = (
 CHUNK_SIZE = 1 << 20
 #: Malformed rows logged one by one per read of a file; the rest are counted.
 MAX_ROW_WARNINGS = 20
-#: Distinct user contexts remembered (the rows of one transaction repeat it).
-_RELAY_CACHE_SIZE = 4096
+#: Distinct user contexts and DUID texts remembered while reading (the rows of one
+#: transaction repeat them).
+_CACHE_SIZE = 4096
 #: Times the LFC file set is re-read when LFC renamed files during a load.
 _LOAD_ATTEMPTS = 5
 
 #: A client's group: (subnet id, DUID octets).
 _Group = tuple[int, bytes]
-#: An active lease: its part of the binding (lease, CLTT, relay information), and its group.
-_Record = tuple[AddressLease | PrefixLease, int, RelayInfo, _Group]
+#: What many leases share: (lease type, prefix length, preferred and valid lifetimes).
+_Shape = tuple[int, int, int, int]
+#: An active lease: (group, shape, expiry, relay summary).
+_Record = tuple[_Group, _Shape, int, RelaySummary]
 
 
 class KeaCsvError(Exception):
@@ -171,23 +189,85 @@ def lease_file_set(path: str | Path) -> list[Path]:
     return [*earlier, base]
 
 
+def _row_problem(fields: list[str], c: _Columns) -> str:
+    """Why the address, lifetime, expiry, subnet or state column of a row is malformed."""
+    try:
+        parse_address(fields[c.address].strip())
+        for position in (c.valid, c.expire, c.subnet, c.state):
+            if position >= 0:
+                int(fields[position])
+    except ValueError as error:
+        return str(error)
+    return "malformed row"  # pragma: no cover - the fast path and this one agree
+
+
+#: An index of values that mostly have one key (a client's DUID, a Remote-ID): the key
+#: itself, else the keys as in L{MemoryBindingStore}'s indexes.
+_Sparse = dict[Any, "BindingKey | _Keys"]
+
+
+def _unindex(index: _Sparse, values: Iterable[Any], key: BindingKey) -> None:
+    for value in values:
+        found = index.get(value)
+        if found is None:
+            continue
+        if type(found) is tuple:
+            if found == key:
+                del index[value]
+        else:
+            _index_discard(index, value, key)  # type: ignore[arg-type]
+
+
+def _index(index: _Sparse, values: Iterable[Any], key: BindingKey) -> None:
+    for value in values:
+        found = index.get(value)
+        if found is None:
+            index[value] = key
+        elif type(found) is tuple:
+            if found != key:
+                index[value] = [found, key] if found < key else [key, found]
+        else:
+            _index_add(index, value, key)  # type: ignore[arg-type]
+
+
+def _sparse(pending: dict[Any, list[BindingKey]]) -> _Sparse:
+    index: _Sparse = index_from_lists(pending)  # type: ignore[assignment]
+    for value, keys in index.items():
+        if type(keys) is list and len(keys) == 1:
+            index[value] = keys[0]
+    return index
+
+
 class _LeaseTable:
     """
-    The active leases by address, grouped by client, with the groups changed since the
-    last L{flush} into the index.
+    The active leases by address (16 octets) in a compact form, grouped by client, and the
+    index of the clients' bindings, whose L{Binding} objects are built when a query first
+    returns them (and kept until the client's leases change).
     """
 
-    def __init__(self, derive_links: bool) -> None:
-        self.leases: dict[int, _Record] = {}
+    def __init__(self, derive_links: bool, link_id: Callable[[int], str]) -> None:
+        self.leases: dict[bytes, _Record] = {}
         #: group -> [the group's key tuple (shared by its records), lease keys ...]
-        self.members: dict[_Group, list[_Group | int]] = {}
+        self.members: dict[_Group, list[Any]] = {}
         self.dirty: set[_Group] = set()
-        self.relay_cache: dict[str, RelayInfo] = {}
+        #: escaped user_context -> its summary (the rows of one transaction repeat it)
+        self.relay_cache: dict[str, RelaySummary] = {}
+        #: DUID text -> octets (a client's rows repeat it)
+        self.duid_cache: dict[str, bytes] = {}
+        #: one shape object per distinct (type, length, lifetimes), shared by the records
+        self.shapes: dict[_Shape, _Shape] = {}
         self.derive_links = derive_links
+        self.link_id = link_id
         #: subnet id -> prefixes derived from its leases (when there is no configuration)
         self.derived: dict[int, dict[IPv6Network, None]] = {}
         self.seen_links: set[tuple[int, Any]] = set()
         self.links_dirty: set[int] = set()
+        # The bindings' index: key -> [group, expiry, relay ids, remote ids, Binding|None]
+        self.entries: dict[BindingKey, list[Any]] = {}
+        self.keys = _SortedKeys()
+        self.by_client: _Sparse = {}
+        self.by_relay: _Sparse = {}
+        self.by_remote: _Sparse = {}
 
     def __len__(self) -> int:
         return len(self.leases)
@@ -197,140 +277,328 @@ class _LeaseTable:
         Apply C{lines} (complete rows, header excluded) in order; yield (index, reason) for
         each malformed one.
         """
-        reader = csv.reader(lines, quoting=csv.QUOTE_NONE, strict=False)
-        apply = self._apply
-        while True:
+        c = columns
+        count = c.count
+        i_address, i_duid, i_valid, i_expire = c.address, c.duid, c.valid, c.expire
+        i_subnet, i_pref, i_type, i_plen = c.subnet, c.pref, c.lease_type, c.prefix_len
+        i_state, i_context = c.state, c.user_context
+        leases = self.leases
+        members_of = self.members
+        mark = self.dirty.add
+        relay_cache = self.relay_cache
+        duid_cache = self.duid_cache
+        shape_of = self.shapes.setdefault
+        derive = self._derive if self.derive_links else None
+        pton = inet_pton
+        for number, line in enumerate(lines):
+            if not line:
+                continue
+            if "\r" in line:
+                # csv refuses a carriage return inside a row: keep its verdict.
+                try:
+                    fields = next(csv.reader([line], quoting=csv.QUOTE_NONE, strict=False))
+                except csv.Error as error:
+                    yield number, f"not CSV: {error}"
+                    continue
+            else:
+                fields = line.split(",")
+            if len(fields) != count:
+                yield number, f"{len(fields)} fields where the header has {count}"
+                continue
             try:
-                for fields in reader:
-                    if not fields:
-                        continue
-                    try:
-                        apply(fields, columns, now)
-                    except _MalformedRowError as error:
-                        yield reader.line_num - 1, str(error)
-                break
-            except csv.Error as error:
-                yield reader.line_num - 1, f"not CSV: {error}"
+                key = pton(AF_INET6, fields[i_address].strip())
+                valid = int(fields[i_valid])
+                expire = int(fields[i_expire])
+                subnet = int(fields[i_subnet])
+                state = int(fields[i_state]) if i_state >= 0 else STATE_DEFAULT
+            except (OSError, ValueError):
+                yield number, _row_problem(fields, c)
+                continue
+            if valid <= 0 or state != STATE_DEFAULT or expire <= now:
+                self._remove(key)
+                continue
+            try:
+                pref = int(fields[i_pref])
+                lease_type = int(fields[i_type])
+                prefix_len = int(fields[i_plen])
+                duid_text = fields[i_duid]
+                duid = duid_cache.get(duid_text)
+                if duid is None:
+                    duid = bytes.fromhex(duid_text.replace(":", ""))
+                    if len(duid_cache) >= _CACHE_SIZE:
+                        duid_cache.clear()
+                    duid_cache[duid_text] = duid
+                if lease_type and (
+                    lease_type != LEASE_TYPE_PD
+                    or not 0 <= prefix_len <= 128
+                    or int.from_bytes(key) & ((1 << (128 - prefix_len)) - 1)
+                ):
+                    lease_item(
+                        parse_address(fields[i_address].strip()), lease_type, prefix_len, 0, 0
+                    )
+            except ValueError as error:  # KeaLeaseError included
+                yield number, str(error)
+                continue
+            text = fields[i_context] if i_context >= 0 else ""
+            relay = relay_cache.get(text)
+            if relay is None:
+                try:
+                    relay = relay_summary(unescape(text))
+                except KeaLeaseError as error:
+                    yield number, str(error)
+                    continue
+                if len(relay_cache) >= _CACHE_SIZE:
+                    relay_cache.clear()
+                relay_cache[text] = relay
+            members = members_of.get((subnet, duid))
+            if members is None:
+                try:
+                    client_duid(duid)
+                except KeaLeaseError as error:
+                    yield number, str(error)
+                    continue
+                group: _Group = (subnet, duid)
+                members = members_of[group] = [group]
+            else:
+                group = members[0]
+            old = leases.get(key)
+            shape = (lease_type, prefix_len, pref, valid)
+            leases[key] = (group, shape_of(shape, shape), expire, relay)
+            if old is None:
+                members.append(key)
+            elif old[0] is not group:
+                members_of[old[0]].remove(key)
+                mark(old[0])
+                members.append(key)
+            mark(group)
+            if derive is not None:
+                derive(subnet, relay.link_address, key if lease_type != LEASE_TYPE_PD else None)
 
-    def _remove(self, key: int) -> None:
+    def _remove(self, key: bytes) -> None:
         old = self.leases.pop(key, None)
         if old is not None:
-            group = old[3]
+            group = old[0]
             self.members[group].remove(key)
             self.dirty.add(group)
 
-    def _apply(self, fields: list[str], c: _Columns, now: float) -> None:
-        if len(fields) != c.count:
-            raise _MalformedRowError(f"{len(fields)} fields where the header has {c.count}")
-        try:
-            address = parse_address(fields[c.address].strip())
-            valid = int(fields[c.valid])
-            expire = int(fields[c.expire])
-            subnet = int(fields[c.subnet])
-            state = int(fields[c.state]) if c.state >= 0 else STATE_DEFAULT
-        except ValueError as error:
-            raise _MalformedRowError(str(error)) from None
-        key = int(address)
-        if valid <= 0 or state != STATE_DEFAULT or expire <= now:
-            self._remove(key)
-            return
-        try:
-            pref = int(fields[c.pref])
-            lease_type = int(fields[c.lease_type])
-            prefix_len = int(fields[c.prefix_len])
-            duid = bytes.fromhex(fields[c.duid].replace(":", ""))
-            item = lease_item(address, lease_type, prefix_len, pref, valid)
-        except ValueError as error:  # KeaLeaseError included
-            raise _MalformedRowError(str(error)) from None
-        text = fields[c.user_context] if c.user_context >= 0 else ""
-        cache = self.relay_cache
-        info = cache.get(text)
-        if info is None:
-            try:
-                info = relay_info(unescape(text))
-            except KeaLeaseError as error:
-                raise _MalformedRowError(str(error)) from None
-            if len(cache) >= _RELAY_CACHE_SIZE:
-                cache.clear()
-            cache[text] = info
-        members = self.members.get((subnet, duid))
-        if members is None:
-            try:
-                client_duid(duid)
-            except KeaLeaseError as error:
-                raise _MalformedRowError(str(error)) from None
-            group: _Group = (subnet, duid)
-            members = self.members[group] = [group]
-        else:
-            group = members[0]  # type: ignore[assignment]
-        leases = self.leases
-        old = leases.get(key)
-        leases[key] = (item, expire - valid, info, group)
-        if old is None:
-            members.append(key)
-        elif old[3] != group:
-            self.members[old[3]].remove(key)
-            self.dirty.add(old[3])
-            members.append(key)
-        self.dirty.add(group)
-        if self.derive_links:
-            self._derive(subnet, info, address if lease_type != LEASE_TYPE_PD else None)
-
-    def _derive(self, subnet: int, info: RelayInfo, address: IPv6Address | None) -> None:
+    def _derive(self, subnet: int, link_address: int | None, address: bytes | None) -> None:
         seen = self.seen_links
-        link_address = info.link_address
         if link_address is not None and (subnet, link_address) not in seen:
             seen.add((subnet, link_address))
-            self.derived.setdefault(subnet, {})[IPv6Network(link_address)] = None
+            self.derived.setdefault(subnet, {})[IPv6Network((link_address, 128))] = None
             self.links_dirty.add(subnet)
         if address is not None:
-            block = int(address) >> 64
+            block = address[:8]
             if (subnet, block) not in seen:
                 seen.add((subnet, block))
-                network = IPv6Network((block << 64, 64))
+                network = IPv6Network((int.from_bytes(block) << 64, 64))
                 self.derived.setdefault(subnet, {})[network] = None
                 self.links_dirty.add(subnet)
 
-    def flush(
-        self,
-        index: MemoryBindingStore,
-        link_id: Callable[[int], str],
-        gone: Iterable[_Group] = (),
-    ) -> None:
-        """
-        Rebuild the changed groups' bindings into C{index}; also remove the bindings of the
-        groups in C{gone} that this table does not hold.
-        """
+    # The index
+
+    def _summary(self, group: _Group) -> tuple[int, tuple[bytes, ...], tuple[Any, ...]] | None:
+        """A group's expiry, Relay-IDs and Remote-IDs, or C{None} when it has no lease."""
+        members = self.members.get(group)
+        if members is None or len(members) < 2:
+            return None
         leases = self.leases
-        members = self.members
-        for group in gone:
-            if group not in members:
-                self.dirty.add(group)
-        for group in self.dirty:
-            subnet, duid_octets = group
-            link = link_id(subnet)
-            key: BindingKey = (link, duid_octets)
-            keys = members.get(group)
-            old = index.get(key)
-            if keys is None or len(keys) < 2:
-                members.pop(group, None)
-                if old is not None:
-                    index.remove(key)
-                continue
-            duid = old.client_id if old is not None else Duid(duid_octets)
-            binding = assemble_binding(
-                duid,
-                link,
-                [leases[address][:3] for address in keys[1:]],  # type: ignore[index]
-            )
-            if binding is None:
-                index.remove(key)
-            elif binding != old:
-                index.put(binding)
+        if len(members) == 2:
+            record = leases[members[1]]
+            relay = record[3]
+            return record[2], relay.relay_ids, relay.remote_ids
+        records = [leases[key] for key in members[1:]]
+        relays = {id(record[3]): record[3] for record in records}
+        expires = max(record[2] for record in records)
+        if len(relays) == 1:
+            relay = records[0][3]
+            return expires, relay.relay_ids, relay.remote_ids
+        return (
+            expires,
+            tuple(dict.fromkeys(value for relay in relays.values() for value in relay.relay_ids)),
+            tuple(dict.fromkeys(value for relay in relays.values() for value in relay.remote_ids)),
+        )
+
+    def flush(self, links: MemoryBindingStore) -> None:
+        """
+        Bring the index up to date with the changed groups; add the derived links that
+        changed to C{links}.
+        """
+        if not self.entries and len(self.dirty) >= _BULK:
+            self._bulk_index()
+        else:
+            for group in self.dirty:
+                self._reindex(group)
         self.dirty.clear()
         for subnet in self.links_dirty:
-            index.add_link(Link(link_id(subnet), tuple(sorted(self.derived[subnet]))))
+            links.add_link(Link(self.link_id(subnet), tuple(sorted(self.derived[subnet]))))
         self.links_dirty.clear()
+
+    def _reindex(self, group: _Group) -> None:
+        key: BindingKey = (self.link_id(group[0]), group[1])
+        old = self.entries.get(key)
+        summary = self._summary(group)
+        if summary is None:
+            self.members.pop(group, None)
+            if old is not None:
+                del self.entries[key]
+                self.keys.discard(key)
+                _unindex(self.by_client, (key[1],), key)
+                _unindex(self.by_relay, old[2], key)
+                _unindex(self.by_remote, old[3], key)
+            return
+        expires, relay_ids, remote_ids = summary
+        if old is None:
+            self.keys.add(key)
+            _index(self.by_client, (key[1],), key)
+        else:
+            if old[2] != relay_ids:
+                _unindex(self.by_relay, old[2], key)
+            if old[3] != remote_ids:
+                _unindex(self.by_remote, old[3], key)
+        if old is None or old[2] != relay_ids:
+            _index(self.by_relay, relay_ids, key)
+        if old is None or old[3] != remote_ids:
+            _index(self.by_remote, remote_ids, key)
+        self.entries[key] = [group, expires, relay_ids, remote_ids, None]
+
+    def _bulk_index(self) -> None:
+        """Index every dirty group of an empty index at once: sort each index once."""
+        entries = self.entries
+        link_id = self.link_id
+        by_client: dict[bytes, list[BindingKey]] = {}
+        by_relay: dict[bytes, list[BindingKey]] = {}
+        by_remote: dict[bytes, list[BindingKey]] = {}
+        for group in self.dirty:
+            summary = self._summary(group)
+            if summary is None:
+                self.members.pop(group, None)
+                continue
+            expires, relay_ids, remote_ids = summary
+            key: BindingKey = (link_id(group[0]), group[1])
+            entries[key] = [group, expires, relay_ids, remote_ids, None]
+            by_client.setdefault(key[1], []).append(key)
+            for relay_id in relay_ids:
+                by_relay.setdefault(relay_id, []).append(key)
+            for remote_id in remote_ids:
+                by_remote.setdefault(remote_id, []).append(key)
+        self.keys = _SortedKeys(entries)
+        self.by_client = _sparse(by_client)
+        self.by_relay = _sparse(by_relay)
+        self.by_remote = _sparse(by_remote)
+
+    def binding(self, key: BindingKey, entry: list[Any]) -> Binding:
+        """The binding of an index entry, built on first use and kept in the entry."""
+        binding: Binding | None = entry[4]
+        if binding is not None:
+            return binding
+        leases = self.leases
+        parts = []
+        for address in self.members[entry[0]][1:]:
+            _, (lease_type, prefix_len, pref, valid), expire, relay = leases[address]
+            parts.append(
+                (
+                    lease_item(ipv6_from_packed(address), lease_type, prefix_len, pref, valid),
+                    expire - valid,
+                    _relay_info(relay),
+                )
+            )
+        built = assemble_binding(Duid(key[1]), key[0], parts)
+        assert built is not None
+        entry[4] = built
+        return built
+
+    def candidates(self, query: BindingQuery, lower: BindingKey | None) -> Iterator[BindingKey]:
+        """The keys that may answer C{query}, ascending, above C{lower}."""
+        kind = query.kind
+        keys: BindingKey | _Keys | None
+        if kind is QueryKind.LINK:
+            return self.keys.after(lower)
+        if kind is QueryKind.ADDRESS:
+            found = sorted(set(self._holding(query.address))) if query.address else []
+            return iter(found[bisect_right(found, lower) if lower is not None else 0 :])
+        if kind is QueryKind.CLIENT_ID:
+            keys = None if query.client_id is None else self.by_client.get(query.client_id.raw)
+        elif kind is QueryKind.RELAY_ID:
+            keys = None if query.relay_id is None else self.by_relay.get(query.relay_id.raw)
+        else:
+            remote = query.remote_id
+            keys = (
+                None
+                if remote is None
+                else self.by_remote.get(
+                    remote.enterprise_number.to_bytes(4, "big") + remote.remote_id
+                )
+            )
+        if keys is None:
+            return iter(())
+        if type(keys) is tuple:
+            return iter((keys,) if lower is None or keys > lower else ())
+        return _keys_after(keys, lower)  # type: ignore[arg-type]
+
+    def _holding(self, address: IPv6Address) -> Iterator[BindingKey]:
+        """Keys of the clients leasing C{address} or a delegated prefix containing it."""
+        value = int(address)
+        leases = self.leases
+        for length in range(128, -1, -1):
+            record = leases.get((value & _mask(length)).to_bytes(16))
+            if record is None:
+                continue
+            if record[1][0] == LEASE_TYPE_PD:
+                if record[1][1] != length:
+                    continue
+            elif length != 128:
+                continue
+            group = record[0]
+            yield (self.link_id(group[0]), group[1])
+
+    def page(
+        self, query: BindingQuery, resume_after: BindingKey | None, limit: int, now: float
+    ) -> BindingPage:
+        """
+        The next page of C{query}: as L{MemoryBindingStore.fetch}, at most
+        C{max(4 * limit, 4096)} keys are skipped per call.
+        """
+        lower = resume_after
+        link_id = query.link_id
+        if link_id is not None and (lower is None or lower < (link_id, b"")):
+            lower = (link_id, b"")
+        candidates = self.candidates(query, lower)
+        if link_id is not None:
+            candidates = takewhile((link_id + "\x00", b"").__gt__, candidates)
+        check = query.matches if query.kind is QueryKind.ADDRESS else None
+        entries = self.entries
+        page: list[Binding] = []
+        budget = max(4 * limit, 4096)
+        last: BindingKey | None = None
+        for key in candidates:
+            entry = entries[key]
+            if entry[1] > now:
+                binding = entry[4] or self.binding(key, entry)
+                if check is None or check(binding):
+                    page.append(binding)
+                    if len(page) == limit:
+                        last = key
+                        break
+            budget -= 1
+            if not budget:
+                last = key
+                break
+        if last is None or next(candidates, None) is None:
+            return BindingPage(page, None)
+        return BindingPage(page, last)
+
+    def bindings(self) -> Iterator[Binding]:
+        """Every binding, expired ones included, in key order."""
+        entries = self.entries
+        for key in self.keys:
+            yield self.binding(key, entries[key])
+
+
+@lru_cache(maxsize=4096)
+def _relay_info(summary: RelaySummary) -> RelayInfo:
+    # Checked when the row was read (relay_summary): it cannot fail here.
+    return summary.info()
 
 
 class _FollowedFile:
@@ -409,13 +677,14 @@ class KeaCsvStore:
         self._reactor = reactor
         self._configured = links
         self._interval = interval
-        self._index = MemoryBindingStore(clock=reactor)
+        #: The links (only): bindings live in the lease table's index.
+        self._links = MemoryBindingStore(clock=reactor)
         self._link_ids: dict[int, str] = {}
         if links is not None:
             for subnet_id, link in links.items():
-                self._index.add_link(link)
+                self._links.add_link(link)
                 self._link_ids[subnet_id] = link.link_id
-        self._table = _LeaseTable(derive_links=links is None)
+        self._table = _LeaseTable(links is None, self._link_id)
         self._followed: _FollowedFile | None = None
         self._poller: LoopingCall | None = None
         self._closed = False
@@ -527,7 +796,7 @@ class KeaCsvStore:
         """
         if self._followed is not None:
             self._followed.close()
-        table = _LeaseTable(derive_links=self._configured is None)
+        table = _LeaseTable(self._configured is None, self._link_id)
         # A bulk load allocates millions of objects and frees none: the cyclic garbage
         # collector would rescan the growing heap again and again (quadratic time).
         collecting = gc.isenabled()
@@ -535,9 +804,10 @@ class KeaCsvStore:
         try:
             self._followed = self._load_set(table)
             previous = self._table
-            table.flush(self._index, self._link_id, gone=previous.members)
+            table.flush(self._links)
             for subnet in set(previous.derived) - set(table.derived):
-                self._index.remove_link(self._link_id(subnet))
+                self._links.remove_link(self._link_id(subnet))
+            # Swapped whole: a query in flight resumes after its last key in the new state.
             self._table = table
         finally:
             if collecting:
@@ -548,7 +818,7 @@ class KeaCsvStore:
             "{name}: {leases} active leases, {bindings} bindings",
             name=self.name,
             leases=len(table),
-            bindings=len(self._index),
+            bindings=len(table.entries),
         )
 
     def start(self) -> None:
@@ -601,7 +871,7 @@ class KeaCsvStore:
             # Kea is between renaming its lease file and creating the next one.
             if followed is not None:
                 self._read_file(table, followed, now, final=False)
-            table.flush(self._index, self._link_id)
+            table.flush(self._links)
             return
         if followed is None:
             self._followed = self._open(self.path)
@@ -622,7 +892,7 @@ class KeaCsvStore:
             return
         elif stat.st_size > followed.offset:
             self._read_file(table, followed, now, final=False)
-        table.flush(self._index, self._link_id)
+        table.flush(self._links)
 
     def _reload(self) -> None:
         self.reloads += 1
@@ -635,26 +905,28 @@ class KeaCsvStore:
         self, query: BindingQuery, resume_after: BindingKey | None, limit: int
     ) -> Deferred[BindingPage]:
         """The next page of matching active bindings (see L{IBindingStore.fetch})."""
-        return self._index.fetch(query, resume_after, limit)
+        if limit < 1:
+            return defer.fail(ValueError(f"page limit must be at least 1, not {limit}"))
+        return defer.succeed(self._table.page(query, resume_after, limit, self._now()))
 
     def find_link(self, address: IPv6Address) -> Deferred[Link | None]:
         """The link whose prefixes contain C{address} (see the module docstring)."""
-        return self._index.find_link(address)
+        return self._links.find_link(address)
 
     def get_link(self, link_id: str) -> Deferred[Link | None]:
         """The link with id C{link_id}, or C{None}."""
-        return self._index.get_link(link_id)
+        return self._links.get_link(link_id)
 
     def links(self) -> list[Link]:
         """The links known, ordered by id."""
-        return self._index.links()
+        return self._links.links()
 
     def bindings(self) -> Iterator[Binding]:
         """Every binding held (expired ones included), in key order."""
-        return self._index.bindings()
+        return self._table.bindings()
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._table.entries)
 
     def close(self) -> Deferred[None]:
         """Stop following and close the lease file; the bindings stay readable."""

@@ -163,6 +163,22 @@ def _index_discard(index: dict[_V, _Keys], value: _V, key: BindingKey) -> None:
         del index[value]
 
 
+def index_from_lists(pending: dict[_V, list[BindingKey]]) -> dict[_V, _Keys]:
+    """
+    An index built at once from unsorted lists of keys per value (a bulk load): each
+    value's keys sorted once, without repeats. The lists are reused.
+    """
+    index: dict[_V, _Keys] = {}
+    for value, keys in pending.items():
+        if len(keys) > _SMALL:
+            index[value] = _SortedKeys(keys)
+        elif len(keys) == 1:
+            index[value] = keys
+        else:
+            index[value] = sorted(set(keys))
+    return index
+
+
 def _mask(length: int) -> int:
     return _ALL_ONES ^ ((1 << (128 - length)) - 1)
 
@@ -312,12 +328,7 @@ class MemoryBindingStore:
                 existing = index.get(value)
                 if existing is not None:
                     keys.extend(existing)
-                if len(keys) > _SMALL:
-                    index[value] = _SortedKeys(keys)
-                elif len(keys) == 1:
-                    index[value] = keys
-                else:
-                    index[value] = sorted(set(keys))
+            index.update(index_from_lists(pending))
 
     def remove(self, key: BindingKey) -> bool:
         """Delete the binding with C{key}; whether there was one."""
