@@ -11,6 +11,7 @@ from ipaddress import IPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from bulklq.client import (
@@ -76,7 +77,7 @@ class ServerAddressTests(SynchronousTestCase):
 
     def test_stream_endpoints_only(self) -> None:
         """R3: the requestor only speaks TCP; every query type goes over a stream endpoint."""
-        clock = Clock()
+        clock = MemoryReactorClock()
         for text, kind in (
             ("2001:db8::1", TCP6ClientEndpoint),
             ("192.0.2.1", TCP4ClientEndpoint),
