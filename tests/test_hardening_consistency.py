@@ -13,6 +13,7 @@ few writes before every fetch, so every page boundary of every query sees change
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -74,26 +75,29 @@ class WriteLog:
     """
     Every write with the sequence numbers at which it was issued and completed, per key.
     C{seq} advances on each issue and each completion; a query's window is the sequence
-    numbers when it was sent and when its answer ended.
+    numbers when it was sent and when its answer ended. A write still in flight when a
+    query is judged counts as completing after it (C{done} is infinite until then).
     """
 
     seq: int = 0
-    history: dict[BindingKey, list[tuple[int, int, Binding | None]]] = attrs.Factory(dict)
+    history: dict[BindingKey, list[list[Any]]] = attrs.Factory(dict)
 
     def initial(self, bindings: Iterable[Binding]) -> None:
         """The bindings present before any query."""
         for binding in bindings:
-            self.history[binding.key] = [(-1, -1, binding)]
+            self.history[binding.key] = [[-1, -1, binding]]
 
-    def issue(self) -> int:
-        """A write starts: its issue number."""
+    def issue(self, key: BindingKey, binding: Binding | None) -> list[Any]:
+        """A write of C{binding} (C{None}: removal) under C{key} starts: its entry."""
         self.seq += 1
-        return self.seq
+        entry = [self.seq, math.inf, binding]
+        self.history.setdefault(key, []).append(entry)
+        return entry
 
-    def done(self, key: BindingKey, issued: int, binding: Binding | None) -> None:
-        """The write issued at C{issued} put C{binding} (C{None}: removed) under C{key}."""
+    def done(self, entry: list[Any]) -> None:
+        """The write of C{entry} (from L{issue}) is complete."""
         self.seq += 1
-        self.history.setdefault(key, []).append((issued, self.seq, binding))
+        entry[1] = self.seq
 
     def check(
         self, start: int, end: int, returned: list[tuple[BindingKey, frozenset[IPv6Address]]]
@@ -130,7 +134,11 @@ class WriteLog:
             if addresses not in allowed:
                 wrong += 1
                 if wrong <= 3:
-                    problems.append(f"a state {key!r} never had during the query")
+                    got = sorted(str(a) for a in addresses)
+                    had = sorted(sorted(str(a) for a in state) for state in allowed)
+                    problems.append(
+                        f"a state {key!r} never had during the query: {got}, not one of {had}"
+                    )
         return {
             "returned": len(returned),
             "unchanged": unchanged,
@@ -190,11 +198,11 @@ class Writer:
         """C{count} writes, one after the other, each logged."""
         for _ in range(count):
             key, binding = self.choose()
-            issued = self.log.issue()
+            entry = self.log.issue(key, binding)
             result = self.put(binding) if binding is not None else self.remove(key)
             if isinstance(result, Deferred):
                 await result
-            self.log.done(key, issued, binding)
+            self.log.done(entry)
             self.operations += 1
 
 

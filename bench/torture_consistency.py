@@ -1,0 +1,297 @@
+"""
+Consistency under writes at full size, for C{bench/torture.py consistency}.
+
+One process, one reactor: the server (listening on 127.0.0.1 only), a writer adding,
+updating and removing bindings at a steady rate, and requestors (L{bulklq.client.Requestor})
+streaming the whole link over TCP at once. Every write and every query is stamped with the
+same sequence counter (L{WriteLog} of tests/test_hardening_consistency.py), which then
+judges each query: bindings unchanged for the whole query returned exactly once, none
+twice, every returned state one the key had during the query.
+
+C{run_consistency} runs it in a subprocess (a reactor runs once per process) and returns
+the JSON it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+
+def run_consistency(
+    store: str, *, bindings: int, rate: int, requestors: int, seconds_limit: float
+) -> dict[str, Any]:
+    """Run one store's scenario in a subprocess; its report."""
+    command = [
+        sys.executable,
+        __file__,
+        "--store",
+        store,
+        "--bindings",
+        str(bindings),
+        "--rate",
+        str(rate),
+        "--requestors",
+        str(requestors),
+        "--max-seconds",
+        str(seconds_limit),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds_limit + 600, check=False
+    )
+    try:
+        result: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        return {"ok": False, "error": done.stderr.strip().splitlines()[-5:]}
+    return result
+
+
+def open_store(kind: str, initial: list[Any], reactor: Any, cleanups: list[Any]) -> Any:
+    """The store, and functions writing a batch of bindings and removing a batch of keys."""
+    from twisted.internet.threads import deferToThread
+
+    from tests.test_hardening_consistency import LINK
+
+    if kind == "memory":
+        from bulklq.stores.memory import MemoryBindingStore
+
+        memory = MemoryBindingStore([LINK], clock=reactor)
+        memory.put_many(initial)
+
+        def put_memory(batch: list[Any]) -> None:
+            for binding in batch:
+                memory.put(binding)
+
+        def remove_memory(keys: list[Any]) -> None:
+            for key in keys:
+                memory.remove(key)
+
+        return memory, put_memory, remove_memory
+    if kind == "sqlite":
+        from bulklq.stores.sqlite import SQLiteBindingStore, SQLiteDatabase
+
+        directory = tempfile.mkdtemp(prefix="bulklq-torture-")
+        path = os.path.join(directory, "bindings.db")
+        database = SQLiteDatabase(path)
+        database.add_links([LINK])
+        database.put_many(initial)
+        database.close()
+        sqlite = SQLiteBindingStore(path, reactor, threads=4)
+        cleanups.append(
+            lambda: [os.remove(os.path.join(directory, f)) for f in os.listdir(directory)]
+        )
+        cleanups.append(lambda: os.rmdir(directory))
+
+        def put_sqlite(batch: list[Any]) -> Any:
+            return sqlite.put_many(batch)
+
+        async def remove_sqlite(keys: list[Any]) -> None:
+            for key in keys:
+                await sqlite.remove(key)
+
+        return sqlite, put_sqlite, remove_sqlite
+    if kind == "postgresql":
+        from bulklq.stores.postgresql import PostgreSQLBindingStore, PostgreSQLSettings
+        from tests.test_store_postgresql import V17, ScratchDatabase
+
+        scratch = ScratchDatabase(V17)
+        cleanups.append(scratch.drop)
+        scratch.put(initial)
+        postgresql = PostgreSQLBindingStore(
+            PostgreSQLSettings(scratch.dsn, pool_size=4), reactor, [LINK]
+        )
+
+        def put_postgresql(batch: list[Any]) -> Any:
+            return deferToThread(scratch.put, batch)
+
+        def remove_postgresql(keys: list[Any]) -> Any:
+            return deferToThread(scratch.remove, keys)
+
+        return postgresql, put_postgresql, remove_postgresql
+    raise SystemExit(f"unknown store {kind!r} (memory, sqlite, postgresql)")
+
+
+def scenario(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the scenario under the global reactor; the report."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+    from twisted.internet.task import deferLater
+
+    from bulklq.client import LeaseQuery, Requestor, RequestorOptions
+    from bulklq.config import ServerConfig, parse_access_rule
+    from bulklq.server import BulkLeasequeryFactory
+    from bulklq.wire import Duid
+    from tests.test_hardening_consistency import LINK, WriteLog, Writer, state
+
+    base_time = int(time.time())
+    initial = [state(n, 0, base_time) for n in range(1, args.bindings + 1)]
+    cleanups: list[Any] = []
+    setup = time.monotonic()
+    store, put_batch, remove_batch = open_store(args.store, initial, reactor, cleanups)
+    setup_seconds = time.monotonic() - setup
+    log = WriteLog()
+    log.initial(initial)
+    present = dict.fromkeys(range(1, args.bindings + 1), 0)
+    writer = Writer(log, present=present, put=None, remove=None, base_time=base_time)
+    del initial
+    config = ServerConfig(
+        Duid.from_text("00:01:00:01:29:b9:4d:80:02:00:00:00:00:01"),
+        allow=(parse_access_rule("127.0.0.1/32"),),
+        max_connections=args.requestors + 2,
+        max_connections_per_requestor=args.requestors + 2,
+        store_timeout=120.0,
+    )
+    factory = BulkLeasequeryFactory(store, config, reactor)  # type: ignore[arg-type]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    requestor = Requestor(
+        Duid.en(32473, b"torture"),
+        reactor,  # type: ignore[arg-type]
+        RequestorOptions(retries=0, keep_bindings=False, data_timeout=120),
+    )
+    report: dict[str, Any] = {"store": args.store, "bindings": args.bindings}
+    stop = False
+
+    async def write_loop() -> None:
+        started = time.monotonic()
+        while not stop:
+            owed = int((time.monotonic() - started) * args.rate) - writer.operations
+            if owed <= 0:
+                await deferLater(reactor, 0.005)  # type: ignore[arg-type]
+                continue
+            batch: list[tuple[Any, Any]] = []
+            keys: set[Any] = set()
+            for _ in range(min(owed, max(args.rate // 20, 1))):
+                key, binding = writer.choose()
+                if key in keys:
+                    # Never two writes to one key in a batch (their order would be unknown):
+                    # drop this one. The log records only writes made, so it stays true.
+                    break
+                keys.add(key)
+                batch.append((key, binding))
+            entries = [log.issue(key, binding) for key, binding in batch]
+            puts = [binding for _, binding in batch if binding is not None]
+            removes = [key for key, binding in batch if binding is None]
+            for result in (
+                put_batch(puts) if puts else None,
+                remove_batch(removes) if removes else None,
+            ):
+                if inspect.iscoroutine(result) or isinstance(result, Deferred):
+                    await result
+            for entry in entries:
+                log.done(entry)
+            writer.operations += len(batch)
+            await deferLater(reactor, 0)  # type: ignore[arg-type]
+
+    async def one_query(number: int) -> dict[str, Any]:
+        returned: list[Any] = []
+
+        def collect(binding: Any) -> None:
+            returned.append(
+                (
+                    (LINK.link_id, binding.client_id.raw),
+                    frozenset(a.address for a in binding.addresses),
+                )
+            )
+
+        start = log.seq
+        began = time.monotonic()
+        result = await requestor.query(
+            f"127.0.0.1:{port.getHost().port}",
+            LeaseQuery.by_link_address(LINK.address + 1),
+            collect,
+        )
+        end = log.seq
+        seconds = time.monotonic() - began
+        verdict = log.check(start, end, returned)
+        verdict.update(
+            {
+                "status": result.status.value,
+                "seconds": round(seconds, 2),
+                "writes_during": (end - start) // 2,
+            }
+        )
+        return verdict
+
+    async def main() -> None:
+        nonlocal stop
+        writing = ensureDeferred(write_loop())
+        await deferLater(reactor, 0.5)  # type: ignore[arg-type]
+        began = time.monotonic()
+        queries = [ensureDeferred(one_query(n)) for n in range(args.requestors)]
+        timeout = reactor.callLater(args.max_seconds, lambda: [q.cancel() for q in queries])  # type: ignore[attr-defined]
+        try:
+            verdicts = await gatherResults(queries)
+        finally:
+            if timeout.active():
+                timeout.cancel()
+        elapsed = time.monotonic() - began
+        stop = True
+        await writing
+        report.update(
+            {
+                "setup_seconds": round(setup_seconds, 1),
+                "requestors": args.requestors,
+                "write_rate_asked": args.rate,
+                "writes": writer.operations,
+                "write_rate_achieved": round(writer.operations / (elapsed + 0.5)),
+                "query_seconds": round(elapsed, 1),
+                "queries": verdicts,
+                "returned_total": sum(v["returned"] for v in verdicts),
+                "unchanged_total": sum(v["unchanged"] for v in verdicts),
+                "twice_total": sum(v["twice"] for v in verdicts),
+                "missing_total": sum(v["missing"] for v in verdicts),
+                "wrong_state_total": sum(v["wrong_state"] for v in verdicts),
+                "ok": all(
+                    v["status"] == "success" and not v["problems"] and v["unchanged"] > 0
+                    for v in verdicts
+                ),
+            }
+        )
+
+    def run() -> None:
+        done = ensureDeferred(main())
+
+        def finish(result: object) -> None:
+            if not isinstance(result, type(None)):
+                report["error"] = str(result)
+                report["ok"] = False
+            port.stopListening()
+            store.close()
+            reactor.callLater(0.2, reactor.stop)  # type: ignore[attr-defined]
+
+        done.addBoth(finish)
+
+    reactor.callWhenRunning(run)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    for cleanup in cleanups:
+        try:
+            cleanup()
+        except Exception as error:
+            report.setdefault("cleanup_errors", []).append(str(error))
+    return report
+
+
+def main() -> None:
+    """Run one store's scenario; print its JSON report."""
+    parser = argparse.ArgumentParser(description="consistency under writes (one store)")
+    parser.add_argument("--store", default="memory")
+    parser.add_argument("--bindings", type=int, default=100_000)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--requestors", type=int, default=10)
+    parser.add_argument("--max-seconds", type=float, default=240.0)
+    print(json.dumps(scenario(parser.parse_args()), indent=2))
+
+
+if __name__ == "__main__":
+    main()
