@@ -186,6 +186,19 @@ class SingleServerTests(RequestorTestCase):
             ceiling = 2.0 * 2 ** (number - 1)
             self.assertTrue(ceiling / 2 <= wait <= ceiling, (number, wait))
 
+    def test_options_validated(self) -> None:
+        """Nonsense options are refused when built, with the option's name."""
+        for bad in (
+            {"data_timeout": 0},
+            {"connect_timeout": -1},
+            {"retries": -1},
+            {"max_backoff": 0},
+            {"max_bindings": 0},
+        ):
+            with self.assertRaises(ValueError) as caught:
+                RequestorOptions(**bad)  # type: ignore[arg-type]
+            self.assertIn(next(iter(bad)), str(caught.exception))
+
     def test_backoff_capped(self) -> None:
         """R17: the back-off doubles up to a 60 s ceiling, with jitter below it."""
         requestor = self.requestor()

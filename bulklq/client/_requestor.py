@@ -87,6 +87,11 @@ class ServerAddress:
         return f"{host}:{self.port}"
 
 
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be above 0, not {value!r}")
+
+
 @attrs.frozen
 class RequestorOptions:
     """
@@ -109,14 +114,16 @@ class RequestorOptions:
     @ivar max_bindings: with C{keep_bindings}, give up (incomplete) beyond this many.
     """
 
-    data_timeout: float = BULK_LQ_DATA_TIMEOUT
-    connect_timeout: float = BULK_LQ_CONN_TIMEOUT
-    retries: int = 3
-    initial_backoff: float = 1.0
-    max_backoff: float = BULK_LQ_MAX_RETRY
-    terminated_backoff: float = 5.0
+    data_timeout: float = attrs.field(default=BULK_LQ_DATA_TIMEOUT, validator=_positive)
+    connect_timeout: float = attrs.field(default=BULK_LQ_CONN_TIMEOUT, validator=_positive)
+    retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    initial_backoff: float = attrs.field(default=1.0, validator=_positive)
+    max_backoff: float = attrs.field(default=BULK_LQ_MAX_RETRY, validator=_positive)
+    terminated_backoff: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
     keep_bindings: bool = True
-    max_bindings: int | None = None
+    max_bindings: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
 
 
 class _ClientFactory(Factory):

@@ -57,7 +57,8 @@ class ServerResult:
     @ivar status_message: the STATUS_CODE's message text.
     @ivar server_duid: the SERVERID of the REPLY, once one was accepted.
     @ivar bindings: the bindings kept (merged by client and link), in key order; empty when
-        the caller asked not to keep them.
+        the caller asked not to keep them. When the query did not complete, these are the
+        ones that arrived before it stopped: true bindings, but not all of them.
     @ivar received: how many CLIENT_DATA options were accepted (kept or not).
     @ivar discarded: how many messages or CLIENT_DATA options were discarded as invalid
         (R7, R11, R12, undecodable frames) while this query was outstanding.
