@@ -288,6 +288,34 @@ def terminated_then(behaviours: Sequence[Behaviour]) -> Behaviour:
     return behave
 
 
+def interleave_pairs(datas: Sequence[ClientData], done_status: int | None = None) -> Behaviour:
+    """
+    Hold each first query; when a second arrives, answer both with C{datas}, their
+    messages interleaved one by one (as RFC 5460 section 6.5.1 shows). DONE carries
+    STATUS_CODE C{done_status} when given (dhcpkit style), else nothing (Kea style).
+    """
+    held: list[Message] = []
+
+    def behave(protocol: FakeServerProtocol, query: Message) -> None:
+        if not held:
+            held.append(query)
+            return
+        first = held.pop()
+        done_options = () if done_status is None else (status(done_status),)
+        streams = [
+            [
+                reply(item.transaction_id, datas[0], requestor=requestor_of(item)),
+                *(data(item.transaction_id, client) for client in datas[1:]),
+                done(item.transaction_id, *done_options),
+            ]
+            for item in (query, first)
+        ]
+        for one, two in zip(*streams, strict=True):
+            protocol.send(one, two)
+
+    return behave
+
+
 def silent(protocol: FakeServerProtocol, query: Message) -> None:
     """Never answer."""
 

@@ -35,6 +35,7 @@ from .fake_server import (
     client_data,
     client_duid,
     close_mid_stream,
+    interleave_pairs,
     kea_style,
     overlong_length,
     refuse,
@@ -351,6 +352,32 @@ class MultiServerTests(RequestorTestCase):
 
 class PipelineTests(RequestorTestCase):
     """Several queries on one connection."""
+
+    def test_interleaved_by_fake_server(self) -> None:
+        """
+        R13/R10: two pipelined queries answered interleaved message by message, with and
+        without STATUS_CODE Success in DONE, both complete with their own bindings.
+        """
+        for done_status in (None, StatusCode.Success):
+            datas = [client_data(n, [f"2001:db8::{n}"]) for n in range(1, 6)]
+            endpoint = self.serve("::1", interleave_pairs(datas, done_status))
+            connected: list[object] = []
+            self.requestor().connect("::1").addCallback(connected.append)
+            (protocol,) = connected
+            results: list[ServerResult] = []
+            protocol.query(QUERY).addCallback(results.append)  # type: ignore[attr-defined]
+            link_query = LeaseQuery.by_link_address(IPv6Address("2001:db8::1"))
+            protocol.query(link_query).addCallback(results.append)  # type: ignore[attr-defined]
+            endpoint.flush()
+            self.assertEqual([r.status for r in results], [QueryStatus.SUCCESS] * 2)
+            self.assertEqual([len(r.bindings) for r in results], [5, 5])
+            # The second query's stream started first, so it completes first.
+            self.assertEqual(
+                [{b.link_id for b in r.bindings} for r in results],
+                [{"2001:db8::1"}, {"unknown"}],
+            )
+            protocol.transport.loseConnection()  # type: ignore[attr-defined]
+            endpoint.flush()
 
     def test_pipelined_on_one_connection(self) -> None:
         """R13/S23: two queries on one connection, answered in turn, both complete."""
