@@ -29,13 +29,16 @@ import attrs
 
 from .config import QUERY_TYPE_NAMES, ServerConfig
 from .interfaces import IBindingStore
-from .model import BindingQuery
+from .model import Binding, BindingQuery
 from .wire import (
     AnyMessage,
     ClientId,
     Duid,
     IAAddress,
+    LQBaseTime,
+    LQEndTime,
     LQQuery,
+    LQStartTime,
     Message,
     MessageType,
     OptionRequest,
@@ -48,16 +51,21 @@ from .wire import (
 )
 
 __all__ = [
+    "RFC7653_EPOCH",
     "QueryPlan",
     "Rejection",
     "Resolution",
     "Verdict",
+    "base_time",
     "query_type_name",
     "resolve_query",
+    "time_window",
     "validate_query",
 ]
 
 _UNSPECIFIED = IPv6Address(0)
+#: Unix time of 2000-01-01 00:00 UTC: RFC 7653 absolute times count seconds from it.
+RFC7653_EPOCH = 946684800
 _TYPE_NAMES = {qt: name for name, qt in QUERY_TYPE_NAMES.items()}
 
 
@@ -132,6 +140,12 @@ class QueryPlan:
     @ivar remote_id: QUERY_BY_REMOTE_ID's Remote-ID.
     @ivar requested: option codes asked for by the ORO inside LQ_QUERY, minus the sensitive
         options (S42, S43).
+    @ivar base_time: whether an ORO (inside LQ_QUERY or at message level) asked for
+        OPTION_LQ_BASE_TIME: every reply then carries it (RFC 7653 section 9.3).
+    @ivar start_time: OPTION_LQ_START_TIME as Unix seconds, or C{None}: only bindings
+        changed (CLTT) at or after it are returned (RFC 7653 section 6.3.2).
+    @ivar end_time: OPTION_LQ_END_TIME as Unix seconds, or C{None}: only bindings changed
+        at or before it (RFC 7653 section 6.3.3).
     """
 
     transaction_id: int
@@ -143,6 +157,19 @@ class QueryPlan:
     relay_id: Duid | None = None
     remote_id: RemoteId | None = None
     requested: frozenset[int] = frozenset()
+    base_time: bool = False
+    start_time: int | None = None
+    end_time: int | None = None
+
+    def in_window(self, binding: Binding) -> bool:
+        """Whether C{binding} changed (its CLTT) inside the plan's time window."""
+        start, end = self.start_time, self.end_time
+        return (start is None or binding.cltt >= start) and (end is None or binding.cltt <= end)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the plan restricts bindings by change time."""
+        return self.start_time is not None or self.end_time is not None
 
     @property
     def type_name(self) -> str:
@@ -248,12 +275,21 @@ def validate_query(
     requested: set[int] = set()
     for oro in lq_query.options_of(OptionRequest):
         requested.update(oro.codes)
+    window = time_window(message)
+    if isinstance(window, str):
+        return attrs.evolve(rejection, status=StatusCode.MalformedQuery, message=window)
+    wants_base_time = _BASE_TIME in requested or any(
+        _BASE_TIME in oro.codes for oro in message.options_of(OptionRequest)
+    )
     plan = QueryPlan(
         xid,
         query_type,
         client_id,
         lq_query.link_address,
-        requested=frozenset(requested - config.sensitive_options),
+        requested=frozenset(requested - config.sensitive_options - {_BASE_TIME}),
+        base_time=wants_base_time,
+        start_time=window[0],
+        end_time=window[1],
     )
     missing = None
     if query_type is QueryType.QUERY_BY_ADDRESS:
@@ -290,6 +326,35 @@ def validate_query(
             f"{query_type.name} needs an {missing} query-option",
         )
     return plan
+
+
+_BASE_TIME = int(LQBaseTime.code)
+
+
+def time_window(message: Message) -> tuple[int | None, int | None] | str:
+    """
+    The RFC 7653 time window of a query as Unix seconds C{(start, end)}, either C{None}
+    when not given; or the reason it is malformed (an option given twice, or start after
+    end). The options are looked for at message level and inside LQ_QUERY.
+    """
+    lq_query = message.option(LQQuery)
+    places: list[Message | LQQuery] = [message] if lq_query is None else [message, lq_query]
+    found: list[int | None] = []
+    for option_type in (LQStartTime, LQEndTime):
+        values = [o.seconds for place in places for o in place.options_of(option_type)]
+        if len(values) > 1:
+            name = "OPTION_LQ_START_TIME" if option_type is LQStartTime else "OPTION_LQ_END_TIME"
+            return f"{name} given {len(values)} times"
+        found.append(values[0] + RFC7653_EPOCH if values else None)
+    start, end = found
+    if start is not None and end is not None and start > end:
+        return "OPTION_LQ_START_TIME is after OPTION_LQ_END_TIME"
+    return start, end
+
+
+def base_time(now: float) -> int:
+    """The RFC 7653 absolute time (seconds since 2000, modulo 2^32) of Unix time C{now}."""
+    return (int(now) - RFC7653_EPOCH) % (1 << 32)
 
 
 @attrs.frozen

@@ -25,11 +25,20 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..query import QueryPlan, Rejection, Resolution, Verdict, resolve_query, validate_query
+from ..query import (
+    QueryPlan,
+    Rejection,
+    Resolution,
+    Verdict,
+    base_time,
+    resolve_query,
+    validate_query,
+)
 from ..stats import QueryRecord
 from ..wire import (
     Message,
     MessageType,
+    OptionCode,
     QueryType,
     ServerId,
     StatusCode,
@@ -50,6 +59,8 @@ _REPLY = MessageType.LEASEQUERY_REPLY << 24
 _DATA = MessageType.LEASEQUERY_DATA << 24
 _DONE = MessageType.LEASEQUERY_DONE << 24
 _FRAME_HEADER = 6
+_SIZE = struct.Struct("!H")
+_BASE_TIME_OPTION = struct.Struct("!HHI")
 #: Bindings asked for in a query's first page (then C{page_size}): the time to the first
 #: binding is that of a small page.
 FIRST_PAGE_SIZE = 64
@@ -462,7 +473,10 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
             Deferred.fromCoroutine(resolve_query(plan, self._store)), "the link lookup"
         )
         if isinstance(resolution, Rejection):
-            self._write(_frame(resolution.reply(self._config.server_duid)))
+            framed = _frame(resolution.reply(self._config.server_duid))
+            if plan.base_time:
+                framed = with_base_time([framed], int(self._clock.seconds()))[0]
+            self._write(framed)
             query.status = resolution.status.name
             return
         xid = plan.transaction_id
@@ -484,6 +498,8 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
             )
             now = int(self._clock.seconds())
             bindings = page.bindings
+            if plan.windowed:
+                bindings = [binding for binding in bindings if plan.in_window(binding)]
             try:
                 # map/filter iterate in C: the per-binding cost is the encoder alone.
                 frames: list[bytes] = list(
@@ -510,6 +526,8 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
                     append(_frame(self._emptyReply(plan)))
             if last and query.replied:
                 append(_HI.pack(4, _DONE | xid))
+            if plan.base_time and frames:
+                frames = with_base_time(frames, now)
             if frames:
                 self._write(b"".join(frames))
             if last:
@@ -684,6 +702,15 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         self.log.debug("aborting connection from {peer}: {reason}", peer=self.peer, reason=reason)
         self._cancelTimers()
         self.transport.abortConnection()
+
+
+def with_base_time(frames: list[bytes], now: int) -> list[bytes]:
+    """
+    Each frame with OPTION_LQ_BASE_TIME (Unix time C{now} as RFC 7653 time) appended as its
+    last option, the size prefix grown to match (RFC 7653 section 9.3).
+    """
+    option = _BASE_TIME_OPTION.pack(OptionCode.OPTION_LQ_BASE_TIME, 4, base_time(now))
+    return [_SIZE.pack(len(f) - 2 + len(option)) + f[2:] + option for f in frames]
 
 
 def _frame(message: Message) -> bytes:
