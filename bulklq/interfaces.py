@@ -8,14 +8,19 @@ against this contract.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from ipaddress import IPv6Address
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from .model import BindingKey, BindingPage, BindingQuery, Link
 
-__all__ = ["IBindingStore"]
+if TYPE_CHECKING:
+    from .changes import BindingChange
+
+__all__ = ["IBindingChangeFeed", "IBindingStore"]
 
 
 class IBindingStore(Interface):
@@ -71,3 +76,36 @@ class IBindingStore(Interface):
 
     def close() -> Deferred[None]:
         """Release resources (threads, connections, file watchers). Idempotent."""
+
+
+class IBindingChangeFeed(Interface):
+    """
+    A store that publishes its binding changes, with timestamps, for Active Leasequery
+    (RFC 7653). Optional: a store that provides only L{IBindingStore} serves Bulk
+    Leasequery, and an ACTIVELEASEQUERY then gets NotSupported.
+
+    A change (L{bulklq.changes.BindingChange}) carries the binding's state after the change
+    (or, for a removal, the state it had), whether it was removed, the Unix time of the
+    change in the server's clock, and a serial number that grows with every change.
+    L{bulklq.changes.ChangeHistory} implements this interface for any store that can call
+    it from its write path.
+    """
+
+    def subscribe(callback: Callable[[BindingChange], None]) -> Callable[[], None]:
+        """
+        Call C{callback} with every change from now on, in the order they happen, until the
+        returned function (unsubscribe; idempotent) is called. The callback must not raise.
+        """
+
+    def changes_since(time: float) -> Deferred[Sequence[BindingChange] | None]:
+        """
+        Every change at Unix time C{time} or later that is still in the history (the latest
+        per binding is enough), oldest first; or C{None} when the history does not reach
+        back to C{time} (DataMissing).
+        """
+
+    def keep_history() -> None:
+        """
+        Start keeping history for L{changes_since} (idempotent). The server calls it when
+        Active Leasequery is enabled; before, a store may keep nothing (RFC 7653 section 9.3).
+        """

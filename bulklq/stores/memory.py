@@ -12,7 +12,7 @@ so a lookup costs O(log n) and a page of M bindings O(log n + M); nothing is sor
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from ipaddress import IPv6Address
 from itertools import takewhile
 from typing import Any, TypeAlias, TypeVar
@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ..interfaces import IBindingStore
+from ..changes import BindingChange, ChangeHistory
+from ..interfaces import IBindingChangeFeed, IBindingStore
 from ..model import Binding, BindingKey, BindingPage, BindingQuery, Link, QueryKind
 
 __all__ = ["MemoryBindingStore"]
@@ -215,7 +216,7 @@ class _PrefixIndex:
         return found
 
 
-@implementer(IBindingStore)
+@implementer(IBindingStore, IBindingChangeFeed)
 class MemoryBindingStore:
     """
     Bindings held in memory with an index per query type; answers synchronously.
@@ -226,6 +227,12 @@ class MemoryBindingStore:
 
     @param links: the links to serve (L{find_link} answers from their prefixes).
     @param clock: the time source; the global reactor when C{None}.
+
+    It is also an L{IBindingChangeFeed}: C{put}, C{put_many} and C{remove} publish to
+    L{changes} (a L{ChangeHistory}; cost only once somebody subscribes or history is kept).
+    Expiry is a change only when the application removes (or rewrites) the binding.
+
+    @ivar changes: the change history; set its C{window} / C{max_changes} to configure it.
     """
 
     name = "memory"
@@ -244,6 +251,7 @@ class MemoryBindingStore:
         self._by_remote: dict[tuple[int, bytes], _Keys] = {}
         for link in links:
             self.add_link(link)
+        self.changes = ChangeHistory(self._time_source)
 
     # Links
 
@@ -283,6 +291,8 @@ class MemoryBindingStore:
             self._keys.add(key)
         self._bindings[key] = (binding, binding.expires_at())
         self._index(binding)
+        if self.changes.active:
+            self.changes.publish(binding)
 
     def put_many(self, bindings: Iterable[Binding]) -> None:
         """
@@ -329,6 +339,8 @@ class MemoryBindingStore:
                 if existing is not None:
                     keys.extend(existing)
             index.update(index_from_lists(pending))
+        if self.changes.active:
+            self.changes.publish_many([binding for _, binding in fresh])
 
     def remove(self, key: BindingKey) -> bool:
         """Delete the binding with C{key}; whether there was one."""
@@ -337,6 +349,8 @@ class MemoryBindingStore:
             return False
         self._keys.discard(key)
         self._unindex(old[0])
+        if self.changes.active:
+            self.changes.publish(old[0], removed=True)
         return True
 
     def get(self, key: BindingKey) -> Binding | None:
@@ -380,6 +394,25 @@ class MemoryBindingStore:
             _index_discard(self._by_remote, (remote_id.enterprise_number, remote_id.remote_id), key)
 
     # IBindingStore
+
+    def _time_source(self) -> IReactorTime:
+        self._now()
+        assert self._clock is not None
+        return self._clock
+
+    # IBindingChangeFeed (delegated to L{changes})
+
+    def subscribe(self, callback: Callable[[BindingChange], None]) -> Callable[[], None]:
+        """Call C{callback} with every change from now on; returns the unsubscriber."""
+        return self.changes.subscribe(callback)
+
+    def changes_since(self, time: float) -> Deferred[Sequence[BindingChange] | None]:
+        """The latest change per binding since C{time}, or C{None} (history too short)."""
+        return self.changes.changes_since(time)
+
+    def keep_history(self) -> None:
+        """Start keeping change history for catch-up."""
+        self.changes.keep_history()
 
     def _now(self) -> float:
         clock = self._clock

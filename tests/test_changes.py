@@ -1,0 +1,127 @@
+"""
+The change feed: L{ChangeHistory} (window, size bound, catch-up, DataMissing) and the
+memory store publishing from its write API (RFC 7653 sections 8.4.1 and 9.3).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from bulklq.changes import BindingChange, ChangeHistory
+from bulklq.interfaces import IBindingChangeFeed
+from bulklq.stores.memory import MemoryBindingStore
+from bulklq.testing import make_binding
+
+
+class ChangeHistoryTests(SynchronousTestCase):
+    """L{ChangeHistory}: publishing, catch-up and the window."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.history = ChangeHistory(self.clock, window=100, max_changes=3)
+
+    def test_provides(self) -> None:
+        """ChangeHistory provides IBindingChangeFeed."""
+        self.assertTrue(verifyObject(IBindingChangeFeed, self.history))
+
+    def test_inactive_keeps_nothing(self) -> None:
+        """Nobody listens and no history kept: publish records nothing and catch-up is
+        DataMissing (RFC 7653 section 9.3: history MAY start with Active Leasequery)."""
+        self.assertIsNone(self.history.publish(make_binding(1)))
+        self.assertIsNone(self.successResultOf(self.history.changes_since(0)))
+
+    def test_subscribers_get_changes_in_order(self) -> None:
+        """Subscribers get every change with its time and a growing serial, removals
+        flagged; after unsubscribing nothing more."""
+        seen: list[BindingChange] = []
+        unsubscribe = self.history.subscribe(seen.append)
+        self.history.publish(make_binding(1))
+        self.clock.advance(5)
+        self.history.publish(make_binding(1), removed=True)
+        unsubscribe()
+        unsubscribe()
+        self.history.publish(make_binding(2))
+        self.assertEqual([(c.removed, c.time) for c in seen], [(False, 1000), (True, 1005)])
+        self.assertLess(seen[0].serial, seen[1].serial)
+
+    def test_catch_up_latest_per_binding(self) -> None:
+        """RFC 7653 section 8.4.1: catch-up gives the latest state of each binding changed
+        at or after the start time, oldest first."""
+        self.history.keep_history()
+        self.clock.advance(1)
+        self.history.publish(make_binding(1))
+        self.clock.advance(1)
+        self.history.publish(make_binding(2))
+        self.clock.advance(1)
+        self.history.publish(make_binding(1), removed=True)
+        found = self.successResultOf(self.history.changes_since(1002))
+        assert found is not None
+        self.assertEqual(
+            [(c.binding.client_id, c.removed) for c in found],
+            [(make_binding(2).client_id, False), (make_binding(1).client_id, True)],
+        )
+
+    def test_before_history_is_missing(self) -> None:
+        """RFC 7653 section 8.4.1: a start time before the history began: DataMissing."""
+        self.history.keep_history()
+        self.assertIsNone(self.successResultOf(self.history.changes_since(999)))
+        self.assertEqual(self.successResultOf(self.history.changes_since(1000)), [])
+
+    def test_window(self) -> None:
+        """RFC 7653 section 9.3 (SHOULD be configurable): changes older than the window
+        are forgotten and a start time before it is DataMissing."""
+        self.history.keep_history()
+        self.history.publish(make_binding(1))
+        self.clock.advance(150)
+        self.assertIsNone(self.successResultOf(self.history.changes_since(1010)))
+        self.assertEqual(self.successResultOf(self.history.changes_since(1100)), [])
+        self.assertEqual(len(self.history), 0)
+
+    def test_size_bound(self) -> None:
+        """The history holds at most max_changes bindings; dropping one makes earlier
+        start times DataMissing."""
+        self.history.keep_history()
+        for client in range(1, 6):
+            self.clock.advance(1)
+            self.history.publish(make_binding(client))
+        self.assertEqual(len(self.history), 3)
+        self.assertIsNone(self.successResultOf(self.history.changes_since(1001)))
+        found = self.successResultOf(self.history.changes_since(1003))
+        assert found is not None
+        self.assertEqual(len(found), 3)
+
+    def test_bad_configuration(self) -> None:
+        """A non-positive window or size is refused."""
+        self.assertRaises(ValueError, ChangeHistory, self.clock, window=0)
+        self.assertRaises(ValueError, ChangeHistory, self.clock, max_changes=0)
+
+
+class MemoryStoreFeedTests(SynchronousTestCase):
+    """The memory store publishes from put, put_many and remove."""
+
+    def test_feed(self) -> None:
+        """put, put_many (small and bulk) and remove publish; remove carries the removed
+        binding."""
+        clock = Clock()
+        store = MemoryBindingStore(clock=clock)
+        self.assertTrue(verifyObject(IBindingChangeFeed, store))
+        seen: list[BindingChange] = []
+        unsubscribe = store.subscribe(seen.append)
+        store.put(make_binding(1))
+        store.put_many([make_binding(2), make_binding(3)])
+        store.put_many([make_binding(n) for n in range(10, 1200)])
+        self.assertTrue(store.remove(make_binding(1).key))
+        self.assertFalse(store.remove(make_binding(1).key))
+        unsubscribe()
+        self.assertEqual(len(seen), 1 + 2 + 1190 + 1)
+        self.assertEqual(seen[-1].binding, make_binding(1))
+        self.assertTrue(seen[-1].removed)
+        store.keep_history()
+        clock.advance(1)
+        store.put(make_binding(4))
+        found = self.successResultOf(store.changes_since(1))
+        assert found is not None
+        self.assertEqual([c.binding for c in found], [make_binding(4)])
