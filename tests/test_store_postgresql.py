@@ -240,6 +240,7 @@ class _PostgreSQLContract(BindingStoreContractMixin):
 
     schema: KeaSchema = V17
     sparse_threshold: int | None = None
+    snapshots: int | None = None
     relay_tables = "auto"
 
     def make_store(self, links: Sequence[Link], bindings: Sequence[Binding]) -> IBindingStore:
@@ -255,6 +256,8 @@ class _PostgreSQLContract(BindingStoreContractMixin):
         )
         if self.sparse_threshold is not None:
             store.sparse_threshold = self.sparse_threshold
+        if self.snapshots is not None:
+            store.snapshots = self.snapshots
         return store
 
     def mutate_store(
@@ -278,8 +281,8 @@ class KeaSchema17ContractTests(_PostgreSQLContract, TestCase):
 
 class KeaSchema17DenseContractTests(_PostgreSQLContract, TestCase):
     """
-    Schema 17 with every Relay-ID/Remote-ID taken as frequent: the key-order scan that
-    probes the relay tables per lease (the plan for ids with many bindings).
+    Schema 17 with every Relay-ID/Remote-ID taken as frequent: the plan for ids with many
+    bindings (the matching clients' sorted keys read once per query, their leases per page).
     """
 
     schema = V17
@@ -293,10 +296,22 @@ class KeaSchema19ContractTests(_PostgreSQLContract, TestCase):
 
 
 class KeaSchema19DenseContractTests(_PostgreSQLContract, TestCase):
-    """Schema 19 through the key-order scan with relay-table probes."""
+    """Schema 19 through the plan for ids with many bindings (key snapshot)."""
 
     schema = V19
     sparse_threshold = 1
+
+
+class KeaSchema19DenseNoSnapshotContractTests(_PostgreSQLContract, TestCase):
+    """
+    Schema 19 through the key snapshot plan with no snapshot kept between pages: each page
+    reads the matching clients' keys again (what happens when more queries run than
+    L{PostgreSQLBindingStore.snapshots}).
+    """
+
+    schema = V19
+    sparse_threshold = 1
+    snapshots = 0
 
 
 class KeaSchema22ContractTests(_PostgreSQLContract, TestCase):
@@ -470,8 +485,9 @@ class PostgreSQLStoreTests(TestCase):
 
     def test_error_mid_stream_fails_fetch(self) -> Deferred[None]:
         """
-        A database error between two pages of a query (here the table disappears) fails that
-        page's Deferred with L{PostgreSQLStoreError}: the server then ends the query with
+        A database error between two pages of a query (here the table disappears) fails the
+        Deferred of the first page read after it with L{PostgreSQLStoreError} (the page
+        read ahead before the error is still served): the server then ends the query with
         QueryTerminated.
         """
         now = int(reactor.seconds())
@@ -484,8 +500,10 @@ class PostgreSQLStoreTests(TestCase):
             self.assertEqual(len(page.bindings), 2)
             self.assertIsNotNone(page.resume_after)
             database.execute("ALTER TABLE lease6 RENAME TO lease6_gone")
+            resume = page.resume_after
             with self.assertRaises(PostgreSQLStoreError):
-                await store.fetch(query, page.resume_after, 2)
+                while resume is not None:
+                    resume = (await store.fetch(query, resume, 2)).resume_after
             database.execute("ALTER TABLE lease6_gone RENAME TO lease6")
             rest = await collect_bindings(store, query, resume_after=page.resume_after)
             self.assertEqual([b.key for b in rest], [b.key for b in bindings[2:]])

@@ -85,6 +85,7 @@ __all__ = [
     "RelaySummary",
     "assemble_binding",
     "bindings_from_leases",
+    "cached_relay_info",
     "client_duid",
     "client_link_address",
     "interface_ids",
@@ -681,6 +682,17 @@ def relay_info(user_context: str | None) -> RelayInfo:
     if not user_context:
         return NO_RELAY
     return RelayInfo.from_hops(relay_hops(parse_user_context(user_context)))
+
+
+@lru_cache(maxsize=4096)
+def cached_relay_info(user_context: str | None) -> RelayInfo:
+    """
+    L{relay_info}, remembering the most recent distinct contexts (many leases share one:
+    the rows of a transaction, the clients of a relay without per-client options).
+
+    @raise KeaLeaseError: as L{relay_info}.
+    """
+    return relay_info(user_context)
 
 
 #: One active lease as a part of a binding: the lease with the lifetimes granted at its own

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv6Address, IPv6Network
 from socket import AF_INET6, inet_pton
@@ -37,17 +38,24 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ..interfaces import IBindingStore
 from ..model import Binding, BindingKey, BindingPage, BindingQuery, Link, QueryKind
+from ..wire import Duid
+from ..wire._fast import ipv6_from_packed
 from .kea_config import load_kea_config
 from .kea_leases import (
     KeaLease6,
     KeaLeaseError,
-    bindings_from_leases,
+    LeasePart,
+    assemble_binding,
+    cached_relay_info,
+    client_duid,
     client_link_address,
+    lease_item,
     lease_relay_hops,
     subnet_link_id,
 )
@@ -69,6 +77,15 @@ LINK_PREFIX = "subnet-"
 #: The Relay-ID/Remote-ID tables are walked candidate-first when a value has fewer rows than
 #: this; above it the store scans C{lease6} in key order and probes the table per lease.
 SPARSE_THRESHOLD = 5000
+
+#: Queries with many matches whose sorted client keys are kept between pages (each costs
+#: about 100 octets per matching client).
+SNAPSHOTS = 8
+
+#: Pages read ahead at most at a time (one per query being streamed).
+READ_AHEAD = 16
+#: Seconds after which a page read ahead is no longer served (it is read again).
+AHEAD_MAX_AGE = 5.0
 
 # Parameters of a postgresql:// URI that bulklq consumes; the rest go to libpq.
 _OWN_PARAMETERS = frozenset(
@@ -278,6 +295,66 @@ def _row_leases(rows: Iterable[Sequence[Any]]) -> list[KeaLease6]:
     return leases
 
 
+def _row_bindings(rows: Iterable[Sequence[Any]], now: float) -> tuple[list[Binding], int]:
+    """
+    The bindings of C{rows} (L{_Schema.columns} first), in no particular order, and how many
+    active leases they hold: C{bindings_from_leases(_row_leases(rows), now)} without the
+    intermediate lease objects. A malformed row is skipped with a warning.
+    """
+    groups: dict[tuple[int, bytes], list[LeasePart]] = {}
+    duids: dict[bytes, Duid] = {}
+    count = 0
+    for row in rows:
+        subnet_id, duid, address, valid, expire, preferred, lease_type, _, plen, state, ctx = row[
+            :11
+        ]
+        if state or not valid or valid <= 0 or expire is None or expire <= now:
+            continue
+        try:
+            packed = inet_pton(AF_INET6, address)
+        except (OSError, TypeError, ValueError):
+            _log.warn(
+                "lease6 row skipped (subnet {subnet}): {error}",
+                subnet=subnet_id,
+                error=KeaLeaseError(f"address {address!r} is not an IPv6 address"),
+            )
+            continue
+        octets = bytes(duid) if duid is not None else b""
+        try:
+            if octets not in duids:
+                duids[octets] = client_duid(octets)
+            info = cached_relay_info(ctx)
+            item = lease_item(
+                ipv6_from_packed(packed),
+                lease_type or 0,
+                128 if plen is None else plen,
+                preferred or 0,
+                valid,
+            )
+        except KeaLeaseError as error:
+            _log.warn(
+                "lease6 row {address} (subnet {subnet}) skipped: {error}",
+                address=address,
+                subnet=subnet_id,
+                error=str(error),
+            )
+            continue
+        count += 1
+        key = (subnet_id, octets)
+        part = (item, expire - valid, info)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [part]
+        else:
+            group.append(part)
+    bindings = []
+    for (subnet_id, octets), parts in groups.items():
+        binding = assemble_binding(duids[octets], subnet_link_id(subnet_id), parts)
+        if binding is not None:
+            bindings.append(binding)
+    return bindings, count
+
+
 def subnet_of_link(link_id: str) -> int | None:
     """Kea's subnet id for link id C{"subnet-N"}, or C{None} for another link id."""
     if not link_id.startswith(LINK_PREFIX):
@@ -307,6 +384,56 @@ def _hex(octets: bytes) -> str:
     return octets.hex()
 
 
+@attrs.define
+class _Ahead:
+    """A page being read (or read) ahead of its request."""
+
+    query: BindingQuery
+    limit: int
+    resume_after: BindingKey
+    started: float
+    done: bool = False
+    result: object = None
+    waiters: list[Deferred[BindingPage]] = attrs.Factory(list)
+
+    def take(self, store: PostgreSQLBindingStore) -> Deferred[BindingPage]:
+        """The page for its requester; the page after it is read ahead in turn."""
+        waiter: Deferred[BindingPage] = Deferred()
+        if self.done:
+            _deliver(waiter, self.result)
+            self._read_on(store)
+        else:
+            self.waiters.append(waiter)
+        return waiter
+
+    def finished(self, result: object, store: PostgreSQLBindingStore) -> None:
+        """
+        The read ended with C{result}, a page or a failure (kept for a requester, and
+        dropped with this object if none comes).
+        """
+        self.done = True
+        self.result = result
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            _deliver(waiter, result)
+        if waiters:
+            self._read_on(store)
+
+    def _read_on(self, store: PostgreSQLBindingStore) -> None:
+        page = self.result
+        if isinstance(page, BindingPage) and page.resume_after is not None:
+            store._read_ahead(self.query, page.resume_after, self.limit)
+
+
+def _deliver(waiter: Deferred[BindingPage], result: object) -> None:
+    if waiter.called:
+        return  # cancelled by its requester
+    if isinstance(result, Failure):
+        waiter.errback(result)
+    else:
+        waiter.callback(result)  # type: ignore[arg-type]
+
+
 @implementer(IBindingStore)
 class PostgreSQLBindingStore:
     """
@@ -314,9 +441,13 @@ class PostgreSQLBindingStore:
 
     @ivar name: C{"postgresql"} followed by the database name, for logs and metrics.
     @ivar sparse_threshold: see L{SPARSE_THRESHOLD}.
+    @ivar snapshots: see L{SNAPSHOTS}.
+    @ivar read_ahead: see L{READ_AHEAD}.
     """
 
     sparse_threshold = SPARSE_THRESHOLD
+    snapshots = SNAPSHOTS
+    read_ahead = READ_AHEAD
 
     def __init__(
         self,
@@ -364,6 +495,11 @@ class PostgreSQLBindingStore:
         self._schema_lock = threading.Lock()
         # Leases per binding seen so far: sizes the row LIMIT of the next page.
         self._leases_per_binding = 1.5
+        # Sorted client keys of the queries with many matches, least recently used first.
+        self._snapshots: dict[BindingQuery, list[tuple[str, bytes]]] = {}
+        self._snapshot_lock = threading.Lock()
+        # The page read ahead for each (query, limit) being streamed (reactor thread only).
+        self._ahead: dict[tuple[BindingQuery, int], _Ahead] = {}
         self._closed = False
         self._shutdown_trigger = reactor.addSystemEventTrigger(
             "during", "shutdown", self._stop_threads
@@ -435,12 +571,44 @@ class PostgreSQLBindingStore:
         except StopIteration:
             return defer.succeed(BindingPage((), None))
         now = self._clock.seconds()
+        stream = (query, limit)
+        ahead = self._ahead.get(stream)
+        if ahead is not None and ahead.resume_after == resume_after:
+            del self._ahead[stream]
+            if now - ahead.started <= AHEAD_MAX_AGE:
+                return ahead.take(self)
+        return self._page_deferred(query, resume, limit, now)
 
+    def _page_deferred(
+        self, query: BindingQuery, resume: tuple[str, bytes] | None, limit: int, now: float
+    ) -> Deferred[BindingPage]:
         def work(context: tuple[Any, _Schema]) -> BindingPage:
             conn, schema = context
             return self._fetch_page(conn, schema, query, resume=resume, limit=limit, now=now)
 
         return self._run(work)
+
+    def _read_ahead(self, query: BindingQuery, resume_after: BindingKey, limit: int) -> None:
+        """
+        Start reading the page after C{resume_after} (reactor thread): a worker calls this
+        as soon as it knows where its page ends, so the next page's SQL runs while this
+        one is converted and consumed. One page ahead per query at most.
+        """
+        stream = (query, limit)
+        if self._closed or stream in self._ahead:
+            return
+        now = self._clock.seconds()
+        for key, stale in list(self._ahead.items()):
+            if now - stale.started > AHEAD_MAX_AGE:
+                del self._ahead[key]
+        if len(self._ahead) >= self.read_ahead:
+            return
+        try:
+            resume = _resume_text(resume_after)
+        except StopIteration:
+            return
+        ahead = self._ahead[stream] = _Ahead(query, limit, resume_after, now)
+        self._page_deferred(query, resume, limit, now).addBoth(ahead.finished, self)
 
     def find_link(self, address: IPv6Address) -> Deferred[Link | None]:
         """
@@ -524,6 +692,10 @@ class PostgreSQLBindingStore:
         sql = self._page_sql(conn, schema, query, params)
         if sql is None:
             return BindingPage((), None)
+        if sql is _SNAPSHOT:
+            return self._snapshot_page(
+                conn, schema, query, params, resume=resume, limit=limit, now=now
+            )
         rows = conn.execute(sql, params).fetchall()
         groups = _group(rows)
         more = len(rows) >= rows_wanted
@@ -535,29 +707,76 @@ class PostgreSQLBindingStore:
         if len(groups) > limit:
             del groups[limit:]
             more = True
-        leases = _row_leases(row for _, members in groups for row in members)
-        found = bindings_from_leases(leases, now, on_error=self._skip)
-        found.sort(key=_binding_key)
-        bindings = [binding for binding in found if query.matches(binding)]
-        if groups:
-            ratio = len(leases) / len(groups)
-            self._leases_per_binding = min(
-                8.0, max(1.0, 0.8 * self._leases_per_binding + 0.2 * ratio)
-            )
         resume_after = None
         if more and groups:
             subnet_id, duid = groups[-1][0]
             resume_after = (subnet_link_id(subnet_id), bytes(duid))
+            self._reactor.callFromThread(self._read_ahead, query, resume_after, limit)
+        found, leases = _row_bindings((row for _, members in groups for row in members), now)
+        found.sort(key=_binding_key)
+        bindings = [binding for binding in found if query.matches(binding)]
+        if groups:
+            ratio = leases / len(groups)
+            self._leases_per_binding = min(
+                8.0, max(1.0, 0.8 * self._leases_per_binding + 0.2 * ratio)
+            )
         return BindingPage(bindings, resume_after)
 
-    @staticmethod
-    def _skip(lease: KeaLease6, error: KeaLeaseError) -> None:
-        _log.warn(
-            "lease6 row {address} (subnet {subnet}) skipped: {error}",
-            address=str(lease.address),
-            subnet=lease.subnet_id,
-            error=str(error),
-        )
+    def _snapshot_page(
+        self,
+        conn: Any,
+        schema: _Schema,
+        query: BindingQuery,
+        params: dict[str, Any],
+        *,
+        resume: tuple[str, bytes] | None,
+        limit: int,
+        now: float,
+    ) -> BindingPage:
+        """
+        A page of a query with many matches: the sorted keys of the matching clients are
+        read when the query starts (C{resume} is C{None}) or when its keys are no longer
+        kept, and each page reads the active leases of its next C{limit} clients.
+        """
+        snapshots = self._snapshots
+        keys = None
+        if resume is not None:
+            with self._snapshot_lock:
+                keys = snapshots.pop(query, None)
+                if keys is not None:
+                    snapshots[query] = keys  # most recently used last
+        if keys is None:
+            keys = conn.execute(params.pop("keys_sql"), params).fetchall()
+            with self._snapshot_lock:
+                snapshots.pop(query, None)
+                snapshots[query] = keys
+                while len(snapshots) > self.snapshots:
+                    del snapshots[next(iter(snapshots))]
+        start = 0 if resume is None else bisect_right(keys, resume)
+        chosen = keys[start : start + limit]
+        if not chosen:
+            return BindingPage((), None)
+        rows = conn.execute(
+            f"SELECT {schema.columns('l')} FROM unnest(%(subnets)b::bigint[], "  # noqa: S608
+            "%(duids)b::bytea[]) c(subnet_id, duid) JOIN lease6 l ON l.subnet_id = c.subnet_id "
+            f"AND l.duid = c.duid WHERE {_active('l')}",
+            {
+                "subnets": [int(subnet) for subnet, _ in chosen],
+                "duids": [duid for _, duid in chosen],
+                "now": now,
+            },
+            # Binary parameters and rows: no per-element quoting of the DUID array.
+            binary=True,
+        ).fetchall()
+        resume_after = None
+        if start + limit < len(keys):
+            subnet_text, duid = chosen[-1]
+            resume_after = (LINK_PREFIX + subnet_text, bytes(duid))
+            self._reactor.callFromThread(self._read_ahead, query, resume_after, limit)
+        found, _ = _row_bindings(rows, now)
+        found.sort(key=_binding_key)
+        bindings = [binding for binding in found if query.matches(binding)]
+        return BindingPage(bindings, resume_after)
 
     def _whole_client(
         self, conn: Any, schema: _Schema, client: tuple[int, bytes], now: float
@@ -615,23 +834,17 @@ class PostgreSQLBindingStore:
                 f"LIMIT {int(self.sparse_threshold)}) x",
                 params,
             ).fetchone()[0]
+            candidates = (
+                f"SELECT m.subnet_id, m.duid FROM {table} t JOIN lease6 m "  # noqa: S608
+                f"ON {schema.table_join(table, 'm')} "
+                f"WHERE t.{column} = %(id)s AND {_active('m')}"
+            )
             if count < self.sparse_threshold:
                 # Few leases carry this id: start from them.
-                return _candidates_sql(
-                    schema,
-                    f"SELECT m.subnet_id, m.duid FROM {table} t JOIN lease6 m "  # noqa: S608
-                    f"ON {schema.table_join(table, 'm')} "
-                    f"WHERE t.{column} = %(id)s AND {_active('m')}",
-                    with_link,
-                )
-            # One index probe per lease (a LATERAL with LIMIT 1: an EXISTS would be
-            # planned as a hash of every row of this id, rebuilt on every page).
-            probe = (
-                f"LEFT JOIN LATERAL (SELECT true AS found FROM {table} t "  # noqa: S608
-                f"WHERE t.{column} = %(id)s AND {schema.table_join(table, 'l')} LIMIT 1) p "
-                "ON true"
-            )
-            return _scan_sql(schema, "p.found IS NOT NULL", with_link, probe)
+                return _candidates_sql(schema, candidates, with_link)
+            # Many: the matching clients' keys once per query, then their leases per page.
+            params["keys_sql"] = _snapshot_sql(candidates, with_link)
+            return _SNAPSHOT
         else:
             # Kea's user_context holds the id as hex: in "relay-id"/"remote-id" (Kea 2.3.2+)
             # and inside the relay's "options" (every version, upper-case in real files).
@@ -672,6 +885,22 @@ class PostgreSQLBindingStore:
             except KeaLeaseError:
                 continue
         return None
+
+
+#: What L{PostgreSQLBindingStore._page_sql} answers for a query paged by key snapshot.
+_SNAPSHOT = "snapshot"
+
+
+def _snapshot_sql(candidates: str, with_link: bool) -> str:
+    """
+    SQL of the sorted keys (subnet id text, DUID) of every client that C{candidates}
+    selects (with an active lease on the queried link, if any).
+    """
+    link = _link_filter("x") if with_link else ""
+    return (
+        f"SELECT DISTINCT {_sk('x')}, x.duid FROM ({candidates}) x "  # noqa: S608
+        f"WHERE true{link} ORDER BY 1, 2"
+    )
 
 
 def _candidates_sql(schema: _Schema, candidates: str, with_link: bool) -> str:
