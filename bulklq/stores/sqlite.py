@@ -58,6 +58,7 @@ from ..wire import (
     encode_options,
 )
 from ..wire._fast import ipv6_from_packed, new, slot_setters
+from ._materialise import LazyBindings, ipv6_address, ipv6_network
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -71,10 +72,12 @@ _log = Logger()
 _T = TypeVar("_T")
 
 #: The schema version this bulklq writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-#: Statements that bring a database from version N-1 to N, by N.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+#: What brings a database from version N-1 to N, by N: statements, or functions of the
+#: connection (run in the same transaction) for data that must be rewritten. Version 2 is
+#: added after the column encodings, which it uses.
+_MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
     1: (
         """CREATE TABLE links (link_id TEXT PRIMARY KEY) WITHOUT ROWID""",
         """CREATE TABLE link_prefixes (
@@ -111,20 +114,35 @@ class SQLiteStoreError(ValueError):
 
 
 # Column encodings. Everything stored was validated when it was a Binding, so decoding
-# builds values directly, caching the small values that repeat across bindings.
+# builds values directly, sharing the values that repeat across bindings.
+#
+# A binding's relay chain is stored in two columns. C{relay} is the chain less its
+# per-client Remote-ID values: the peer address, then per hop (outermost first) the
+# C{_HOP} header (hop-count, link-address, peer-address, the position of its RELAY_MSG among
+# its other options or C{_NO_RELAY_MSG}, the length of the options below, how many
+# Remote-IDs), the encoding of its options other than RELAY_MSG and REMOTE_ID, and per
+# Remote-ID its position and enterprise number (C{_REMOTE_SLOT}). Every client behind one
+# relay port has the same C{relay} octets, so the decoder turns them into a plan once and
+# caches it. C{relay_remote} holds the Remote-ID values: the value itself when the chain has
+# one Remote-ID, each preceded by its 2-octet length when it has several, NULL when none.
+# (Schema version 1 kept each Remote-ID, length and enterprise number included, inside
+# C{relay}: see L{_split_remote_ids}.)
 
 _LEASE = struct.Struct("!16sII")
 _PREFIX = struct.Struct("!16sBII")
 _HOP = struct.Struct("!B16s16sHHB")
-_REMOTE = struct.Struct("!HH")
+_REMOTE_SLOT = struct.Struct("!HI")
+_REMOTE_V1 = struct.Struct("!HH")
 _HOP_SIZE = _HOP.size
+_SLOT_SIZE = _REMOTE_SLOT.size
 _LEASE_SIZE = _LEASE.size
-_unpack_lease = _LEASE.unpack
-_unpack_hop = _HOP.unpack_from
-_unpack_remote = _REMOTE.unpack_from
 _NO_RELAY_MSG = 0xFFFF
 _ALL_ONES = (1 << 128) - 1
-_COLUMNS = "link_id, duid, cltt, addresses, prefixes, relay, relay_ids, remote_ids, options"
+_LEASES_HEADER = struct.Struct("!qH")
+_ONE_ADDRESS = struct.Struct("!qHQQII")  # the usual leases: one address, no prefix
+_EXTRA_HEADER = struct.Struct("!II")
+_FROM_CHAIN = 0xFFFFFFFF
+_COLUMNS = "link_id, duid, leases, relay, relay_remote, extra"
 
 
 def _pack_ids(values: Iterable[bytes]) -> bytes:
@@ -145,25 +163,22 @@ def _remote_id_bytes(remote_id: RemoteId) -> bytes:
     return remote_id.enterprise_number.to_bytes(4, "big") + remote_id.remote_id
 
 
-def _encode_relay(relay_data: LQRelayData) -> bytes:
-    """
-    The relay column: the peer address, then per hop (outermost first) its header, the
-    position of its RELAY_MSG, its options other than REMOTE_ID and RELAY_MSG as one
-    encoding (shared by every client behind the same relay port, so decoding caches it),
-    and its REMOTE_IDs (per client) with their positions.
-    """
+def _encode_relay(relay_data: LQRelayData) -> tuple[bytes, bytes | None]:
+    """The C{relay} and C{relay_remote} columns of a chain (see above)."""
     parts = [relay_data.peer_address.packed]
+    values: list[bytes] = []
     for layer in relay_data.relay_message.layers():
         position = _NO_RELAY_MSG
         others: list[Option] = []
-        remote_ids: list[tuple[int, RemoteId]] = []
+        slots: list[bytes] = []
         index = 0
         for option in layer.options:
             if isinstance(option, RelayMessageOption) and isinstance(option.message, RelayMessage):
                 position = index
                 continue
             if isinstance(option, RemoteId):
-                remote_ids.append((index, option))
+                slots.append(_REMOTE_SLOT.pack(index, option.enterprise_number))
+                values.append(option.remote_id)
             else:
                 others.append(option)
             index += 1
@@ -175,51 +190,164 @@ def _encode_relay(relay_data: LQRelayData) -> bytes:
                 layer.peer_address.packed,
                 position,
                 len(data),
-                len(remote_ids),
+                len(slots),
             )
         )
         parts.append(data)
-        for index, remote_id in remote_ids:
-            payload = _remote_id_bytes(remote_id)
-            parts.append(_REMOTE.pack(index, len(payload)))
-            parts.append(payload)
-    return b"".join(parts)
+        parts.extend(slots)
+    if not values:
+        remote = None
+    elif len(values) == 1:
+        remote = values[0]
+    else:
+        remote = _pack_ids(values)
+    return b"".join(parts), remote
+
+
+def _split_remote_ids(relay: bytes) -> tuple[bytes, bytes | None]:
+    """
+    The version 2 C{relay} and C{relay_remote} columns of a version 1 C{relay} column (the
+    same, except that each hop's Remote-IDs followed its options as C{_REMOTE_V1} (position,
+    length) and the option's value, enterprise number included).
+    """
+    parts = [relay[:16]]
+    values: list[bytes] = []
+    offset = 16
+    while offset < len(relay):
+        header = relay[offset : offset + _HOP_SIZE]
+        length, count = _HOP.unpack(header)[4:]
+        offset += _HOP_SIZE
+        parts.append(header)
+        parts.append(relay[offset : offset + length])
+        offset += length
+        for _ in range(count):
+            index, size = _REMOTE_V1.unpack_from(relay, offset)
+            offset += _REMOTE_V1.size
+            payload = relay[offset : offset + size]
+            offset += size
+            parts.append(_REMOTE_SLOT.pack(index, int.from_bytes(payload[:4], "big")))
+            values.append(payload[4:])
+    if not values:
+        return b"".join(parts), None
+    return b"".join(parts), values[0] if len(values) == 1 else _pack_ids(values)
+
+
+def _leases_column(cltt: int, addresses: bytes, prefixes: bytes) -> bytes:
+    return _LEASES_HEADER.pack(cltt, len(addresses) // _LEASE_SIZE) + addresses + prefixes
+
+
+def _extra_column(
+    relay_ids: bytes | None, remote_ids: bytes | None, options: bytes
+) -> bytes | None:
+    if relay_ids is None and remote_ids is None and not options:
+        return None
+    return (
+        _EXTRA_HEADER.pack(
+            _FROM_CHAIN if relay_ids is None else len(relay_ids),
+            _FROM_CHAIN if remote_ids is None else len(remote_ids),
+        )
+        + (relay_ids or b"")
+        + (remote_ids or b"")
+        + options
+    )
+
+
+def _rebuild_bindings_v2(connection: sqlite3.Connection) -> None:
+    """
+    Schema version 2: the bindings table holds fewer, denser columns (each column read
+    costs), and each chain's Remote-ID values leave C{relay} for C{relay_remote}.
+    """
+    connection.execute(
+        """CREATE TABLE bindings_v2 (
+            link_id TEXT NOT NULL, duid BLOB NOT NULL, expires INTEGER NOT NULL,
+            leases BLOB NOT NULL, relay BLOB, relay_remote BLOB, extra BLOB,
+            PRIMARY KEY (link_id, duid)) WITHOUT ROWID"""
+    )
+    after: tuple[Any, ...] = ("", b"")
+    while True:
+        rows = connection.execute(
+            "SELECT link_id, duid, cltt, expires, addresses, prefixes, relay, relay_ids, "
+            "remote_ids, options FROM bindings WHERE (link_id, duid) > (?, ?) "
+            "ORDER BY link_id, duid LIMIT 10000",
+            after,
+        ).fetchall()
+        if not rows:
+            break
+        connection.executemany(
+            "INSERT INTO bindings_v2 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    link_id,
+                    duid,
+                    expires,
+                    _leases_column(cltt, addresses, prefixes),
+                    *((None, None) if relay is None else _split_remote_ids(relay)),
+                    _extra_column(relay_ids, remote_ids, options),
+                )
+                for (
+                    link_id,
+                    duid,
+                    cltt,
+                    expires,
+                    addresses,
+                    prefixes,
+                    relay,
+                    relay_ids,
+                    remote_ids,
+                    options,
+                ) in rows
+            ],
+        )
+        after = rows[-1][:2]
+    connection.execute("DROP TABLE bindings")
+    connection.execute("ALTER TABLE bindings_v2 RENAME TO bindings")
+    connection.execute("CREATE INDEX bindings_by_duid ON bindings (duid, link_id)")
+
+
+_MIGRATIONS[2] = (_rebuild_bindings_v2,)
 
 
 def _row_of(binding: Binding) -> tuple[Any, ...]:
     chain_relay_ids, chain_remote_ids = relay_identities(binding.relay_data)
+    relay, relay_remote = (
+        (None, None) if binding.relay_data is None else _encode_relay(binding.relay_data)
+    )
     return (
         binding.link_id,
         binding.client_id.raw,
-        binding.cltt,
         binding.expires_at(),
-        b"".join(
-            _LEASE.pack(a.address.packed, a.preferred_lifetime, a.valid_lifetime)
-            for a in binding.addresses
+        _leases_column(
+            binding.cltt,
+            b"".join(
+                _LEASE.pack(a.address.packed, a.preferred_lifetime, a.valid_lifetime)
+                for a in binding.addresses
+            ),
+            b"".join(
+                _PREFIX.pack(
+                    p.prefix.network_address.packed,
+                    p.prefix.prefixlen,
+                    p.preferred_lifetime,
+                    p.valid_lifetime,
+                )
+                for p in binding.prefixes
+            ),
         ),
-        b"".join(
-            _PREFIX.pack(
-                p.prefix.network_address.packed,
-                p.prefix.prefixlen,
-                p.preferred_lifetime,
-                p.valid_lifetime,
-            )
-            for p in binding.prefixes
+        relay,
+        relay_remote,
+        _extra_column(
+            # None: the ids are those found in the chain (the usual case).
+            None
+            if binding.relay_ids == chain_relay_ids
+            else _pack_ids(duid.raw for duid in binding.relay_ids),
+            None
+            if binding.remote_ids == chain_remote_ids
+            else _pack_ids(_remote_id_bytes(remote_id) for remote_id in binding.remote_ids),
+            encode_options(binding.options),
         ),
-        None if binding.relay_data is None else _encode_relay(binding.relay_data),
-        # NULL: the ids are those found in the chain (the usual case).
-        None
-        if binding.relay_ids == chain_relay_ids
-        else _pack_ids(duid.raw for duid in binding.relay_ids),
-        None
-        if binding.remote_ids == chain_remote_ids
-        else _pack_ids(_remote_id_bytes(remote_id) for remote_id in binding.remote_ids),
-        encode_options(binding.options),
     )
 
 
-_set_binding = slot_setters(
-    Binding,
+_BINDING_FIELDS = (
     "client_id",
     "link_id",
     "cltt",
@@ -230,14 +358,12 @@ _set_binding = slot_setters(
     "remote_ids",
     "options",
 )
+_set_binding = slot_setters(Binding, *_BINDING_FIELDS)
 _set_address_lease = slot_setters(AddressLease, "address", "preferred_lifetime", "valid_lifetime")
-_set_prefix_lease = slot_setters(PrefixLease, "prefix", "preferred_lifetime", "valid_lifetime")
 _set_relay = slot_setters(
     RelayMessage, "msg_type", "hop_count", "link_address", "peer_address", "options"
 )
 _set_relay_data = slot_setters(LQRelayData, "peer_address", "relay_message")
-_set_data_peer, _set_data_message = _set_relay_data
-_new = new
 (_set_duid_raw,) = slot_setters(Duid, "raw")
 _set_remote = slot_setters(RemoteId, "enterprise_number", "remote_id")
 _REMOTE_ID_CODE = RemoteId.code
@@ -251,258 +377,335 @@ def _duid(raw: bytes) -> Duid:
     return duid
 
 
-def _remote_id(data: bytes) -> RemoteId:
+def _remote_id(enterprise_number: int, value: bytes) -> RemoteId:
     remote_id = new(RemoteId)
     set_enterprise, set_value = _set_remote
-    set_enterprise(remote_id, int.from_bytes(data[:4], "big"))
-    set_value(remote_id, data[4:])
+    set_enterprise(remote_id, enterprise_number)
+    set_value(remote_id, value)
     return remote_id
 
 
-_HopOptions = tuple[tuple[Option, ...], tuple[Duid, ...], tuple[RemoteId, ...]]
-_NO_OPTIONS: _HopOptions = ((), (), ())
+def _relay_message(
+    hop_count: int, link: IPv6Address, peer: IPv6Address, options: tuple[Option, ...]
+) -> RelayMessage:
+    set_type, set_hops, set_link, set_peer, set_options = _set_relay
+    message = new(RelayMessage)
+    set_type(message, _RELAY_FORW)
+    set_hops(message, hop_count)
+    set_link(message, link)
+    set_peer(message, peer)
+    set_options(message, options)
+    return message
+
+
+def _lq_relay_data(peer: IPv6Address, message: RelayMessage) -> LQRelayData:
+    set_peer, set_message = _set_relay_data
+    relay_data = new(LQRelayData)
+    set_peer(relay_data, peer)
+    set_message(relay_data, message)
+    return relay_data
+
+
+#: A hop of a relay plan: hop-count, link-address, peer-address, RELAY_MSG position, its
+#: options other than RELAY_MSG and REMOTE_ID, and its Remote-IDs' (position, enterprise).
+_PlanHop = tuple[int, IPv6Address, IPv6Address, int, tuple[Option, ...], list[tuple[int, int]]]
+
+# Plan kinds (the first item of a plan tuple).
+#: (_SHARED, relay_data, relay_ids): no Remote-ID, so every binding shares one value.
+_SHARED = 0
+#: (_ONE_REMOTE, relay_ids, enterprise, options before, options after, hop-count, link,
+#: peer, peer address): one hop with one Remote-ID (the usual chain).
+_ONE_REMOTE = 1
+#: (_GENERAL, relay_ids, peer address, hops): anything else.
+_GENERAL = 2
 
 
 class _Decoder:
     """
     Rebuilds L{Binding}s from rows. Everything stored was validated when it was a Binding,
     so values are built without re-validation (as the codec's own decoders do), and the
-    values that repeat across bindings (relay addresses, options, Relay-IDs, Remote-IDs) are
-    shared through bounded caches.
+    values that repeat across bindings (relay addresses, options, Relay-IDs, whole relay
+    chains but their Remote-IDs) are decoded once and shared through bounded caches.
     """
 
     _LIMIT = 65536
 
     def __init__(self) -> None:
         self._addresses: dict[bytes, IPv6Address] = {}
-        self._hops: dict[bytes, _HopOptions] = {}
         self._tlvs: dict[bytes, Option] = {}
-        self._options: dict[bytes, tuple[Option, ...]] = {}
+        self._options: dict[bytes, tuple[tuple[Option, ...], tuple[Duid, ...]]] = {}
+        self._plans: dict[bytes, tuple[Any, ...]] = {}
         self._ids: dict[bytes, tuple[Duid, ...]] = {}
 
-    def _address(self, packed: bytes) -> IPv6Address:
-        address = self._addresses.get(packed)
-        if address is None:
-            if len(self._addresses) >= self._LIMIT:
-                self._addresses.clear()
-            address = self._addresses[packed] = ipv6_from_packed(packed)
-        return address
+    @staticmethod
+    def _cached(cache: dict[bytes, _T], key: bytes, make: Callable[[bytes], _T]) -> _T:
+        found = cache.get(key)
+        if found is None:
+            if len(cache) >= _Decoder._LIMIT:
+                cache.clear()
+            found = cache[key] = make(key)
+        return found
 
-    def _split(self, data: bytes) -> _HopOptions:
-        tlvs = self._tlvs
-        if len(tlvs) >= self._LIMIT:
-            tlvs.clear()
+    def _address(self, packed: bytes) -> IPv6Address:
+        return self._cached(self._addresses, packed, ipv6_from_packed)
+
+    def _decode_option(self, tlv: bytes) -> Option:
+        if (tlv[0] << 8) | tlv[1] == _REMOTE_ID_CODE:  # no validation: stored values
+            return _remote_id(int.from_bytes(tlv[4:8], "big"), tlv[8:])
+        return decode_options(tlv, 0, len(tlv), 0)[0]
+
+    def _split(self, data: bytes) -> tuple[tuple[Option, ...], tuple[Duid, ...]]:
         options: list[Option] = []
         relay_ids: list[Duid] = []
-        remote_ids: list[RemoteId] = []
         offset = 0
-        end = len(data)
-        while offset < end:
-            code = (data[offset] << 8) | data[offset + 1]
+        while offset < len(data):
             stop = offset + 4 + ((data[offset + 2] << 8) | data[offset + 3])
-            tlv = data[offset:stop]
-            option = tlvs.get(tlv)
-            if option is None:
-                if code == _REMOTE_ID_CODE:
-                    option = _remote_id(data[offset + 4 : stop])
-                else:
-                    option = decode_options(tlv, 0, len(tlv), 0)[0]
-                tlvs[tlv] = option
-            if code == _REMOTE_ID_CODE:
-                remote_ids.append(option)  # type: ignore[arg-type]
-            elif code == _RELAY_ID_CODE:
-                relay_ids.append(option.duid)  # type: ignore[attr-defined]
+            option = self._cached(self._tlvs, data[offset:stop], self._decode_option)
+            if isinstance(option, RelayId):
+                relay_ids.append(option.duid)
             options.append(option)
             offset = stop
-        return tuple(options), tuple(relay_ids), tuple(remote_ids)
-
-    def _hop(self, data: bytes) -> _HopOptions:
-        found = self._hops.get(data)
-        if found is None:
-            if len(self._hops) >= self._LIMIT:
-                self._hops.clear()
-            found = self._hops[data] = self._split(data)
-        return found
+        return tuple(options), tuple(relay_ids)
 
     def options(self, data: bytes) -> tuple[Option, ...]:
         """Decoded options, each shared between equal encodings."""
         if not data:
             return ()
-        return self._hop(data)[0]
+        return self._cached(self._options, data, self._split)[0]
 
-    def relay(self, data: bytes) -> tuple[LQRelayData, tuple[Duid, ...], tuple[RemoteId, ...]]:
-        """
-        The LQ_RELAY_DATA value of an encoded relay column, with the Relay-IDs and
-        Remote-IDs of every hop, outermost first.
-        """
-        # The usual chain, one hop, takes a straight path.
-        hop_count, link, peer, _, length, remote_count = _unpack_hop(data, 16)
-        start = 16 + _HOP_SIZE
-        offset = start + length
-        if remote_count == 1:
-            index, remote_length = _unpack_remote(data, offset)
-            offset += 4 + remote_length
-            if offset != len(data):
-                return self._relay_chain(data)
-            remote_id = _remote_id(data[offset - remote_length : offset])
-            remote_ids: tuple[RemoteId, ...] = (remote_id,)
-        elif remote_count == 0:
-            if offset != len(data):
-                return self._relay_chain(data)
-            remote_ids = ()
-        else:
-            return self._relay_chain(data)
-        if length:
-            others = data[start : offset - (4 + remote_length if remote_count else 0)]
-            found = self._hops.get(others)
-            if found is None:
-                found = self._hop(others)
-            options, relay_ids, _ = found
-        else:
-            options, relay_ids, _ = _NO_OPTIONS
-        if remote_ids:
-            options = (*options[:index], remote_id, *options[index:])
-        addresses = self._addresses
-        chain = _new(RelayMessage)
-        set_type, set_hops, set_link, set_peer, set_options = _set_relay
-        set_type(chain, _RELAY_FORW)
-        set_hops(chain, hop_count)
-        set_link(chain, addresses.get(link) or self._address(link))
-        set_peer(chain, addresses.get(peer) or self._address(peer))
-        set_options(chain, options)
-        relay_data = _new(LQRelayData)
-        peer_address = data[:16]
-        _set_data_peer(relay_data, addresses.get(peer_address) or self._address(peer_address))
-        _set_data_message(relay_data, chain)
-        return relay_data, relay_ids, remote_ids
-
-    def _relay_chain(
-        self, data: bytes
-    ) -> tuple[LQRelayData, tuple[Duid, ...], tuple[RemoteId, ...]]:
-        hops = []
-        offset = 16
-        size = _HOP.size
-        end = len(data)
-        unpack_hop = _HOP.unpack_from
-        unpack_remote = _REMOTE.unpack_from
-        while offset < end:
-            hop_count, link, peer, position, length, remote_count = unpack_hop(data, offset)
-            offset += size
-            others = data[offset : offset + length]
-            offset += length
-            remotes = []
-            for _ in range(remote_count):
-                index, remote_length = unpack_remote(data, offset)
-                offset += 4
-                remotes.append((index, data[offset : offset + remote_length]))
-                offset += remote_length
-            hops.append((hop_count, link, peer, position, others, remotes))
-        set_type, set_hops, set_link, set_peer, set_options = _set_relay
-        address = self._address
-        remote = _remote_id
-        chain: RelayMessage | None = None
+    def _plan(self, relay: bytes) -> tuple[Any, ...]:
+        """The plan for building the chains of a C{relay} column (see the plan kinds)."""
+        hops: list[_PlanHop] = []
         relay_ids: tuple[Duid, ...] = ()
-        remote_ids: tuple[RemoteId, ...] = ()
-        for hop_count, link, peer, position, others, remotes in reversed(hops):
-            options, hop_relay_ids, _ = self._hop(others) if others else _NO_OPTIONS
-            if hop_relay_ids:
-                relay_ids = hop_relay_ids + relay_ids
-            if remotes:
-                hop_remote_ids = []
-                merged = list(options)
-                for index, payload in remotes:
-                    remote_id = remote(payload)
-                    merged.insert(index, remote_id)
-                    hop_remote_ids.append(remote_id)
-                remote_ids = (*hop_remote_ids, *remote_ids)
-                if chain is not None and position != _NO_RELAY_MSG:
-                    merged.insert(position, RelayMessageOption(chain))
-                options = tuple(merged)
-            elif chain is not None and position != _NO_RELAY_MSG:
-                options = (*options[:position], RelayMessageOption(chain), *options[position:])
-            chain = new(RelayMessage)
-            set_type(chain, _RELAY_FORW)
-            set_hops(chain, hop_count)
-            set_link(chain, address(link))
-            set_peer(chain, address(peer))
-            set_options(chain, options)
-        relay_data = new(LQRelayData)
-        set_data_peer, set_data_message = _set_relay_data
-        set_data_peer(relay_data, address(data[:16]))
-        set_data_message(relay_data, chain)
+        offset = 16
+        while offset < len(relay):
+            hop_count, link, peer, position, length, count = _HOP.unpack_from(relay, offset)
+            offset += _HOP_SIZE
+            options, hop_relay_ids = (
+                self._cached(self._options, relay[offset : offset + length], self._split)
+                if length
+                else ((), ())
+            )
+            offset += length
+            slots = [_REMOTE_SLOT.unpack_from(relay, offset + n * _SLOT_SIZE) for n in range(count)]
+            offset += count * _SLOT_SIZE
+            relay_ids += hop_relay_ids
+            hops.append(
+                (hop_count, self._address(link), self._address(peer), position, options, slots)
+            )
+        peer_address = self._address(relay[:16])
+        if not any(hop[5] for hop in hops):
+            relay_data, _ = self._build(peer_address, hops, [])
+            return (_SHARED, relay_data, relay_ids)
+        if len(hops) == 1 and len(hops[0][5]) == 1:
+            hop_count, link_address, peer, _, options, ((index, enterprise),) = hops[0]
+            return (
+                _ONE_REMOTE,
+                relay_ids,
+                enterprise,
+                options[:index],
+                options[index:],
+                hop_count,
+                link_address,
+                peer,
+                peer_address,
+            )
+        return (_GENERAL, relay_ids, peer_address, hops)
+
+    @staticmethod
+    def _build(
+        peer_address: IPv6Address, hops: list[_PlanHop], values: list[bytes]
+    ) -> tuple[LQRelayData, tuple[RemoteId, ...]]:
+        """The chain of C{hops} with the Remote-ID C{values} (outermost first) put back."""
+        remote_ids: list[RemoteId] = []
+        per_hop: list[list[RemoteId]] = []
+        taken = 0
+        for hop in hops:
+            slots = hop[5]
+            found = [
+                _remote_id(enterprise, value)
+                for (_, enterprise), value in zip(
+                    slots, values[taken : taken + len(slots)], strict=True
+                )
+            ]
+            taken += len(slots)
+            per_hop.append(found)
+            remote_ids.extend(found)
+        chain: RelayMessage | None = None
+        for (hop_count, link, peer, position, options, slots), found in zip(
+            reversed(hops), reversed(per_hop), strict=True
+        ):
+            merged = list(options)
+            for (index, _), remote_id in zip(slots, found, strict=True):
+                merged.insert(index, remote_id)
+            if chain is not None and position != _NO_RELAY_MSG:
+                merged.insert(position, RelayMessageOption(chain))
+            chain = _relay_message(hop_count, link, peer, tuple(merged))
+        assert chain is not None  # a stored chain has at least one hop
+        return _lq_relay_data(peer_address, chain), tuple(remote_ids)
+
+    def _general(
+        self, plan: tuple[Any, ...], remote: bytes | None
+    ) -> tuple[LQRelayData, tuple[Duid, ...], tuple[RemoteId, ...]]:
+        _, relay_ids, peer_address, hops = plan
+        count = sum(len(hop[5]) for hop in hops)
+        if remote is None:
+            values = []
+        elif count == 1:
+            values = [remote]
+        else:
+            values = _unpack_ids(remote)
+        relay_data, remote_ids = self._build(peer_address, hops, values)
         return relay_data, relay_ids, remote_ids
 
     def _relay_ids(self, data: bytes) -> tuple[Duid, ...]:
-        found = self._ids.get(data)
-        if found is None:
-            if len(self._ids) >= self._LIMIT:
-                self._ids.clear()
-            found = self._ids[data] = tuple(_duid(raw) for raw in _unpack_ids(data))
-        return found
+        return self._cached(
+            self._ids, data, lambda key: tuple(_duid(raw) for raw in _unpack_ids(key))
+        )
+
+    @staticmethod
+    def _leases(data: bytes) -> tuple[int, tuple[AddressLease, ...], tuple[PrefixLease, ...]]:
+        """The cltt, addresses and prefixes of a C{leases} column, any shape."""
+        cltt, count = _LEASES_HEADER.unpack_from(data)
+        middle = _LEASES_HEADER.size + count * _LEASE_SIZE
+        return (
+            cltt,
+            tuple(
+                AddressLease(ipv6_address(int.from_bytes(packed, "big")), preferred, valid)
+                for packed, preferred, valid in _LEASE.iter_unpack(
+                    data[_LEASES_HEADER.size : middle]
+                )
+            ),
+            tuple(
+                PrefixLease(ipv6_network(int.from_bytes(packed, "big"), length), preferred, valid)
+                for packed, length, preferred, valid in _PREFIX.iter_unpack(data[middle:])
+            ),
+        )
+
+    def _extra(
+        self, data: bytes, relay_ids: tuple[Duid, ...], remote_ids: tuple[RemoteId, ...]
+    ) -> tuple[tuple[Duid, ...], tuple[RemoteId, ...], tuple[Option, ...]]:
+        """
+        The Relay-IDs, Remote-IDs and client options of an C{extra} column; C{relay_ids}
+        and C{remote_ids} (the chain's) unless it holds others.
+        """
+        relay_length, remote_length = _EXTRA_HEADER.unpack_from(data)
+        offset = _EXTRA_HEADER.size
+        if relay_length != _FROM_CHAIN:
+            relay_ids = self._relay_ids(data[offset : offset + relay_length])
+            offset += relay_length
+        if remote_length != _FROM_CHAIN:
+            remote_ids = tuple(
+                _remote_id(int.from_bytes(raw[:4], "big"), raw[4:])
+                for raw in _unpack_ids(data[offset : offset + remote_length])
+            )
+            offset += remote_length
+        return relay_ids, remote_ids, self.options(data[offset:])
 
     def binding(self, row: Sequence[Any]) -> Binding:
         """The L{Binding} of a row of C{_COLUMNS}."""
-        link_id, duid, cltt, addresses, prefixes, relay, relay_ids, remote_ids, options = row
+        return next(self.iterate((row,)))
+
+    def bindings(self, rows: Iterable[Sequence[Any]]) -> list[Binding]:
+        """The L{Binding}s of rows of C{_COLUMNS}, in order."""
+        return list(self.iterate(rows))
+
+    def iterate(self, rows: Iterable[Sequence[Any]]) -> Iterator[Binding]:
+        """
+        The L{Binding}s of rows of C{_COLUMNS}, in order, each built when it is reached.
+        One loop with everything it uses in local variables: this is where a streamed query
+        spends its time.
+        """
+        plans = self._plans
+        plan_of = self._plan
+        cached = self._cached
+        new_ = new
+        ipv6 = ipv6_address
+        one_address = _ONE_ADDRESS.unpack
+        one_address_size = _ONE_ADDRESS.size
+        set_client, set_link, set_cltt, set_addresses, set_prefixes = _set_binding[:5]
+        set_relay_data, set_relay_ids, set_remote_ids, set_options = _set_binding[5:]
         set_address, set_preferred, set_valid = _set_address_lease
-        leases: tuple[AddressLease, ...] | list[AddressLease]
-        if len(addresses) == _LEASE_SIZE:  # the usual: one address
-            packed, preferred, valid = _unpack_lease(addresses)
-            lease = _new(AddressLease)
-            set_address(lease, ipv6_from_packed(packed))
-            set_preferred(lease, preferred)
-            set_valid(lease, valid)
-            leases = (lease,)
-        else:
-            leases = []
-            for packed, preferred, valid in _LEASE.iter_unpack(addresses):
-                lease = _new(AddressLease)
-                set_address(lease, ipv6_from_packed(packed))
+        set_raw = _set_duid_raw
+        set_enterprise, set_value = _set_remote
+        set_type, set_hops, set_link_address, set_peer_address, set_hop_options = _set_relay
+        set_data_peer, set_data_message = _set_relay_data
+        relay_forw = _RELAY_FORW
+        one_remote = _ONE_REMOTE
+        shared = _SHARED
+        binding_type, lease_type, duid_type = Binding, AddressLease, Duid
+        remote_type, message_type, data_type = RemoteId, RelayMessage, LQRelayData
+        for link_id, duid, leases, relay, remote, extra in rows:
+            binding = new_(binding_type)
+            if len(leases) == one_address_size:  # the usual: one address, no prefix
+                cltt, _, high, low, preferred, valid = one_address(leases)
+                lease = new_(lease_type)
+                set_address(lease, ipv6((high << 64) | low))
                 set_preferred(lease, preferred)
                 set_valid(lease, valid)
-                leases.append(lease)
-        delegated = (
-            tuple(
-                PrefixLease(IPv6Network((int.from_bytes(packed, "big"), length)), preferred, valid)
-                for packed, length, preferred, valid in _PREFIX.iter_unpack(prefixes)
-            )
-            if prefixes
-            else ()
-        )
-        if relay is None:
-            relay_data = None
-            chain_relay_ids: tuple[Duid, ...] = ()
-            chain_remote_ids: tuple[RemoteId, ...] = ()
-        else:
-            relay_data, chain_relay_ids, chain_remote_ids = self.relay(relay)
-        binding = _new(Binding)
-        (
-            set_client,
-            set_link,
-            set_cltt,
-            set_addresses,
-            set_prefixes,
-            set_relay_data,
-            set_relay_ids,
-            set_remote_ids,
-            set_options,
-        ) = _set_binding
-        client_id = _new(Duid)
-        _set_duid_raw(client_id, duid)
-        set_client(binding, client_id)
-        set_link(binding, link_id)
-        set_cltt(binding, cltt)
-        set_addresses(binding, leases if type(leases) is tuple else tuple(leases))
-        set_prefixes(binding, delegated)
-        set_relay_data(binding, relay_data)
-        set_relay_ids(binding, chain_relay_ids if relay_ids is None else self._relay_ids(relay_ids))
-        set_remote_ids(
-            binding,
-            chain_remote_ids
-            if remote_ids is None
-            else tuple(_remote_id(raw) for raw in _unpack_ids(remote_ids)),
-        )
-        set_options(binding, self.options(options) if options else ())
-        return binding
+                set_addresses(binding, (lease,))
+                set_prefixes(binding, ())
+            else:
+                cltt, addresses, prefixes = self._leases(leases)
+                set_addresses(binding, addresses)
+                set_prefixes(binding, prefixes)
+            if relay is None:
+                set_relay_data(binding, None)
+                relay_ids: tuple[Duid, ...] = ()
+                remote_ids: tuple[RemoteId, ...] = ()
+            else:
+                plan = plans.get(relay)
+                if plan is None:
+                    plan = cached(plans, relay, plan_of)
+                kind = plan[0]
+                if kind == one_remote:
+                    (
+                        _,
+                        relay_ids,
+                        enterprise,
+                        before,
+                        after,
+                        hop_count,
+                        link_address,
+                        peer_address,
+                        data_peer,
+                    ) = plan
+                    remote_id = new_(remote_type)
+                    set_enterprise(remote_id, enterprise)
+                    set_value(remote_id, remote)
+                    message = new_(message_type)
+                    set_type(message, relay_forw)
+                    set_hops(message, hop_count)
+                    set_link_address(message, link_address)
+                    set_peer_address(message, peer_address)
+                    set_hop_options(message, (*before, remote_id, *after))
+                    relay_data = new_(data_type)
+                    set_data_peer(relay_data, data_peer)
+                    set_data_message(relay_data, message)
+                    set_relay_data(binding, relay_data)
+                    remote_ids = (remote_id,)
+                elif kind == shared:
+                    set_relay_data(binding, plan[1])
+                    relay_ids = plan[2]
+                    remote_ids = ()
+                else:
+                    relay_data, relay_ids, remote_ids = self._general(plan, remote)
+                    set_relay_data(binding, relay_data)
+            client_id = new_(duid_type)
+            set_raw(client_id, duid)
+            set_client(binding, client_id)
+            set_link(binding, link_id)
+            set_cltt(binding, cltt)
+            if extra is None:
+                set_relay_ids(binding, relay_ids)
+                set_remote_ids(binding, remote_ids)
+                set_options(binding, ())
+            else:
+                relay_ids, remote_ids, options = self._extra(extra, relay_ids, remote_ids)
+                set_relay_ids(binding, relay_ids)
+                set_remote_ids(binding, remote_ids)
+                set_options(binding, options)
+            yield binding
 
 
 class SQLiteDatabase:
@@ -558,8 +761,11 @@ class SQLiteDatabase:
             if version == 0:
                 execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[target]:
-                    execute(statement)
+                for step in _MIGRATIONS[target]:
+                    if isinstance(step, str):
+                        execute(step)
+                    else:
+                        step(self._connection)
                 execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
             execute("COMMIT")
         except BaseException:
@@ -669,8 +875,8 @@ class SQLiteDatabase:
                 (_remote_id_bytes(remote_id), *key) for remote_id in set(binding.remote_ids)
             )
         connection.executemany(
-            "INSERT INTO bindings (link_id, duid, cltt, expires, addresses, prefixes, relay, "
-            "relay_ids, remote_ids, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO bindings (link_id, duid, expires, leases, relay, relay_remote, extra) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         connection.executemany(
@@ -740,8 +946,7 @@ class SQLiteDatabase:
                 "ORDER BY link_id, duid LIMIT ?",
                 (*after, batch),
             ).fetchall()
-            for row in rows:
-                yield self._decoder.binding(row)
+            yield from self._decoder.bindings(rows)
             if len(rows) < batch:
                 return
             after = (rows[-1][0], rows[-1][1])
@@ -812,20 +1017,32 @@ class SQLiteDatabase:
         self, query: BindingQuery, resume_after: BindingKey | None, limit: int, now: float
     ) -> BindingPage:
         """One page of L{IBindingStore.fetch}, with C{now} as the time."""
+        rows, resume = self.fetch_rows(query, resume_after, limit, now)
+        return BindingPage(self._decoder.bindings(rows), resume)
+
+    def fetch_rows(
+        self, query: BindingQuery, resume_after: BindingKey | None, limit: int, now: float
+    ) -> tuple[list[Any], BindingKey | None]:
+        """
+        The rows (C{_COLUMNS}) of the page L{fetch} returns, and its C{resume_after}: one
+        statement, so one read transaction. L{SQLiteBindingStore} builds the bindings
+        later, when the server reaches them (see L{LazyBindings}).
+        """
         if limit < 1:
             raise ValueError(f"page limit must be at least 1, not {limit}")
         after: BindingKey = ("", b"") if resume_after is None else resume_after
         link_id = query.link_id
         if link_id is not None:
             if after[0] > link_id:
-                return BindingPage([], None)
+                return [], None
             if after[0] < link_id:
                 after = (link_id, b"")
         rows = self._select(query, after, limit + 1, int(now))
-        decode = self._decoder.binding
-        page = [decode(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return BindingPage(page, page[-1].key if more else None)
+        if len(rows) <= limit:
+            return rows, None
+        del rows[limit:]
+        last = rows[-1]
+        return rows, (last[0], last[1])
 
     def _select(self, query: BindingQuery, after: BindingKey, count: int, now: int) -> list[Any]:
         execute = self._connection.execute
@@ -950,6 +1167,9 @@ class SQLiteBindingStore:
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=f"bulklq-sqlite {path}")
         self._pool.start()
         self._closed = False
+        # Builds the bindings of the pages handed out, in the thread that reads them (the
+        # reactor's): the pool threads' connections have their own decoders.
+        self._decoder = _Decoder()
         # Pool threads are not daemons: stop them when the reactor stops, even unclosed.
         self._trigger = None
         if IReactorCore.providedBy(reactor):
@@ -977,7 +1197,15 @@ class SQLiteBindingStore:
     ) -> Deferred[BindingPage]:
         """The next page, read in a pool thread (see L{IBindingStore.fetch})."""
         now = self._clock.seconds()
-        return self._run(lambda database: database.fetch(query, resume_after, limit, now))
+        iterate = self._decoder.iterate
+
+        def page(result: tuple[list[Any], BindingKey | None]) -> BindingPage:
+            rows, resume = result
+            return BindingPage(LazyBindings(rows, iterate), resume)
+
+        return self._run(
+            lambda database: database.fetch_rows(query, resume_after, limit, now)
+        ).addCallback(page)
 
     def find_link(self, address: IPv6Address) -> Deferred[Link | None]:
         """The link with the longest prefix containing C{address}, or C{None}."""
