@@ -11,9 +11,10 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ..config import ServerConfig, normalise_peer
-from ..interfaces import IBindingStore
+from ..interfaces import IBindingChangeFeed, IBindingStore
 from ..stats import QueryRecord, ServerStats
 from ..wire import ServerId
+from ._active import ActiveConfig
 from ._protocol import BulkLeasequeryProtocol
 
 __all__ = ["BulkLeasequeryFactory"]
@@ -63,6 +64,7 @@ class BulkLeasequeryFactory(Factory):
         store: IBindingStore,
         config: ServerConfig,
         reactor: IReactorTime | None = None,
+        active: ActiveConfig | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor  # noqa: PLC0415
@@ -73,6 +75,10 @@ class BulkLeasequeryFactory(Factory):
         self.config = config
         self.reactor: IReactorTime = reactor
         self.stats = ServerStats()
+        #: Active Leasequery and STARTTLS settings (RFC 7653); disabled by default.
+        self.active = ActiveConfig() if active is None else active
+        if self.active.enabled and IBindingChangeFeed.providedBy(store):
+            store.keep_history()
         self.connections: dict[BulkLeasequeryProtocol, None] = {}
         self.serverIdOption = ServerId(config.server_duid).encode()
         self._accepting = True

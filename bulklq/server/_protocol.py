@@ -36,6 +36,7 @@ from ..query import (
 )
 from ..stats import QueryRecord
 from ..wire import (
+    ClientId,
     Message,
     MessageType,
     OptionCode,
@@ -46,10 +47,12 @@ from ..wire import (
     WireError,
     decode_message,
 )
+from ._active import handle_message, is_secure
 from ._encode import ClientDataEncoder, OversizeBindingError
 
 if TYPE_CHECKING:
     from ..model import Binding, BindingPage
+    from ._active import ActiveQuery
     from ._factory import BulkLeasequeryFactory
 
 __all__ = ["BulkLeasequeryProtocol"]
@@ -169,6 +172,12 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         self._lost = False
         self._shuttingDown = False
         self.idleSince = factory.reactor.seconds()
+        #: The Active Leasequery running on this connection (RFC 7653), if any.
+        self.active: ActiveQuery | None = None
+        #: Whether the connection is TLS (an C{ssl:} listener, or after STARTTLS).
+        self.secure = False
+        #: Messages decoded on this connection (STARTTLS must be the first).
+        self.messagesReceived = 0
 
     # -- connection lifecycle ------------------------------------------------------------
 
@@ -180,6 +189,7 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
             # segment of a reply (and a lone empty REPLY) by a delayed-ACK period.
             set_no_delay(True)
         self.transport.registerProducer(self._producer, True)
+        self.secure = is_secure(self.transport)
         self.factory.connectionMade(self)
         self.log.info("connection from {peer}", peer=self.peer)
         self._updateTimers()
@@ -190,6 +200,8 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
             return
         self._lost = True
         self._cancelTimers()
+        if self.active is not None:
+            self.active.stop()
         for query in list(self._queries.values()):
             if query.status == "Success":
                 query.status = "ConnectionLost"
@@ -212,6 +224,9 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
             self.log.info("{peer} half-closed inside a frame; dropping it", peer=self.peer)
             self._unprocessed = b""
         self._updateTimers()
+        if self.active is not None:
+            self.active.stop()
+            self.active = None
         if not self._queries:
             self._close("half-closed by requestor")
 
@@ -225,7 +240,7 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         No query in progress and not closing: an eviction candidate (S24), idle since
         L{idleSince}. A connection stuck in a partial frame is idle since its last octet.
         """
-        return not (self._queries or self._closing or self._lost)
+        return not (self._queries or self._closing or self._lost or self.active)
 
     @property
     def queriesInProgress(self) -> int:
@@ -279,6 +294,24 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
                 error=error,
             )
             self._terminateAll("undecodable message")
+            return
+        self.messagesReceived += 1
+        if isinstance(message, Message) and message.msg_type in _ACTIVE_TYPES:
+            handle_message(self, message)
+            return
+        if (
+            self.active is not None
+            and isinstance(message, Message)
+            and message.msg_type == MessageType.LEASEQUERY
+        ):
+            self._reject(
+                Rejection(
+                    message.transaction_id,
+                    StatusCode.NotAllowed,
+                    "an Active Leasequery is running on this connection",
+                    message.option(ClientId),
+                )
+            )
             return
         verdict = validate_query(message, self._config, self.allowedTypes)
         if verdict is Verdict.DISCARD:
@@ -355,7 +388,7 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         elif self._dataTimer is not None:
             self._dataTimer.cancel()
             self._dataTimer = None
-        if not partial and not self._queries and not self._readClosed:
+        if not partial and not self._queries and not self._readClosed and self.active is None:
             if self._idleTimer is None:
                 self._idleTimer = self._clock.callLater(
                     self._config.idle_timeout, self._timedOut, "idle"
@@ -392,6 +425,8 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         self._writePaused = True
         if stopped or self._lost:
             return
+        if self.active is not None:
+            self.active.writesPaused()
         if self._writeTimer is None:
             self._writeTimer = self._clock.callLater(
                 self._config.data_timeout, self._timedOut, "write"
@@ -405,6 +440,8 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         waiters = self._writeWaiters
         while waiters and not self._writePaused and not self._lost:
             waiters.popleft().callback(None)
+        if self.active is not None and not self._writePaused:
+            self.active.writesResumed()
 
     def _untilWritable(self) -> Deferred[None]:
         waiters = self._writeWaiters
@@ -646,6 +683,8 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         self._terminateAll(reason)
 
     def _terminateAll(self, reason: str) -> None:
+        if self.active is not None:
+            self.active.terminate(reason)
         for query in list(self._queries.values()):
             if not query.recorded:
                 self._sendTerminated(query, reason)
@@ -671,6 +710,9 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
     def beginShutdown(self) -> None:
         """Take no new query; close once the queries in progress have finished."""
         self._shuttingDown = True
+        if self.active is not None:
+            self.active.terminate("server shutting down")
+            return
         if not self._queries:
             self._close("server shutting down")
         else:
@@ -693,6 +735,40 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         # loseConnection waits for the buffer to drain: bound that by the data timeout.
         self._writeTimer = self._clock.callLater(self._config.data_timeout, self._timedOut, "write")
 
+    # -- hooks for Active Leasequery and STARTTLS (L{bulklq.server._active}) ---------------
+
+    @property
+    def writesPaused(self) -> bool:
+        """Whether the transport asked us to stop writing."""
+        return self._writePaused
+
+    def reject(self, rejection: Rejection) -> None:
+        """Answer with an error status, count it, and close if it says so."""
+        self._reject(rejection)
+
+    def writeMessage(self, message: Message) -> None:
+        """Write one message, framed."""
+        self._write(_frame(message))
+
+    def writeFrames(self, frames: list[bytes]) -> None:
+        """Write framed messages in one C{transport.write}."""
+        self._write(b"".join(frames))
+
+    def startTLS(self, options: Any) -> None:
+        """Start TLS as the server, after what is written so far (RFC 7653 section 9.1)."""
+        self.secure = True
+        self.transport.startTLS(options)
+
+    def activeEnded(self, reason: str) -> None:
+        """The active query ended (DONE sent): close the connection."""
+        self.active = None
+        self._close(reason)
+
+    def abortActive(self, reason: str) -> None:
+        """The active query's send timeout: abort the connection."""
+        self.active = None
+        self._abort(reason)
+
     def abortNow(self) -> None:
         """Abort the connection without flushing (shutdown deadline)."""
         self._abort("shutdown deadline")
@@ -702,6 +778,9 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         self.log.debug("aborting connection from {peer}: {reason}", peer=self.peer, reason=reason)
         self._cancelTimers()
         self.transport.abortConnection()
+
+
+_ACTIVE_TYPES = frozenset({MessageType.ACTIVELEASEQUERY, MessageType.STARTTLS})
 
 
 def with_base_time(frames: list[bytes], now: int) -> list[bytes]:
