@@ -1,5 +1,6 @@
 """
-The C{bulklq} command: C{bulklq query} (the requestor) and C{bulklq store} (store tools).
+The C{bulklq} command: C{bulklq query} (the requestor), C{bulklq watch} (Active
+Leasequery) and C{bulklq store} (store tools).
 
 Each subcommand lives in its own module with a C{register(subparsers)} function that adds its
 parser and sets C{run} (a callable taking the parsed arguments and returning the exit code).
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Subcommand modules, in the order C{--help} lists them.
-SUBCOMMANDS = ("bulklq.cli.query", "bulklq.cli.store")
+SUBCOMMANDS = ("bulklq.cli.query", "bulklq.cli.watch", "bulklq.cli.store")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,6 +52,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_SERVER_ERROR",
     "EXIT_USAGE",
+    "add_selector_arguments",
     "build_query",
     "default_requestor_duid",
     "exit_code",
@@ -133,24 +134,11 @@ def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn
     return error
 
 
-def register(subparsers: Any) -> None:
-    """Add the C{query} subcommand."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "query",
-        help="ask Bulk Leasequery servers for bindings",
-        description=(
-            "Ask one or more DHCPv6 Bulk Leasequery (RFC 5460) servers for bindings and print "
-            "them. Exit codes: 0 success, 2 bad arguments, 3 server error status, "
-            "4 incomplete answer or timeout, 5 connection failure."
-        ),
-    )
-    parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
-    parser.add_argument(
-        "servers",
-        nargs="+",
-        metavar="SERVER",
-        help="host, host:port, IPv6 address or [IPv6]:port",
-    )
+def add_selector_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    The query selectors (C{--relay-id}, C{--remote-id}, C{--client-id}, C{--address},
+    C{--link}, C{--relay-data}) that L{build_query} reads; shared with C{bulklq watch}.
+    """
     kind = parser.add_argument_group("what to ask (one of these; --link alone asks by link)")
     exclusive = kind.add_mutually_exclusive_group()
     exclusive.add_argument(
@@ -178,6 +166,27 @@ def register(subparsers: Any) -> None:
         "--relay-data", action="store_true",
         help="ask for each client's relay data (LQ_RELAY_DATA)",
     )  # fmt: skip
+
+
+def register(subparsers: Any) -> None:
+    """Add the C{query} subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "query",
+        help="ask Bulk Leasequery servers for bindings",
+        description=(
+            "Ask one or more DHCPv6 Bulk Leasequery (RFC 5460) servers for bindings and print "
+            "them. Exit codes: 0 success, 2 bad arguments, 3 server error status, "
+            "4 incomplete answer or timeout, 5 connection failure."
+        ),
+    )
+    parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
+    parser.add_argument(
+        "servers",
+        nargs="+",
+        metavar="SERVER",
+        help="host, host:port, IPv6 address or [IPv6]:port",
+    )
+    add_selector_arguments(parser)
     parser.add_argument(
         "--port", type=_type(_port, "a port"), default=547,
         help="server port when SERVER does not give one (default 547)",

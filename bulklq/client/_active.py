@@ -206,12 +206,21 @@ class ActiveEnd(enum.Enum):
     TERMINATED = "terminated"
     #: The REPLY carried an error status, or DONE another error: not retried.
     REFUSED = "refused"
+    #: STARTTLS was refused, or the TLS handshake failed (section 8.2): not retried.
+    TLS = "tls"
     #: The requestor closed it (stop, or a failed fallback).
     CLOSED = "closed"
 
 
 class ActiveQueryRefused(Exception):  # noqa: N818 - it is what the server did
-    """The server refused the active query (an error status), or TLS was refused/failed."""
+    """
+    The server refused the active query (an error status), or TLS was refused or failed
+    (then C{tls} is true).
+    """
+
+    def __init__(self, message: str, tls: bool = False) -> None:
+        super().__init__(message)
+        self.tls = tls
 
 
 class ActiveLeasequeryClientProtocol(Int16StringReceiver):
@@ -560,8 +569,8 @@ class ActiveWatcher:
             if self._stopping:
                 return
             self.last_error = text
-            if end is ActiveEnd.REFUSED:
-                raise ActiveQueryRefused(text)
+            if end is ActiveEnd.REFUSED or end is ActiveEnd.TLS:
+                raise ActiveQueryRefused(text, tls=end is ActiveEnd.TLS)
             attempt = 1 if replied else attempt + 1
             delay = max(self.requestor.backoff(attempt), self._retry_interval)
             if end is ActiveEnd.TERMINATED:
@@ -608,9 +617,9 @@ class ActiveWatcher:
             protocol: ActiveLeasequeryClientProtocol = await connecting
         except TLSConnectionRefused as error:
             # RFC 7653 8.2: the server does not support TLS; the connection is closed.
-            return ActiveEnd.REFUSED, str(error), False
+            return ActiveEnd.TLS, str(error), False
         except StartTLSError as error:
-            return ActiveEnd.REFUSED, str(error), False
+            return ActiveEnd.TLS, str(error), False
         except CancelledError:
             return ActiveEnd.CLOSED, "stopped", False
         except TimeoutError:

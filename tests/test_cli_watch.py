@@ -1,0 +1,149 @@
+"""
+C{bulklq watch}: printing changes, the state file, exit codes (against the fake active server).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from bulklq.cli import build_parser
+from bulklq.cli.watch import EXIT_TLS, load_state, run_watch
+from bulklq.wire import LQStartTime, StatusCode
+from tests.fake_active_server import (
+    FakeActiveServerFactory,
+    catch_up_complete,
+    change,
+    refuse_active,
+    removal,
+)
+from tests.fake_server import REQUESTOR_DUID, InMemoryEndpoint, client_data
+
+LINK = "2001:db8:1::"
+
+
+class _Run:
+    """One C{bulklq watch} run on a Clock, connected in memory to a fake server."""
+
+    def __init__(self, test: SynchronousTestCase, *argv: str, factory: Any = None) -> None:
+        self.clock = Clock()
+        self.factory = factory or FakeActiveServerFactory()
+        self.endpoint = InMemoryEndpoint(self.factory, self.clock)
+        self.out = io.StringIO()
+        self.err = io.StringIO()
+        self.stopper: Deferred[None] = Deferred()
+        arguments = build_parser().parse_args(
+            ["watch", "[2001:db8::1]:547", "--requestor-duid", str(REQUESTOR_DUID), *argv]
+        )
+        self.result = Deferred.fromCoroutine(
+            run_watch(
+                self.clock,
+                arguments,
+                self.out,
+                self.err,
+                endpoint_factory=lambda server: self.endpoint,
+                stop=self.stopper,
+            )
+        )
+        self.endpoint.flush()
+        self.test = test
+
+    def send(self, *messages: Any) -> None:
+        self.factory.last.send(*messages)
+        self.endpoint.flush()
+
+    def stop(self) -> int:
+        if not self.stopper.called:
+            self.stopper.callback(None)
+        self.endpoint.flush()
+        code: int = self.test.successResultOf(self.result)
+        return code
+
+
+class WatchCommandTests(SynchronousTestCase):
+    """The command's output, state and exit codes."""
+
+    def test_jsonl(self) -> None:
+        """Each change is one JSON line: update, then remove (zero lifetimes)."""
+        run = _Run(self, "--link", LINK, "--no-snapshot")
+        xid = run.factory.last.xid
+        run.send(
+            change(xid, client_data(1, ["2001:db8:1::1"])),
+            change(xid, removal(1, ["2001:db8:1::1"])),
+        )
+        self.assertEqual(run.stop(), 0)
+        lines = [json.loads(line) for line in run.out.getvalue().splitlines()]
+        self.assertEqual([line["event"] for line in lines], ["update", "remove"])
+        self.assertEqual(lines[0]["binding"]["addresses"][0]["address"], "2001:db8:1::1")
+
+    def test_routes(self) -> None:
+        """routes: replace for a delegated prefix, del when it goes or is removed."""
+        run = _Run(self, "--link", LINK, "--no-snapshot", "--format", "routes")
+        xid = run.factory.last.xid
+        run.send(change(xid, client_data(1, ["2001:db8:1::1"], ["2001:db8:ff01::/56"])))
+        run.send(change(xid, client_data(1, ["2001:db8:1::1"], ["2001:db8:ff02::/56"])))
+        run.send(change(xid, removal(1, ["2001:db8:1::1"], ["2001:db8:ff02::/56"])))
+        self.assertEqual(run.stop(), 0)
+        self.assertEqual(
+            run.out.getvalue().splitlines(),
+            [
+                "ip -6 route replace 2001:db8:ff01::/56 via 2001:db8:1::1",
+                "ip -6 route replace 2001:db8:ff02::/56 via 2001:db8:1::1",
+                "ip -6 route del 2001:db8:ff01::/56",
+                "ip -6 route del 2001:db8:ff02::/56",
+            ],
+        )
+
+    def test_state_file_resumes(self) -> None:
+        """--state: the replica and base time are saved at exit and resumed (8.3 start time)."""
+        path = self.mktemp()
+        run = _Run(self, "--link", LINK, "--no-snapshot", "--state", path, "--format", "none")
+        xid = run.factory.last.xid
+        run.send(change(xid, client_data(1, ["2001:db8:1::1"], ["2001:db8:ff01::/56"]), 1234))
+        self.assertEqual(run.stop(), 0)
+        _, _, base_time, replica = load_state(path)
+        self.assertEqual(base_time, 1234)
+        self.assertEqual(len(replica), 1)
+        again = _Run(self, "--link", LINK, "--state", path, "--format", "none")
+        self.assertEqual(again.factory.last.active.option(LQStartTime), LQStartTime(1234))
+        again.send(catch_up_complete(again.factory.last.xid, 1300))
+        self.assertEqual(again.stop(), 0)
+        self.assertEqual(load_state(path)[2], 1300)
+        self.assertEqual(load_state(path)[3], replica)
+        self.assertEqual(
+            [name for name in os.listdir(os.path.dirname(path))], [os.path.basename(path)]
+        )
+
+    def test_state_for_another_query(self) -> None:
+        """A state file of another query is refused (exit 2, one line), not used."""
+        path = self.mktemp()
+        _Run(self, "--link", LINK, "--no-snapshot", "--state", path).stop()
+        run = _Run(self, "--link", "2001:db8:2::", "--state", path)
+        self.assertEqual(self.successResultOf(run.result), 2)
+        self.assertEqual(len(run.err.getvalue().splitlines()), 1)
+
+    def test_refused(self) -> None:
+        """A refusal ends the command with exit 3 and one line."""
+        run = _Run(self, factory=FakeActiveServerFactory(refuse_active(StatusCode.NotSupported)))
+        self.assertEqual(self.successResultOf(run.result), 3)
+        self.assertIn("NotSupported", run.err.getvalue())
+
+    def test_until_synchronised(self) -> None:
+        """--until-synchronised exits 0 after catch-up completes."""
+        run = _Run(self, "--link", LINK, "--until-synchronised", "--no-snapshot")
+        run.clock.advance(0.1)
+        run.endpoint.flush()
+        self.assertEqual(self.successResultOf(run.result), 0)
+
+    def test_partial_tls_arguments(self) -> None:
+        """--tls-cert without --tls-key and --tls-ca: exit 2 with one line."""
+        run = _Run(self, "--tls-cert", "x.pem")
+        self.assertEqual(self.successResultOf(run.result), 2)
+        self.assertIn("--tls-key", run.err.getvalue())
+        self.assertNotEqual(EXIT_TLS, 2)
