@@ -12,8 +12,17 @@ Embedding::
 See C{docs/server.md}.
 """
 
+from ._active import ActiveConfig
 from ._encode import ClientDataEncoder, client_data
 from ._factory import BulkLeasequeryFactory
 from ._protocol import BulkLeasequeryProtocol
+from ._tls import tls_options
 
-__all__ = ["BulkLeasequeryFactory", "BulkLeasequeryProtocol", "ClientDataEncoder", "client_data"]
+__all__ = [
+    "ActiveConfig",
+    "BulkLeasequeryFactory",
+    "BulkLeasequeryProtocol",
+    "ClientDataEncoder",
+    "client_data",
+    "tls_options",
+]

@@ -1,0 +1,173 @@
+"""
+STARTTLS over real loopback TCP with certificates generated at test time: mutual
+authentication accepted, a requestor certificate from another CA refused (RFC 7653
+sections 8.2 and 9.1, RFC 7525: TLS 1.2 or later).
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import defer, endpoints, protocol, ssl
+from twisted.trial.unittest import TestCase
+
+from bulklq.config import ServerConfig, parse_access_rule
+from bulklq.server import ActiveConfig, BulkLeasequeryFactory, tls_options
+from bulklq.stores.memory import MemoryBindingStore
+from bulklq.wire import Message, MessageType, StatusCodeOption, decode_message
+
+from .test_server import REQUESTOR, SERVER_DUID
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _issue(subject: str, issuer: tuple[Any, x509.Name] | None, ca: bool = False) -> tuple[Any, Any]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer, issuer_name = issuer if issuer is not None else (key, _name(subject))
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+        )
+    return key, builder.sign(signer, hashes.SHA256())
+
+
+def _pem(obj: Any) -> bytes:
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+class _Requestor(protocol.Protocol):
+    """Sends STARTTLS, then on the REPLY starts TLS and sends an ACTIVELEASEQUERY."""
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+        self.buffer = b""
+        self.messages: list[Message] = []
+        self.done: defer.Deferred[list[Message]] = defer.Deferred()
+
+    def send(self, message: Message) -> None:
+        data = message.encode()
+        self.transport.write(struct.pack("!H", len(data)) + data)  # type: ignore[union-attr]
+
+    def connectionMade(self) -> None:
+        self.send(Message(MessageType.STARTTLS, 1, ()))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 2:
+            (size,) = struct.unpack_from("!H", self.buffer)
+            if len(self.buffer) < 2 + size:
+                return
+            message = decode_message(self.buffer[2 : 2 + size])
+            self.buffer = self.buffer[2 + size :]
+            assert isinstance(message, Message)
+            self.messages.append(message)
+            if message.msg_type == MessageType.REPLY:
+                self.transport.startTLS(self.options)  # type: ignore[union-attr]
+                self.send(Message(MessageType.ACTIVELEASEQUERY, 2, (REQUESTOR,)))
+            elif message.msg_type == MessageType.LEASEQUERY_REPLY:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(self.messages)
+
+
+class MutualTLSTests(TestCase):
+    """RFC 7653 section 9.1: STARTTLS with mutual authentication over loopback."""
+
+    def setUp(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        ca_key, ca_cert = _issue("bulklq test CA", None, ca=True)
+        server_key, server_cert = _issue("localhost", (ca_key, ca_cert.subject))
+        self.good = _issue("requestor", (ca_key, ca_cert.subject))
+        other_key, other_cert = _issue("other CA", None, ca=True)
+        self.bad = _issue("intruder", (other_key, other_cert.subject))
+        self.ca_cert = ca_cert
+        for name, obj in (
+            ("ca.pem", ca_cert),
+            ("server.pem", server_cert),
+            ("server.key", server_key),
+        ):
+            (directory / name).write_bytes(_pem(obj))
+        options = tls_options(
+            directory / "server.pem", directory / "server.key", directory / "ca.pem"
+        )
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        config = ServerConfig(SERVER_DUID, allow=(parse_access_rule("127.0.0.0/8"),))
+        self.factory = BulkLeasequeryFactory(
+            MemoryBindingStore(clock=reactor),
+            config,
+            reactor,
+            active=ActiveConfig(enabled=True, tls=options),
+        )
+
+    def client_options(self, key: Any, cert: Any) -> Any:
+        own = ssl.PrivateCertificate.loadPEM(_pem(cert) + _pem(key))
+        return ssl.optionsForClientTLS(
+            "localhost", ssl.Certificate.loadPEM(_pem(self.ca_cert)), own
+        )
+
+    async def exchange(self, key: Any, cert: Any) -> list[Message]:
+        endpoint = endpoints.TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+        port = await endpoint.listen(self.factory)
+        self.addCleanup(port.stopListening)
+        requestor = _Requestor(self.client_options(key, cert))
+        client = endpoints.TCP4ClientEndpoint(self.reactor, "127.0.0.1", port.getHost().port)
+        await endpoints.connectProtocol(client, requestor)
+        messages = await requestor.done
+        await self.factory.shutdown(grace=1)
+        return messages
+
+    def test_mutual_authentication(self) -> None:
+        """RFC 7653 section 9.1 (MUST validate the requestor's certificate; all TLS
+        connections for Active Leasequery MUST be mutually authenticated): a requestor with
+        a certificate from the configured CA gets REPLY, then over TLS the active REPLY."""
+
+        async def run() -> None:
+            messages = await self.exchange(*self.good)
+            self.assertEqual(
+                [m.msg_type for m in messages],
+                [MessageType.REPLY, MessageType.LEASEQUERY_REPLY],
+            )
+            self.assertIsNone(messages[1].option(StatusCodeOption))
+
+        return defer.Deferred.fromCoroutine(run())  # type: ignore[return-value]
+
+    def test_wrong_ca_refused(self) -> None:
+        """RFC 7653 section 9.1 (MUST close connections whose certificate is unacceptable;
+        a failed handshake closes the TCP connection): a certificate from another CA gets
+        only the STARTTLS REPLY, never an active REPLY."""
+
+        async def run() -> None:
+            messages = await self.exchange(*self.bad)
+            self.assertEqual([m.msg_type for m in messages], [MessageType.REPLY])
+
+        return defer.Deferred.fromCoroutine(run())  # type: ignore[return-value]
