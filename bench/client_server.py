@@ -121,7 +121,10 @@ def serve_frames(count: int) -> None:
                     reply = _frame(
                         Message(first.msg_type, first.transaction_id, (client_id, *first.options))
                     )
-                    connection.sendall(reply + answer_octets[2 + first_size :])
+                    try:
+                        connection.sendall(reply + answer_octets[2 + first_size :])
+                    except OSError:
+                        return  # the requestor went away (| head, a test's abort)
 
     while True:
         connection, _ = listener.accept()
