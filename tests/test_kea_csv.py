@@ -554,6 +554,36 @@ class LiveFollowTests(SynchronousTestCase):
         found = fetch_all(self.store, BindingQuery.by_remote_id(RemoteId(32473, b"new")))
         self.assertEqual([b.cltt for b in found], [T + 5])
 
+    def test_served_binding_rebuilt_after_change(self) -> None:
+        """
+        A binding already served (so built and kept) is served as it is after an appended
+        renewal changes it, and the index follows: its old Remote-ID finds nothing.
+        """
+        client, _ = _binding_rows(3)
+        [before] = fetch_all(self.store, BindingQuery.by_client_id(client))
+        self.assertEqual(before.remote_ids, (RemoteId(32473, b"r"),))
+        _, renewed = _binding_rows(3, cltt=T + 5, remote=b"changed")
+        self.append("\n".join(renewed) + "\n")
+        self.clock.advance(1)
+        [after] = fetch_all(self.store, BindingQuery.by_client_id(client))
+        self.assertEqual((after.cltt, after.remote_ids), (T + 5, (RemoteId(32473, b"changed"),)))
+        self.assertEqual(
+            [
+                b.client_id
+                for b in fetch_all(
+                    self.store, BindingQuery.by_remote_id(RemoteId(32473, b"changed"))
+                )
+            ],
+            [client],
+        )
+        self.assertNotIn(
+            client,
+            [
+                b.client_id
+                for b in fetch_all(self.store, BindingQuery.by_remote_id(RemoteId(32473, b"r")))
+            ],
+        )
+
     def test_lfc_rotation_keeps_every_binding(self) -> None:
         """
         Kea's LFC renames the lease file to .1 and starts a new one; then kea-lfc merges

@@ -17,6 +17,7 @@ from bulklq.stores.kea_leases import (
     is_active,
     relay_hops,
     relay_info,
+    relay_summary,
     unescape,
 )
 from bulklq.wire import (
@@ -58,6 +59,17 @@ class UnescapeTests(SynchronousTestCase):
         self.assertEqual(unescape("a&#x2cb&#x26c&#x3Bd&#x0a"), "a,b&c;d\n")
         self.assertEqual(unescape("no escapes, here"), "no escapes, here")
         self.assertEqual(unescape("&#x2"), "&#x2")
+
+    def test_single_pass(self) -> None:
+        """
+        The text is unescaped in one pass: an escaped ampersand followed by what looks like
+        an escape gives that text back, not a second unescaping; upper-case hex and other
+        octets mixed with commas are unescaped too.
+        """
+        self.assertEqual(unescape("&#x26#x2c"), "&#x2c")
+        self.assertEqual(unescape("&#x26#x41&#x2c"), "&#x41,")
+        self.assertEqual(unescape("a&#x2Cb&#x2cc"), "a,b,c")
+        self.assertEqual(unescape("&#x2&#x2c6"), "&#x2,6")
 
 
 class RelayDecodingTests(SynchronousTestCase):
@@ -179,6 +191,89 @@ class RelayDecodingTests(SynchronousTestCase):
         ):
             error = self.assertRaises(KeaLeaseError, relay_info, text)
             self.assertIn(reason, str(error), text)
+
+
+class RelaySummaryTests(SynchronousTestCase):
+    """L{relay_summary}: what indexing needs, with exactly L{relay_info}'s checks."""
+
+    contexts = (
+        None,
+        "",
+        '{"ISC": {}}',
+        REAL_CONTEXT,
+        context(
+            "relays",
+            {"hop": 1, "link": "2001:db8:ffff::1", "peer": "2001:db8:1::2", "options": "0x"},
+            {
+                "hop": 0,
+                "link": "2001:db8:1::1",
+                "peer": "fe80::1",
+                "options": "0x00120003657468003500070002000000019900250006000000016161",
+            },
+        ),
+        context("relay-info", {"hop": 0, "link": "::", "peer": "fe80::1"}),
+        # Decoded ids only, and an option the fast scan leaves to the strict decoder.
+        context(
+            "relay-info",
+            {
+                "hop": 0,
+                "link": "2001:db8::1",
+                "peer": "fe80::2",
+                "remote-id": "0000000162",
+                "relay-id": "000200000001aa",
+                "options": "0x00260002abcd",
+            },
+        ),
+        # Ids both decoded and in the options: the options' count, once.
+        context(
+            "relay-info",
+            {
+                "hop": 0,
+                "link": "2001:db8::1",
+                "peer": "fe80::2",
+                "remote-id": "00",
+                "relay-id": "zz",
+                "options": "0x0035000700020000000199002500050000000163",
+            },
+        ),
+    )
+
+    def test_same_as_relay_info(self) -> None:
+        """Ids, link-address and the rebuilt chain equal those of L{relay_info}."""
+        for text in self.contexts:
+            expected = relay_info(text)
+            summary = relay_summary(text)
+            self.assertEqual(summary.info(), expected, text)
+            self.assertEqual(summary.relay_ids, tuple(d.raw for d in expected.relay_ids), text)
+            self.assertEqual(
+                summary.remote_ids, tuple(r.encode_data() for r in expected.remote_ids), text
+            )
+            link = expected.link_address
+            self.assertEqual(summary.link_address, None if link is None else int(link), text)
+
+    def test_same_errors(self) -> None:
+        """Every context L{relay_info} refuses is refused with the same reason."""
+        for text in (
+            "not json",
+            "[1]",
+            '{"ISC": 5}',
+            '{"ISC": {"relays": {}}}',
+            context("relays", {"hop": 300}),
+            context("relays", {"hop": 0, "link": "nope"}),
+            context("relays", {"hop": 0, "peer": "fe80::1%eth0"}),
+            context("relays", {"hop": 0, "options": "0x0025"}),
+            context("relays", {"hop": 0, "options": "0x002500020000"}),
+            context("relays", {"hop": 0, "options": "0x003500020001"}),
+            context("relays", {"hop": 0, "options": "0x00010002abcd"}),
+            context("relays", {"hop": 0, "options": "0x0g"}),
+            context("relays", {"hop": 0, "options": 7}),
+            context("relays", *[{"hop": 0}] * 33),
+            context("relay-info", {"hop": 0, "relay-id": "00"}),
+            context("relay-info", {"hop": 0, "remote-id": "0001"}),
+        ):
+            expected = self.assertRaises(KeaLeaseError, relay_info, text)
+            error = self.assertRaises(KeaLeaseError, relay_summary, text)
+            self.assertEqual(str(error), str(expected), text)
 
 
 class BindingTests(SynchronousTestCase):

@@ -812,6 +812,9 @@ class KeaCsvStore:
         finally:
             if collecting:
                 gc.enable()
+        # The table is millions of long-lived containers: without this, every full
+        # collection (triggered by the objects queries allocate) would walk all of them.
+        gc.freeze()
         if self._followed is None:
             log.warn("{path} does not exist yet; waiting for Kea to create it", path=str(self.path))
         log.info(

@@ -68,6 +68,32 @@ from ..wire._fast import new as _new
 from ..wire.duid import duid_problem
 
 (_set_duid_raw,) = slot_setters(Duid, "raw")
+# Bindings are built for every lease a query returns: without attrs' __init__ overhead
+# (the values are checked before they get here; see bulklq.wire._fast).
+_BINDING_FIELDS = (
+    "client_id",
+    "link_id",
+    "cltt",
+    "addresses",
+    "prefixes",
+    "relay_data",
+    "relay_ids",
+    "remote_ids",
+    "options",
+)
+_set_binding = slot_setters(Binding, *_BINDING_FIELDS)
+_set_address, _set_preferred, _set_valid = slot_setters(
+    AddressLease, "address", "preferred_lifetime", "valid_lifetime"
+)
+_set_prefix, _set_prefix_preferred, _set_prefix_valid = slot_setters(
+    PrefixLease, "prefix", "preferred_lifetime", "valid_lifetime"
+)
+_set_relay_message = slot_setters(
+    RelayMessage, "msg_type", "hop_count", "link_address", "peer_address", "options"
+)
+_set_relay_data = slot_setters(LQRelayData, "peer_address", "relay_message")
+_set_remote = slot_setters(RemoteId, "enterprise_number", "remote_id")
+_set_relay_option = slot_setters(RelayMessageOption, "message")
 
 __all__ = [
     "LEASE_TYPE_NA",
@@ -393,21 +419,36 @@ class RelaySummary(NamedTuple):
         hops = self.hops
         if not hops:
             return NO_RELAY
+        set_type, set_hop, set_link, set_peer, set_options = _set_relay_message
         message: RelayMessage | None = None
         for start in range(len(hops) - 4, -1, -4):
             hop, link, peer, octets = hops[start : start + 4]
             options = decode_options(octets, 0, len(octets), 1) if octets else ()
             if message is not None:
-                options = (*options, RelayMessageOption(message))
-            message = RelayMessage(
-                MessageType.RELAY_FORW, hop, ipv6_from_int(link), ipv6_from_int(peer), options
-            )
+                nested = _new(RelayMessageOption)
+                _set_relay_option[0](nested, message)
+                options = (*options, nested)
+            message = _new(RelayMessage)
+            set_type(message, _RELAY_FORW)
+            set_hop(message, hop)
+            set_link(message, ipv6_from_int(link))
+            set_peer(message, ipv6_from_int(peer))
+            set_options(message, options)
         assert message is not None
+        relay_data = _new(LQRelayData)
+        _set_relay_data[0](relay_data, message.peer_address)
+        _set_relay_data[1](relay_data, message)
+        remote_ids = []
+        for data in self.remote_ids:
+            remote_id = _new(RemoteId)
+            _set_remote[0](remote_id, int.from_bytes(data[:4]))
+            _set_remote[1](remote_id, data[4:])
+            remote_ids.append(remote_id)
         link_address = self.link_address
         return RelayInfo(
-            LQRelayData(message.peer_address, message),
+            relay_data,
             tuple(_duid_of(raw) for raw in self.relay_ids),
-            tuple(RemoteId(int.from_bytes(data[:4]), data[4:]) for data in self.remote_ids),
+            tuple(remote_ids),
             None if link_address is None else ipv6_from_int(link_address),
         )
 
@@ -417,6 +458,8 @@ def _duid_of(raw: bytes) -> Duid:
     _set_duid_raw(duid, raw)
     return duid
 
+
+_RELAY_FORW = MessageType.RELAY_FORW
 
 #: The summary of a lease stored without a relay chain.
 NO_RELAY_SUMMARY = RelaySummary()
@@ -700,6 +743,47 @@ def cached_relay_info(user_context: str | None) -> RelayInfo:
 LeasePart = tuple[AddressLease | PrefixLease, int, RelayInfo]
 
 
+def _make_network_builder() -> Callable[[int, int], IPv6Network]:
+    """
+    C{IPv6Network((value, length))} for a network address C{value} without host bits and a
+    length below 127, without the constructor's parsing, if this Python's C{IPv6Network}
+    keeps its state as it does in 3.11 to 3.13 (checked against the constructor); else the
+    constructor itself.
+    """
+    make_netmask = IPv6Network._make_netmask  # type: ignore[attr-defined]
+
+    def build(value: int, length: int) -> IPv6Network:
+        network = _new(IPv6Network)
+        state = network.__dict__
+        state["network_address"] = ipv6_from_int(value)
+        state["netmask"], state["_prefixlen"] = make_netmask(length)
+        return network
+
+    def construct(value: int, length: int) -> IPv6Network:
+        return IPv6Network((value, length))
+
+    try:
+        for value, length in ((0x20010DB8 << 96, 32), (0x20010DB8000001 << 72, 56), (0, 0)):
+            built, reference = build(value, length), IPv6Network((value, length))
+            if not (
+                built == reference
+                and hash(built) == hash(reference)
+                and str(built) == str(reference)
+                and built.network_address == reference.network_address
+                and built.broadcast_address == reference.broadcast_address
+                and built.netmask == reference.netmask
+                and IPv6Address(value + 1) in built
+            ):  # pragma: no cover - another Python's ipaddress
+                return construct
+    except Exception:  # pragma: no cover - another Python's ipaddress
+        return construct
+    return build
+
+
+#: C{_network(value, length)}: see L{_make_network_builder}.
+_network = _make_network_builder()
+
+
 def lease_item(
     address: IPv6Address, lease_type: int, prefix_len: int, preferred: int, valid: int
 ) -> AddressLease | PrefixLease:
@@ -709,14 +793,26 @@ def lease_item(
     @raise KeaLeaseError: for an unknown lease type or an invalid prefix.
     """
     if lease_type == LEASE_TYPE_PD:
-        try:
-            # An int, not the address: IPv6Network would format and re-parse an IPv6Address.
-            network = IPv6Network((int(address), prefix_len))
-        except ValueError as error:
-            raise KeaLeaseError(f"prefix: {error}") from None
-        return PrefixLease(network, preferred, valid)
+        value = int(address)
+        if 0 <= prefix_len < 127 and not value & ((1 << (128 - prefix_len)) - 1):
+            network = _network(value, prefix_len)
+        else:
+            try:
+                # An int, not the address: IPv6Network would format and re-parse it.
+                network = IPv6Network((value, prefix_len))
+            except ValueError as error:
+                raise KeaLeaseError(f"prefix: {error}") from None
+        prefix_lease = _new(PrefixLease)
+        _set_prefix(prefix_lease, network)
+        _set_prefix_preferred(prefix_lease, preferred)
+        _set_prefix_valid(prefix_lease, valid)
+        return prefix_lease
     if lease_type in (LEASE_TYPE_NA, LEASE_TYPE_TA):
-        return AddressLease(address, preferred, valid)
+        lease = _new(AddressLease)
+        _set_address(lease, address)
+        _set_preferred(lease, preferred)
+        _set_valid(lease, valid)
+        return lease
     raise KeaLeaseError(f"lease_type {lease_type} is not 0, 1 or 2")
 
 
@@ -744,10 +840,10 @@ def client_duid(octets: bytes) -> Duid:
 
     @raise KeaLeaseError: if it is not a valid DUID.
     """
-    try:
-        return Duid.from_bytes(octets)
-    except WireError as error:
-        raise KeaLeaseError(f"duid: {error}") from None
+    problem = duid_problem(octets)
+    if problem is not None:
+        raise KeaLeaseError(f"duid: {WireError(problem, 0)}")
+    return _duid_of(bytes(octets))
 
 
 def assemble_binding(duid: Duid, link_id: str, parts: Iterable[LeasePart]) -> Binding | None:
@@ -763,6 +859,20 @@ def assemble_binding(duid: Duid, link_id: str, parts: Iterable[LeasePart]) -> Bi
     items = list(parts)
     if not items:
         return None
+    if len(items) == 1:
+        item, cltt, info = items[0]
+        if type(item) is PrefixLease:
+            return _binding(duid, link_id, cltt, (), (item,), info, info.relay_ids, info.remote_ids)
+        return _binding(
+            duid,
+            link_id,
+            cltt,
+            (item,),  # type: ignore[arg-type]
+            (),
+            info,
+            info.relay_ids,
+            info.remote_ids,
+        )
     newest = items[0]
     for part in items:
         if part[1] >= newest[1]:
@@ -797,16 +907,44 @@ def assemble_binding(duid: Duid, link_id: str, parts: Iterable[LeasePart]) -> Bi
         ordered = sorted(items, key=_part_age)
         relay_ids = _unique(relay_id for part in ordered for relay_id in part[2].relay_ids)
         remote_ids = _unique(remote_id for part in ordered for remote_id in part[2].remote_ids)
-    return Binding(
-        client_id=duid,
-        link_id=link_id,
-        cltt=cltt,
-        addresses=tuple(addresses),
-        prefixes=tuple(prefixes),
-        relay_data=info.relay_data,
-        relay_ids=relay_ids,
-        remote_ids=remote_ids,
+    return _binding(
+        duid, link_id, cltt, tuple(addresses), tuple(prefixes), info, relay_ids, remote_ids
     )
+
+
+def _binding(  # noqa: PLR0917 - a hot constructor, positional like Binding(...)
+    duid: Duid,
+    link_id: str,
+    cltt: int,
+    addresses: tuple[AddressLease, ...],
+    prefixes: tuple[PrefixLease, ...],
+    info: RelayInfo,
+    relay_ids: tuple[Duid, ...],
+    remote_ids: tuple[RemoteId, ...],
+) -> Binding:
+    """C{Binding(...)} for checked values, without attrs' __init__."""
+    binding = _new(Binding)
+    (
+        set_client,
+        set_link,
+        set_cltt,
+        set_addresses,
+        set_prefixes,
+        set_relay,
+        set_ids,
+        set_remotes,
+        set_options,
+    ) = _set_binding
+    set_client(binding, duid)
+    set_link(binding, link_id)
+    set_cltt(binding, cltt)
+    set_addresses(binding, addresses)
+    set_prefixes(binding, prefixes)
+    set_relay(binding, info.relay_data)
+    set_ids(binding, relay_ids)
+    set_remotes(binding, remote_ids)
+    set_options(binding, ())
+    return binding
 
 
 def _part_age(part: LeasePart) -> int:

@@ -319,7 +319,7 @@ def _row_bindings(rows: Iterable[Sequence[Any]], now: float) -> tuple[list[Bindi
                 error=KeaLeaseError(f"address {address!r} is not an IPv6 address"),
             )
             continue
-        octets = bytes(duid) if duid is not None else b""
+        octets = duid if type(duid) is bytes else bytes(duid or b"")
         try:
             if octets not in duids:
                 duids[octets] = client_duid(octets)
@@ -348,8 +348,12 @@ def _row_bindings(rows: Iterable[Sequence[Any]], now: float) -> tuple[list[Bindi
         else:
             group.append(part)
     bindings = []
+    links: dict[int, str] = {}
     for (subnet_id, octets), parts in groups.items():
-        binding = assemble_binding(duids[octets], subnet_link_id(subnet_id), parts)
+        link_id = links.get(subnet_id)
+        if link_id is None:
+            link_id = links[subnet_id] = subnet_link_id(subnet_id)
+        binding = assemble_binding(duids[octets], link_id, parts)
         if binding is not None:
             bindings.append(binding)
     return bindings, count
