@@ -208,6 +208,9 @@ if _BINDING_SETTERS and _LEASE_SETTERS and _PREFIX_SETTERS and _DUID_SETTERS:
         _duid = _quick_duid
 
 
+# After type and xid: CLIENT_DATA code and length, CLIENTID code and length, DUID type.
+_DATA_HEAD = struct.Struct("!HHHHH")
+
 # The usual CLIENT_DATA after its CLIENTID: a addresses, p prefixes, CLT_TIME, nothing else.
 # The option headers are unpacked with the values and checked afterwards.
 _SHAPES = {
@@ -429,19 +432,11 @@ def fast_single_binding(frame: bytes, received_at: int, query_link: str | None) 
     means "try L{fast_data_bindings}", never "invalid").
     """
     end = len(frame)
-    if (
-        end < 16
-        or frame[4] != 0
-        or frame[5] != 45
-        or (frame[6] << 8) | frame[7] != end - 8
-        or frame[8] != 0
-        or frame[9] != 1
-    ):
+    if end < 16:
         return None
-    length = (frame[10] << 8) | frame[11]
-    if not 3 <= length <= 130:
+    data_code, data_length, id_code, length, duid_type = _DATA_HEAD.unpack_from(frame, 4)
+    if data_code != 45 or data_length != end - 8 or id_code != 1 or not 3 <= length <= 130:
         return None
-    duid_type = (frame[12] << 8) | frame[13]
     if duid_type == 4:
         if length != 18:
             return None
