@@ -19,8 +19,9 @@ Kea's LFC renames the lease file to C{PATH.1} and starts a new one: bulklq reads
 file to its end through the handle it holds, then follows the new file from its header, so
 no binding is lost or duplicated and nothing is reloaded. A lease file replaced any other
 way (new inode with no LFC sibling newer than it, or a file that shrank) is reloaded from
-the whole file set; the new state is merged into the index binding by binding, so queries
-in flight keep the paging contract of L{bulklq.interfaces.IBindingStore}.
+the whole file set; the new state replaces the old at once, and a query in flight resumes
+after its last key in it, so it keeps the paging contract of
+L{bulklq.interfaces.IBindingStore}.
 
 B{Links.} With Kea's configuration (C{kea-config=}), each subnet is a link with the subnet's
 prefix (L{bulklq.stores.kea_config}). Without it, a subnet's link is known only through its
@@ -29,8 +30,12 @@ link-address is neither C{::} nor link-local) as a /128, and the /64 of every ad
 leased (IA_NA, IA_TA). A query whose link-address matches none of these is answered
 NotConfigured; with a configuration, one outside every configured subnet is.
 
-B{Memory.} The index is a L{MemoryBindingStore}; beside it the store keeps, per active lease,
-its address text, the lease value shared with its binding, and the client's group.
+B{Memory.} Per active lease the store keeps its 16 address octets and a small tuple (its
+client's group, a lifetimes tuple shared by many leases, its expiry, and the summary of its
+user context: the relay chain's checked parts, shared by the rows of one transaction); the
+index by link, client, Relay-ID and Remote-ID holds binding keys only. A L{Binding} is built
+when a query first returns it and kept until its client's leases change. The links alone
+live in a L{MemoryBindingStore}.
 """
 
 from __future__ import annotations
@@ -289,6 +294,7 @@ class _LeaseTable:
         duid_cache = self.duid_cache
         shape_of = self.shapes.setdefault
         derive = self._derive if self.derive_links else None
+        seen = self.seen_links
         pton = inet_pton
         for number, line in enumerate(lines):
             if not line:
@@ -371,7 +377,10 @@ class _LeaseTable:
                 mark(old[0])
                 members.append(key)
             mark(group)
-            if derive is not None:
+            if derive is not None and (
+                (relay.link_address is not None and (subnet, relay.link_address) not in seen)
+                or (lease_type != LEASE_TYPE_PD and (subnet, key[:8]) not in seen)
+            ):
                 derive(subnet, relay.link_address, key if lease_type != LEASE_TYPE_PD else None)
 
     def _remove(self, key: bytes) -> None:
@@ -469,12 +478,20 @@ class _LeaseTable:
         by_client: dict[bytes, list[BindingKey]] = {}
         by_relay: dict[bytes, list[BindingKey]] = {}
         by_remote: dict[bytes, list[BindingKey]] = {}
+        members_of = self.members
+        leases = self.leases
         for group in self.dirty:
-            summary = self._summary(group)
-            if summary is None:
-                self.members.pop(group, None)
-                continue
-            expires, relay_ids, remote_ids = summary
+            members = members_of.get(group)
+            if members is not None and len(members) == 2:
+                # One lease (the common case), inline.
+                _, _, expires, relay = leases[members[1]]
+                relay_ids, remote_ids = relay.relay_ids, relay.remote_ids
+            else:
+                summary = self._summary(group)
+                if summary is None:
+                    members_of.pop(group, None)
+                    continue
+                expires, relay_ids, remote_ids = summary
             key: BindingKey = (link_id(group[0]), group[1])
             entries[key] = [group, expires, relay_ids, remote_ids, None]
             by_client.setdefault(key[1], []).append(key)

@@ -16,6 +16,11 @@ is VARCHAR (Kea schema up to 17) or INET (18 and newer); C{lease6_relay_id} and
 C{lease6_remote_id} (schema 17 and newer, C{lease_addr} BYTEA in 17-18, INET from 19) are used
 for Relay-ID and Remote-ID queries when they exist and hold rows, else C{user_context} is
 searched. The store only ever runs C{SELECT}.
+
+B{Speed.} A Relay-ID or Remote-ID carried by many leases is answered from the matching
+clients' sorted keys, read once when the query starts and kept for its next pages (see
+L{SPARSE_THRESHOLD}); and as soon as a worker knows where a page ends it starts reading the
+next one (L{READ_AHEAD}), so the database works while this page becomes bindings.
 """
 
 from __future__ import annotations
@@ -75,7 +80,8 @@ _log = Logger()
 LINK_PREFIX = "subnet-"
 
 #: The Relay-ID/Remote-ID tables are walked candidate-first when a value has fewer rows than
-#: this; above it the store scans C{lease6} in key order and probes the table per lease.
+#: this; above it the store reads the matching clients' sorted keys once per query (kept in
+#: a snapshot for the next pages) and each page reads its clients' leases.
 SPARSE_THRESHOLD = 5000
 
 #: Queries with many matches whose sorted client keys are kept between pages (each costs
