@@ -278,7 +278,13 @@ class ActiveLeasequeryClientProtocol(Int16StringReceiver):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        end = self._end or (ActiveEnd.LOST, f"connection lost: {reason.getErrorMessage()}")
+        end = self._end
+        if end is None and not self.replied and _is_tls_error(reason):
+            # With TLS 1.3 the server checks our certificate after our side of the
+            # handshake is done: its refusal arrives as an alert before any REPLY.
+            end = (ActiveEnd.TLS, f"the TLS session failed: {reason.getErrorMessage()}")
+        if end is None:
+            end = (ActiveEnd.LOST, f"connection lost: {reason.getErrorMessage()}")
         if not self.ended.called:
             self.ended.callback(end)
 
@@ -429,6 +435,15 @@ class ActiveLeasequeryClientProtocol(Int16StringReceiver):
                 continue
             self._watcher.changed(self, binding, is_removal(binding, self._received_at), base_time)
         return found
+
+
+def _is_tls_error(reason: Failure) -> bool:
+    """Whether a connection ended with a TLS error (an alert from the server)."""
+    try:
+        from OpenSSL.SSL import Error as OpenSSLError  # noqa: PLC0415 - the tls extra
+    except ImportError:  # pragma: no cover - no TLS without pyOpenSSL anyway
+        return False
+    return reason.check(OpenSSLError) is not None
 
 
 def _base_time(message: Message) -> int | None:
