@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import struct
 import threading
 from collections.abc import Sequence
 from ipaddress import IPv6Address
@@ -13,13 +14,24 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bulklq.model import AddressLease, Binding, BindingKey, BindingQuery, Link
+from bulklq.model import (
+    AddressLease,
+    Binding,
+    BindingKey,
+    BindingPage,
+    BindingQuery,
+    Link,
+    relay_identities,
+)
 from bulklq.stores import open_store
+from bulklq.stores._materialise import LazyBindings
 from bulklq.stores.sqlite import (
+    _MIGRATIONS,
     SCHEMA_VERSION,
     SQLiteBindingStore,
     SQLiteDatabase,
     SQLiteStoreError,
+    _Decoder,
 )
 from bulklq.testing import (
     DEFAULT_CLTT,
@@ -35,11 +47,13 @@ from bulklq.wire import (
     InterfaceId,
     LQRelayData,
     MessageType,
+    Option,
     RelayId,
     RelayMessage,
     RelayMessageOption,
     RemoteId,
     UnknownOption,
+    encode_options,
 )
 
 
@@ -225,6 +239,307 @@ class DatabaseTests(SynchronousTestCase):
         self.addCleanup(again.close)
         self.assertEqual(again.schema_version(), SCHEMA_VERSION)
         self.assertEqual(again.stats()["bindings"], 1)
+
+
+def _v1_relay(relay_data: LQRelayData) -> bytes:
+    """The schema version 1 C{relay} column of a chain (as bulklq 1 wrote it)."""
+    parts = [relay_data.peer_address.packed]
+    for layer in relay_data.relay_message.layers():
+        position = 0xFFFF
+        others: list[Option] = []
+        remote_ids: list[tuple[int, RemoteId]] = []
+        index = 0
+        for option in layer.options:
+            if isinstance(option, RelayMessageOption) and isinstance(option.message, RelayMessage):
+                position = index
+                continue
+            if isinstance(option, RemoteId):
+                remote_ids.append((index, option))
+            else:
+                others.append(option)
+            index += 1
+        data = encode_options(others)
+        parts.append(
+            struct.pack(
+                "!B16s16sHHB",
+                layer.hop_count,
+                layer.link_address.packed,
+                layer.peer_address.packed,
+                position,
+                len(data),
+                len(remote_ids),
+            )
+        )
+        parts.append(data)
+        for index, remote_id in remote_ids:
+            payload = remote_id.enterprise_number.to_bytes(4, "big") + remote_id.remote_id
+            parts.append(struct.pack("!HH", index, len(payload)) + payload)
+    return b"".join(parts)
+
+
+def _v1_ids(values: Sequence[bytes]) -> bytes:
+    return b"".join(len(value).to_bytes(2, "big") + value for value in values)
+
+
+def write_v1_database(path: str, links: Sequence[Link], bindings: Sequence[Binding]) -> None:
+    """A database as schema version 1 (bulklq 1) wrote it, holding C{links} and C{bindings}."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    execute = connection.execute
+    execute("BEGIN")
+    execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for statement in _MIGRATIONS[1]:
+        assert isinstance(statement, str)
+        execute(statement)
+    execute("INSERT INTO schema_version VALUES (1)")
+    for link in links:
+        execute("INSERT INTO links VALUES (?)", (link.link_id,))
+        for position, prefix in enumerate(link.prefixes):
+            execute(
+                "INSERT INTO link_prefixes VALUES (?, ?, ?, ?)",
+                (prefix.prefixlen, prefix.network_address.packed, link.link_id, position),
+            )
+    for binding in bindings:
+        key = binding.key
+        chain_relay_ids, chain_remote_ids = relay_identities(binding.relay_data)
+        remote_raw = [
+            r.enterprise_number.to_bytes(4, "big") + r.remote_id for r in binding.remote_ids
+        ]
+        execute(
+            "INSERT INTO bindings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                *key,
+                binding.cltt,
+                binding.expires_at(),
+                b"".join(
+                    struct.pack("!16sII", a.address.packed, a.preferred_lifetime, a.valid_lifetime)
+                    for a in binding.addresses
+                ),
+                b"".join(
+                    struct.pack(
+                        "!16sBII",
+                        p.prefix.network_address.packed,
+                        p.prefix.prefixlen,
+                        p.preferred_lifetime,
+                        p.valid_lifetime,
+                    )
+                    for p in binding.prefixes
+                ),
+                None if binding.relay_data is None else _v1_relay(binding.relay_data),
+                None
+                if binding.relay_ids == chain_relay_ids
+                else _v1_ids([duid.raw for duid in binding.relay_ids]),
+                None if binding.remote_ids == chain_remote_ids else _v1_ids(remote_raw),
+                encode_options(binding.options),
+            ),
+        )
+        for lease in binding.addresses:
+            execute(
+                "INSERT OR IGNORE INTO addresses VALUES (?, ?, ?)", (lease.address.packed, *key)
+            )
+        for p in binding.prefixes:
+            execute(
+                "INSERT OR IGNORE INTO prefixes VALUES (?, ?, ?, ?)",
+                (p.prefix.prefixlen, p.prefix.network_address.packed, *key),
+            )
+        for duid in set(binding.relay_ids):
+            execute("INSERT OR IGNORE INTO relay_ids VALUES (?, ?, ?)", (duid.raw, *key))
+        for raw in set(remote_raw):
+            execute("INSERT OR IGNORE INTO remote_ids VALUES (?, ?, ?)", (raw, *key))
+    execute("COMMIT")
+    connection.close()
+
+
+def _odd_bindings() -> list[Binding]:
+    """Bindings of every relay shape the codec distinguishes, explicit ids, options."""
+    inner = make_relay_hop("2001:db8:1::1", remote_id=RemoteId(9, b"inner"))
+    outer = RelayMessage(
+        MessageType.RELAY_FORW,
+        1,
+        IPv6Address("2001:db8:ffff::1"),
+        IPv6Address("fe80::2"),
+        (RelayMessageOption(inner), InterfaceId(b"uplink"), RelayId(make_duid(900))),
+    )
+    explicit = Binding(
+        make_duid(100),
+        "link-9",
+        DEFAULT_CLTT,
+        (AddressLease(IPv6Address("2001:db8:1::7"), 1, 2),),
+        relay_data=LQRelayData(IPv6Address("2001:db8:ffff::1"), outer),
+        relay_ids=(make_duid(901),),
+        remote_ids=(RemoteId(7, b"elsewhere"),),
+        options=(UnknownOption(65000, b"x"),),
+    )
+    chains = [
+        make_relay_data(relay_id=make_duid(900), interface_id=None),
+        make_relay_data(remote_id=RemoteId(1, b"only"), interface_id=b"p"),
+        make_relay_data(
+            make_relay_hop(
+                interface_id=b"x",
+                remote_id=RemoteId(1, b"a"),
+                options=(RemoteId(2, b"b"), RelayId(make_duid(901))),
+            )
+        ),
+        make_relay_data(
+            make_relay_hop("2001:db8:f::1", relay_id=make_duid(902)),
+            make_relay_hop("2001:db8:e::1", remote_id=RemoteId(3, b"mid")),
+            make_relay_hop("2001:db8:1::1", remote_id=RemoteId(4, b"in")),
+        ),
+    ]
+    return [
+        explicit,
+        make_binding(101, "link-9", addresses=(), prefixes=["2001:db8:8000::/40"]),
+        make_binding(102, "link-9", addresses=["2001:db8:1::1", "2001:db8:1::2"]),
+        *(make_binding(n + 103, "link-9", relay_data=chain) for n, chain in enumerate(chains)),
+    ]
+
+
+class MigrationTests(SynchronousTestCase):
+    """Databases written by older schema versions are migrated when opened."""
+
+    def test_version_1(self) -> None:
+        """
+        A version 1 database (Remote-IDs inside the relay column, one column per field)
+        opens as the current version, every binding and link reads back equal, and the
+        index tables still answer every query kind.
+        """
+        links, contract = contract_dataset()
+        bindings = [*contract, *_odd_bindings()]
+        path = self.mktemp()
+        write_v1_database(path, links, bindings)
+        database = SQLiteDatabase(path)
+        self.addCleanup(database.close)
+        self.assertEqual(database.schema_version(), SCHEMA_VERSION)
+        self.assertEqual(list(database.bindings(batch=4)), sorted(bindings, key=lambda b: b.key))
+        self.assertEqual(database.links(), list(links))
+        for binding in bindings:
+            for remote_id in binding.remote_ids:
+                found = database.fetch(BindingQuery.by_remote_id(remote_id), None, 99, 0)
+                self.assertIn(binding, list(found.bindings))
+            for relay_id in binding.relay_ids:
+                found = database.fetch(BindingQuery.by_relay_id(relay_id), None, 99, 0)
+                self.assertIn(binding, list(found.bindings))
+            found = database.fetch(BindingQuery.by_client_id(binding.client_id), None, 99, 0)
+            self.assertIn(binding, list(found.bindings))
+        # Writes after the migration keep the indexes right.
+        self.assertTrue(database.remove(bindings[-1].key))
+        database.put(bindings[-1])
+        self.assertEqual(database.get(bindings[-1].key), bindings[-1])
+        again = SQLiteDatabase(path)
+        self.addCleanup(again.close)
+        self.assertEqual(again.schema_version(), SCHEMA_VERSION)
+
+    def test_version_1_many(self) -> None:
+        """A migration of more bindings than one batch of rows rewrites them all."""
+        bindings = [
+            make_binding(n, remote_id=RemoteId(9, b"r-%d" % n), relay_id=make_duid(900))
+            for n in range(1, 10_050)
+        ]
+        path = self.mktemp()
+        write_v1_database(path, [], bindings)
+        database = SQLiteDatabase(path)
+        self.addCleanup(database.close)
+        self.assertEqual(list(database.bindings(batch=5000)), bindings)
+
+
+class LazyPageTests(TestCase):
+    """L{SQLiteBindingStore} pages build their bindings when the consumer reaches them."""
+
+    def setUp(self) -> None:
+        path = self.mktemp()
+        database = SQLiteDatabase(path)
+        self.bindings = sorted(_odd_bindings(), key=lambda b: b.key)
+        database.put_many(self.bindings)
+        database.close()
+        clock = Clock()
+        clock.advance(DEFAULT_CLTT)
+        self.store = SQLiteBindingStore(path, reactor, clock, threads=1)
+        self.addCleanup(self.store.close)
+
+    def test_sequence(self) -> None:
+        """
+        A page's bindings are a L{LazyBindings} that behaves as a sequence of the stored
+        bindings: length, iteration, indexing (negative too), slices, reversal,
+        membership, equality with lists and tuples, no hash, and a readable repr.
+        """
+        expected = self.bindings[:5]
+
+        def check(page: BindingPage) -> None:
+            bindings = page.bindings
+            self.assertIsInstance(bindings, LazyBindings)
+            self.assertEqual(len(bindings), 5)
+            self.assertEqual(list(bindings), expected)
+            self.assertEqual([bindings[n] for n in range(-5, 5)], expected + expected)
+            self.assertRaises(IndexError, lambda: bindings[5])
+            self.assertEqual(bindings[1:4], expected[1:4])
+            self.assertEqual(bindings[::-2], expected[::-2])
+            self.assertEqual(list(reversed(bindings)), expected[::-1])
+            self.assertIn(expected[3], bindings)
+            self.assertNotIn(self.bindings[5], bindings)
+            self.assertEqual(bindings, expected)
+            self.assertEqual(expected, bindings)
+            self.assertEqual(bindings, tuple(expected))
+            self.assertNotEqual(bindings, expected[:4])
+            self.assertNotEqual(bindings, expected[::-1])
+            self.assertNotEqual(bindings, "not bindings")
+            self.assertEqual(bindings, LazyBindings(list(bindings._rows), bindings._iterate))
+            self.assertRaises(TypeError, hash, bindings)
+            self.assertEqual(repr(bindings), f"LazyBindings({expected!r})")
+            self.assertEqual(page, BindingPage(expected, expected[-1].key))
+
+        return self.store.fetch(BindingQuery.by_link("link-9"), None, 5).addCallback(check)
+
+    def test_last_page(self) -> None:
+        """The last page says so, and holds the remaining bindings."""
+
+        def check(page: BindingPage) -> None:
+            self.assertIsNone(page.resume_after)
+            self.assertEqual(page.bindings, self.bindings[5:])
+
+        return self.store.fetch(
+            BindingQuery.by_link("link-9"), self.bindings[4].key, 100
+        ).addCallback(check)
+
+
+class DecoderTests(SynchronousTestCase):
+    """The decoder shares what repeats across bindings and stays bounded."""
+
+    def setUp(self) -> None:
+        self.database = SQLiteDatabase(self.mktemp())
+        self.addCleanup(self.database.close)
+
+    def test_one_port_many_clients(self) -> None:
+        """
+        Clients behind one relay port (same chain but their Remote-IDs) each get their own
+        Remote-ID; chains without a Remote-ID are one shared value.
+        """
+        port = [
+            make_binding(n, relay_id=make_duid(900), remote_id=RemoteId(9, b"client-%d" % n))
+            for n in range(1, 6)
+        ]
+        shared = [make_binding(n, relay_id=make_duid(901)) for n in range(6, 9)]
+        self.database.put_many(port + shared)
+        found = list(self.database.bindings())
+        self.assertEqual(found, port + shared)
+        self.assertEqual(
+            [b.remote_ids for b in found[:5]],
+            [(RemoteId(9, b"client-%d" % n),) for n in range(1, 6)],
+        )
+        self.assertIs(found[5].relay_data, found[6].relay_data)
+
+    def test_caches_bounded(self) -> None:
+        """Caches that reach their limit start again; what is decoded stays right."""
+        self.patch(_Decoder, "_LIMIT", 2)
+        bindings = [*_odd_bindings(), *(make_binding(n, relay_id=make_duid(n)) for n in range(9))]
+        self.database.put_many(bindings)
+        expected = sorted(bindings, key=lambda b: b.key)
+        decoder = _Decoder()
+        rows = self.database._connection.execute(
+            "SELECT link_id, duid, leases, relay, relay_remote, extra FROM bindings "
+            "ORDER BY link_id, duid"
+        ).fetchall()
+        self.assertEqual(decoder.bindings(rows), expected)
+        self.assertEqual(decoder.bindings(rows), expected)
+        self.assertLessEqual(len(decoder._plans), 2)
 
 
 class SchemaTests(SynchronousTestCase):

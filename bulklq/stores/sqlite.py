@@ -946,7 +946,7 @@ class SQLiteDatabase:
                 "ORDER BY link_id, duid LIMIT ?",
                 (*after, batch),
             ).fetchall()
-            yield from self._decoder.bindings(rows)
+            yield from self._decoder.iterate(rows)
             if len(rows) < batch:
                 return
             after = (rows[-1][0], rows[-1][1])
