@@ -9,30 +9,45 @@ for catch-up (L{ChangeHistory.changes_since}) while it is younger than the windo
 the last C{max_changes}. The history is kept per binding key: only the latest change of a
 binding is needed to bring a requestor up to date (RFC 7653 section 8.4.1), so a binding
 rewritten a thousand times costs one entry.
+
+A binding whose last lease simply runs out is not a write, so no store publishes it by
+itself; L{ExpirySweep} does, for stores that keep their bindings in memory (RFC 7653
+section 9.3: an expired binding is a change the requestor must learn about).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .interfaces import IBindingChangeFeed
 from .model import Binding, BindingKey
 
-__all__ = ["DEFAULT_HISTORY_WINDOW", "BindingChange", "ChangeHistory"]
+__all__ = [
+    "DEFAULT_EXPIRY_INTERVAL",
+    "DEFAULT_HISTORY_WINDOW",
+    "BindingChange",
+    "ChangeHistory",
+    "ExpirySweep",
+    "SweepableStore",
+]
 
 #: Seconds of change history kept for catch-up by default.
 DEFAULT_HISTORY_WINDOW = 3600.0
 #: Distinct bindings kept in the history by default.
 DEFAULT_MAX_CHANGES = 100_000
+#: Seconds between two expiry sweeps by default: an expiry is published at most this late.
+DEFAULT_EXPIRY_INTERVAL = 1.0
 
 
 @attrs.frozen
@@ -188,3 +203,131 @@ class ChangeHistory:
 
     def __len__(self) -> int:
         return len(self._history)
+
+
+@runtime_checkable
+class SweepableStore(Protocol):
+    """
+    What L{ExpirySweep} needs from a store: its L{ChangeHistory} as C{changes}, every
+    binding it holds (expired ones included) and the current binding of a key.
+    L{MemoryBindingStore<bulklq.stores.memory.MemoryBindingStore>} is one.
+    """
+
+    changes: ChangeHistory
+
+    def bindings(self) -> Iterable[Binding]:
+        """Every binding held, expired ones included."""
+
+    def get(self, key: BindingKey) -> Binding | None:
+        """The binding held under C{key}, or C{None}."""
+
+    def __len__(self) -> int:
+        """How many bindings are held."""
+
+
+class ExpirySweep:
+    """
+    Publishes, as a removal, every binding whose last lease runs out while nothing writes
+    it (RFC 7653 section 9.3: an expired binding is sent to active requestors like a
+    removed one), every C{interval} seconds of the injected clock.
+
+    It keeps a heap of C{(expiry time, binding key)}: filled once from the store when
+    started (bindings already expired then are not published: they expired before the
+    history began), and pushed to by every change the store publishes. A sweep pops the
+    entries whose time has come and publishes the binding if the store still holds it with
+    that expiry time (a binding rewritten or removed since has its own entry or is gone).
+
+    Cost: one heap entry (a 2-tuple and an int, about 90 bytes) per binding plus one per
+    write whose old expiry time has not come yet; the heap is rebuilt from the store when
+    it grows past twice the store's size (plus 1024). Starting costs one pass over the
+    store; a sweep costs O(log n) per entry due, and nothing else when none is due. An
+    expiry is published at most C{interval} seconds late (its change time is the sweep's).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: SweepableStore,
+        clock: IReactorTime,
+        interval: float = DEFAULT_EXPIRY_INTERVAL,
+    ) -> None:
+        if not interval > 0:
+            raise ValueError("the expiry sweep interval must be positive")
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        self._heap: list[tuple[int, BindingKey]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._loop: LoopingCall | None = None
+        #: Expiries published so far.
+        self.published = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the sweep is started."""
+        return self._loop is not None
+
+    def __len__(self) -> int:
+        """Entries in the heap (bindings and stale writes waiting for their time)."""
+        return len(self._heap)
+
+    def start(self) -> None:
+        """Subscribe to the store's changes, index every binding, sweep periodically."""
+        if self._loop is not None:
+            return
+        self._unsubscribe = self.store.changes.subscribe(self._changed)
+        self._rebuild()
+        loop = LoopingCall(self.sweep)
+        loop.clock = self.clock
+        self._loop = loop
+        loop.start(self.interval, now=False).addErrback(
+            lambda failure: self.log.failure("the expiry sweep failed", failure)
+        )
+
+    def stop(self) -> None:
+        """Stop sweeping and unsubscribe; idempotent."""
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._heap = []
+
+    def _rebuild(self) -> None:
+        now = self.clock.seconds()
+        heap = [(b.expires_at(), b.key) for b in self.store.bindings()]
+        heap = [entry for entry in heap if entry[0] > now]
+        heapq.heapify(heap)
+        self._heap = heap
+
+    def _changed(self, change: BindingChange) -> None:
+        """A write: remember when the binding written expires (unless it already has)."""
+        if change.removed:
+            return
+        expires = change.binding.expires_at()
+        if expires > change.time:
+            heapq.heappush(self._heap, (expires, change.key))
+            if len(self._heap) > 2 * len(self.store) + 1024:
+                self._rebuild()
+
+    def sweep(self) -> int:
+        """Publish every binding that expired since the last sweep; how many there were."""
+        now = self.clock.seconds()
+        heap = self._heap
+        store = self.store
+        published = 0
+        previous: tuple[int, BindingKey] | None = None
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if entry == previous:
+                continue  # the same binding written twice with the same expiry
+            previous = entry
+            binding = store.get(entry[1])
+            if binding is None or binding.expires_at() != entry[0]:
+                continue  # removed (published then) or rewritten (has its own entry)
+            store.changes.publish(binding, removed=True)
+            published += 1
+        self.published += published
+        return published

@@ -7,6 +7,12 @@ C{twistd bulklq} runs one; an application embeds one with C{setServiceParent}::
                                     listen=["tcp6:547:interface=\\\\:\\\\:"])
     service.setServiceParent(application)
 
+With C{active=ActiveConfig(enabled=True, tls=...)} it also serves Active Leasequery
+(RFC 7653) and STARTTLS; C{ssl:} endpoints without their own C{privateKey} then run TLS
+with the same options (mutual authentication), and the expiry of bindings in a
+L{MemoryBindingStore<bulklq.stores.memory.MemoryBindingStore>} is published as a change
+(L{ExpirySweep<bulklq.changes.ExpirySweep>}).
+
 Starting it listens on every endpoint (and UDP and the metrics endpoint when asked);
 stopping it is graceful: stop accepting, let the queries in progress finish within
 C{config.shutdown_grace} seconds, end the rest with LEASEQUERY-DONE(QueryTerminated), close
@@ -25,10 +31,11 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .config import ServerConfig
-from .interfaces import IBindingStore
-from .server import BulkLeasequeryFactory
-from .settings import DEFAULT_LISTEN, tcp_endpoint_address
+from .changes import DEFAULT_EXPIRY_INTERVAL, ChangeHistory, ExpirySweep, SweepableStore
+from .config import ConfigError, ServerConfig
+from .interfaces import IBindingChangeFeed, IBindingStore
+from .server import ActiveConfig, BulkLeasequeryFactory
+from .settings import DEFAULT_LISTEN, tcp_endpoint_address, tls_listen_description
 from .udp import UDPLeasequeryProtocol
 
 __all__ = ["BulkLeasequeryService"]
@@ -42,6 +49,8 @@ class BulkLeasequeryService(MultiService):
     @ivar listening: fires with the listening ports once every endpoint listens, or fails
         with the first endpoint that could not (set by C{startService}).
     @ivar ports: the ports listening now (TCP, UDP, metrics).
+    @ivar expiry: the L{ExpirySweep} publishing expiries (Active Leasequery on a store that
+        keeps its bindings in memory), or C{None}.
     """
 
     _log = Logger()
@@ -56,6 +65,9 @@ class BulkLeasequeryService(MultiService):
         metrics: str | None = None,
         reactor: Any = None,
         close_store: bool = True,
+        active: ActiveConfig | None = None,
+        history_window: float | None = None,
+        expiry_interval: float = DEFAULT_EXPIRY_INTERVAL,
     ) -> None:
         """
         @param store: where bindings come from.
@@ -68,6 +80,12 @@ class BulkLeasequeryService(MultiService):
             C{metrics} extra), or C{None}.
         @param reactor: the reactor; the global one if C{None}.
         @param close_store: whether stopping the service closes the store.
+        @param active: Active Leasequery and TLS settings (RFC 7653); off when C{None}.
+            C{active.tls} also serves C{ssl:} endpoints that name no key of their own.
+        @param history_window: seconds of change history kept for catch-up, for a store
+            whose change feed is a L{ChangeHistory} (its C{changes}); its default otherwise.
+        @param expiry_interval: seconds between expiry sweeps (see L{ExpirySweep}).
+        @raise ValueError: Active Leasequery enabled on a store without a change feed.
         """
         super().__init__()
         if reactor is None:
@@ -81,7 +99,20 @@ class BulkLeasequeryService(MultiService):
         self.udp = udp
         self.metrics = metrics
         self._close_store = close_store
-        self.factory = BulkLeasequeryFactory(store, config, reactor=reactor)
+        self.active = ActiveConfig() if active is None else active
+        self.expiry: ExpirySweep | None = None
+        if self.active.enabled:
+            if not IBindingChangeFeed.providedBy(store):
+                raise ValueError(
+                    f"Active Leasequery needs a store that publishes its binding changes; "
+                    f"the {store.name} store does not (memory: does)"
+                )
+            history = getattr(store, "changes", None)
+            if history_window is not None and isinstance(history, ChangeHistory):
+                history.window = history_window
+            if isinstance(store, SweepableStore):
+                self.expiry = ExpirySweep(store, reactor, expiry_interval)
+        self.factory = BulkLeasequeryFactory(store, config, reactor=reactor, active=self.active)
         self.ports: list[IListeningPort] = []
         self.listening: Deferred[list[IListeningPort]] = fail(RuntimeError("not started"))
         self.listening.addErrback(lambda failure: None)
@@ -90,6 +121,8 @@ class BulkLeasequeryService(MultiService):
     def startService(self) -> None:
         """Listen on every endpoint; see L{listening} for the outcome."""
         super().startService()
+        if self.expiry is not None:
+            self.expiry.start()
         attempts: list[Deferred[IListeningPort]] = []
         for description in self.listen:
             attempts.append(self._listen_stream(description, self.factory))
@@ -107,7 +140,7 @@ class BulkLeasequeryService(MultiService):
 
     def _listen_stream(self, description: str, factory: Any) -> Deferred[IListeningPort]:
         try:
-            endpoint = serverFromString(self._reactor, description)
+            endpoint, factory = self._endpoint(description, factory)
         except Exception as error:  # e.g. systemd: without socket activation
             return fail(ValueError(f"cannot use endpoint {description!r}: {error}"))
         listening: Deferred[IListeningPort] = endpoint.listen(factory)
@@ -125,6 +158,26 @@ class BulkLeasequeryService(MultiService):
             return Failure(OSError(f"cannot listen on {description!r}: {failure.value}"))
 
         return listening.addCallbacks(listened, failed)
+
+    def _endpoint(self, description: str, factory: Any) -> tuple[Any, Any]:
+        """
+        The endpoint for C{description}, and the factory to listen with: an C{ssl:}
+        description naming no key of its own, with TLS configured, listens on the same
+        port and interface with C{tcp:} and runs TLS over it with C{active.tls} (the
+        requestor's certificate required and checked against the CA).
+        """
+        tls = self.active.tls
+        if tls is not None and description.lower().startswith("ssl:"):
+            try:
+                plain = tls_listen_description(description)
+            except ConfigError:
+                plain = None  # brings its own certificate: Twisted's ssl: endpoint
+            if plain is not None:
+                from twisted.protocols.tls import TLSMemoryBIOFactory  # noqa: PLC0415
+
+                endpoint = serverFromString(self._reactor, plain)
+                return endpoint, TLSMemoryBIOFactory(tls, False, factory)
+        return serverFromString(self._reactor, description), factory
 
     def _listen_udp(self, interface: str, port_number: int) -> Deferred[IListeningPort]:
         protocol = UDPLeasequeryProtocol(
@@ -149,6 +202,8 @@ class BulkLeasequeryService(MultiService):
         terminate the rest with DONE(QueryTerminated), then close the store.
         """
         super().stopService()
+        if self.expiry is not None:
+            self.expiry.stop()
         ports, self.ports = self.ports, []
         self.factory.stopAccepting()
         stopped: list[Deferred[Any]] = []

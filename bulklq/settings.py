@@ -33,10 +33,12 @@ __all__ = [
     "OPTIONS",
     "OptionSpec",
     "Settings",
+    "check_tls_files",
     "default_state_dir",
     "read_config_file",
     "resolve",
     "tcp_endpoint_address",
+    "tls_listen_description",
 ]
 
 #: RFC 5460 section 5.2: TCP port 547, here on every address, IPv4 and IPv6 (dual stack).
@@ -112,8 +114,9 @@ def _endpoint(value: Any) -> str:
     if text.startswith("systemd:"):
         # Resolved only under systemd, where the socket is passed to us.
         return text
+    plain = tls_listen_description(text)
     try:
-        serverFromString(MemoryReactor(), text)
+        serverFromString(MemoryReactor(), text if plain is None else plain)
     except Exception as error:  # endpoint parsers raise anything from ValueError to KeyError
         raise ConfigError(f"{text!r} is not a server endpoint ({error})") from None
     return text
@@ -181,6 +184,34 @@ def _log_level(value: Any) -> NamedConstant:
 
 def _path(value: Any) -> Path:
     return Path(_text(value)).expanduser()
+
+
+#: Keywords of an C{ssl:} server endpoint that bring their own certificate or TLS settings.
+_SSL_OWN_KEYWORDS = ("privatekey", "certkey", "sslmethod", "extracertchain", "dhparameters")
+
+
+def tls_listen_description(description: str) -> str | None:
+    """
+    For an C{ssl:} endpoint description, the C{tcp:} description of the same port,
+    interface and backlog: bulklq listens there and runs TLS itself with the
+    C{--tls-cert}/C{--tls-key}/C{--tls-ca} settings (mutual authentication). C{None} for
+    other endpoint types.
+
+    @raise ConfigError: an C{ssl:} description with its own C{privateKey}, C{certKey} or
+        other TLS keyword (Twisted's C{ssl:} endpoint cannot require requestor
+        certificates, so bulklq does not use it).
+    """
+    kind, colon, rest = description.partition(":")
+    if kind.lower() != "ssl" or not colon:
+        return None
+    for part in _split_endpoint(rest):
+        keyword = part.partition("=")[0].lower()
+        if "=" in part and keyword in _SSL_OWN_KEYWORDS:
+            raise ConfigError(
+                f"{description!r}: ssl: listeners take their certificate, key and CA from "
+                f"--tls-cert, --tls-key and --tls-ca (mutual TLS); remove {keyword}="
+            )
+    return f"tcp:{rest}"
 
 
 #: Every setting, in the order C{--help} and the configuration reference list them.
@@ -283,6 +314,61 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _path,
     ),
     OptionSpec(
+        "tls-cert",
+        "This server's TLS certificate (PEM), for STARTTLS and ssl: listeners; with --tls-key "
+        "and --tls-ca.",
+        "off (no TLS)",
+        _path,
+        rfc="RFC 7653 9.1",
+    ),
+    OptionSpec(
+        "tls-key",
+        "The private key (PEM, unencrypted) of --tls-cert.",
+        "off",
+        _path,
+        rfc="RFC 7653 9.1",
+    ),
+    OptionSpec(
+        "tls-ca",
+        "The CA certificate (PEM) that must have signed every requestor's certificate "
+        "(mutual TLS).",
+        "off",
+        _path,
+        rfc="RFC 7653 9.1, RFC 7525",
+    ),
+    OptionSpec(
+        "active-leasequery",
+        "Serve Active Leasequery (ACTIVELEASEQUERY): a live stream of binding changes; over "
+        "TLS only, unless --active-without-tls.",
+        "off",
+        _flag,
+        "flag",
+        "RFC 7653",
+    ),
+    OptionSpec(
+        "active-without-tls",
+        "Also serve Active Leasequery on connections without TLS (needs --active-leasequery).",
+        "off",
+        _flag,
+        "flag",
+        "RFC 7653 9.1",
+    ),
+    OptionSpec(
+        "history-window",
+        "Seconds of binding changes kept for Active Leasequery catch-up (OPTION_LQ_START_TIME).",
+        "3600",
+        _positive_seconds,
+        rfc="RFC 7653 8.4.1, 9.3",
+    ),
+    OptionSpec(
+        "active-backlog",
+        "Bindings waiting to be sent on one active connection before the requestor is "
+        "dropped as unable to keep up.",
+        "10000",
+        _positive_int,
+        rfc="RFC 7653 7, 9.3",
+    ),
+    OptionSpec(
         "udp",
         "Also answer UDP Leasequery (RFC 5007) on the --listen addresses and ports.",
         "off",
@@ -348,6 +434,18 @@ class Settings:
     metrics: str | None = None
     log_level: NamedConstant = LogLevel.info
     log_json: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    active_leasequery: bool = False
+    active_without_tls: bool = False
+    history_window: float | None = None
+    active_backlog: int | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether TLS is configured (the three C{--tls-*} files)."""
+        return self.tls_cert is not None
 
     @property
     def store_uri(self) -> str:
@@ -375,6 +473,94 @@ class Settings:
         }
         return ServerConfig(
             server_duid=server_duid, sensitive_options=self.sensitive_options, **fields
+        )
+
+    def tls_options(self) -> Any:
+        """
+        The server's TLS options (mutual authentication against C{--tls-ca}, TLS 1.2 or
+        later), or C{None} without C{--tls-*}.
+
+        @raise ConfigError: a file that went bad since the settings were resolved.
+        """
+        if self.tls_cert is None or self.tls_key is None or self.tls_ca is None:
+            return None
+        check_tls_files(self.tls_cert, self.tls_key, self.tls_ca)
+        from .server import tls_options  # noqa: PLC0415 - needs pyOpenSSL, keeps --help fast
+
+        try:
+            return tls_options(self.tls_cert, self.tls_key, self.tls_ca)
+        except ValueError as error:
+            raise ConfigError(f"--tls-cert: {error}") from None
+
+    def active_config(self) -> Any:
+        """The server's L{ActiveConfig<bulklq.server.ActiveConfig>} (RFC 7653)."""
+        from .server import ActiveConfig  # noqa: PLC0415
+
+        fields: dict[str, Any] = {}
+        if self.active_backlog is not None:
+            fields["max_backlog"] = self.active_backlog
+        return ActiveConfig(
+            enabled=self.active_leasequery,
+            allow_insecure=self.active_without_tls,
+            tls=self.tls_options(),
+            **fields,
+        )
+
+
+def _read_pem(path: Path, option: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{option}: {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{option}: {str(path)!r} is a directory, not a PEM file") from None
+    except OSError as error:
+        raise ConfigError(f"{option}: cannot read {str(path)!r}: {error.strerror}") from None
+    return data
+
+
+def check_tls_files(cert: Path, key: Path, ca: Path) -> None:
+    """
+    Check the three TLS files: readable, PEM, the key matching the certificate, exactly
+    one CA certificate.
+
+    @raise ConfigError: one line naming the option and the problem.
+    """
+    try:
+        import OpenSSL  # noqa: F401, PLC0415 - what Twisted's TLS needs (the tls extra)
+        from cryptography import x509  # noqa: PLC0415 - comes with pyOpenSSL
+        from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError("--tls-cert: TLS needs pyOpenSSL: pip install 'bulklq[tls]'") from None
+    cert_pem = _read_pem(cert, "--tls-cert")
+    key_pem = _read_pem(key, "--tls-key")
+    ca_pem = _read_pem(ca, "--tls-ca")
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise ConfigError(f"--tls-cert: {str(cert)!r} is not a PEM certificate") from None
+    try:
+        private_key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise ConfigError(
+            f"--tls-key: {str(key)!r} is encrypted; give the key without a passphrase"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(f"--tls-key: {str(key)!r} is not a PEM private key") from None
+    public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private_key.public_key().public_bytes(*public) != certificate.public_key().public_bytes(
+        *public
+    ):
+        raise ConfigError(f"--tls-key: {str(key)!r} does not match the certificate {str(cert)!r}")
+    try:
+        authorities = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
+        raise ConfigError(f"--tls-ca: {str(ca)!r} is not a PEM certificate") from None
+    if len(authorities) != 1:
+        raise ConfigError(
+            f"--tls-ca: {str(ca)!r} holds {len(authorities)} certificates; give the one CA "
+            f"that signs the requestors' certificates"
         )
 
 
@@ -436,6 +622,7 @@ def resolve(
     if "state-dir" not in values:
         values["state-dir"] = default_state_dir(os.environ if environ is None else environ)
     settings = Settings(**{name.replace("-", "_"): value for name, value in values.items()})
+    _check_tls(settings)
     if settings.udp:
         for endpoint in settings.listen:
             if tcp_endpoint_address(endpoint) is None:
@@ -444,6 +631,34 @@ def resolve(
                     f"not {endpoint!r}"
                 )
     return settings
+
+
+def _check_tls(settings: Settings) -> None:
+    """The TLS and Active Leasequery options that only make sense together."""
+    given = {
+        "--tls-cert": settings.tls_cert,
+        "--tls-key": settings.tls_key,
+        "--tls-ca": settings.tls_ca,
+    }
+    missing = [name for name, value in given.items() if value is None]
+    if missing and len(missing) < 3:
+        present = next(name for name, value in given.items() if value is not None)
+        raise ConfigError(
+            f"{present}: --tls-cert, --tls-key and --tls-ca go together; "
+            f"missing {' and '.join(missing)}"
+        )
+    if settings.tls_cert is not None and settings.tls_key and settings.tls_ca:
+        check_tls_files(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    for endpoint in settings.listen:
+        if tls_listen_description(endpoint) is not None and not settings.tls:
+            raise ConfigError(f"--listen: {endpoint!r} needs --tls-cert, --tls-key and --tls-ca")
+    if settings.active_without_tls and not settings.active_leasequery:
+        raise ConfigError("--active-without-tls: needs --active-leasequery")
+    if settings.active_leasequery and not (settings.tls or settings.active_without_tls):
+        raise ConfigError(
+            "--active-leasequery: needs --tls-cert, --tls-key and --tls-ca (RFC 7653 9.1), "
+            "or --active-without-tls to serve it unencrypted"
+        )
 
 
 def _split_endpoint(description: str) -> list[str]:

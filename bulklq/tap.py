@@ -52,8 +52,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve DHCPv6 Bulk Leasequery (RFC 5460) over TCP, and optionally UDP Leasequery "
-        "(RFC 5007), from a binding store. Every option can also be set in the --config "
-        "TOML file under the same name; the command line wins."
+        "(RFC 5007) and Active Leasequery over TLS (RFC 7653), from a binding store. Every "
+        "option can also be set in the --config TOML file under the same name; the command "
+        "line wins."
     )
     optFlags = [  # noqa: N815 - usage.Options's name
         [spec.name, None, _help(spec.name)] for spec in OPTIONS if spec.kind == "flag"
@@ -191,15 +192,23 @@ def makeService(options: Options) -> IService:
         server_duid = settings.server_duid or load_or_create_server_duid(settings.state_dir)
         config = settings.server_config(server_duid)
         store = open_store(settings.store_uri, reactor)
+        active = settings.active_config()
     except (ConfigError, ValueError, OSError) as error:
         raise SystemExit(f"twistd bulklq: {error}") from None
-    server = BulkLeasequeryService(
-        store,
-        config,
-        listen=settings.listen,
-        udp=settings.udp,
-        metrics=settings.metrics,
-        reactor=reactor,
-    )
+    try:
+        server = BulkLeasequeryService(
+            store,
+            config,
+            listen=settings.listen,
+            udp=settings.udp,
+            metrics=settings.metrics,
+            reactor=reactor,
+            active=active,
+            history_window=settings.history_window,
+        )
+    except ValueError as error:
+        raise SystemExit(
+            f"twistd bulklq: --active-leasequery: {error} (--store {settings.store_uri})"
+        ) from None
     observer = _log_observer(settings, getattr(options, "parent", None))
     return _TwistdService(server, observer, reactor)

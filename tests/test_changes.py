@@ -1,18 +1,21 @@
 """
 The change feed: L{ChangeHistory} (window, size bound, catch-up, DataMissing) and the
-memory store publishing from its write API (RFC 7653 sections 8.4.1 and 9.3).
+memory store publishing from its write API, and the expiry sweep (RFC 7653 sections 8.4.1
+and 9.3).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from bulklq.changes import BindingChange, ChangeHistory
+from bulklq.changes import BindingChange, ChangeHistory, ExpirySweep, SweepableStore
 from bulklq.interfaces import IBindingChangeFeed
 from bulklq.stores.memory import MemoryBindingStore
-from bulklq.testing import make_binding
+from bulklq.testing import DEFAULT_CLTT, make_binding
 
 
 class ChangeHistoryTests(SynchronousTestCase):
@@ -125,3 +128,114 @@ class MemoryStoreFeedTests(SynchronousTestCase):
         found = self.successResultOf(store.changes_since(1))
         assert found is not None
         self.assertEqual([c.binding for c in found], [make_binding(4)])
+
+
+class ExpirySweepTests(SynchronousTestCase):
+    """L{ExpirySweep}: bindings whose last lease runs out with no store write are
+    published as removals (RFC 7653 section 9.3: expired bindings are changes)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(DEFAULT_CLTT)
+        self.store = MemoryBindingStore(clock=self.clock)
+        self.seen: list[BindingChange] = []
+        self.addCleanup(self.store.subscribe(self.seen.append))
+        self.sweep = ExpirySweep(self.store, self.clock, interval=1.0)
+        self.addCleanup(self.sweep.stop)
+
+    def expiring(self, client: int, seconds: int) -> Any:
+        """A binding whose last lease expires C{seconds} from now."""
+        now = int(self.clock.seconds())
+        return make_binding(client, cltt=now - 100, valid_lifetime=100 + seconds)
+
+    def removals(self) -> list[tuple[bytes, float]]:
+        """(client DUID, time) of every removal published."""
+        return [(c.binding.client_id.raw, c.time) for c in self.seen if c.removed]
+
+    def test_expiry_published_as_removal(self) -> None:
+        """RFC 7653 section 9.3: a binding that expires with no write is published as
+        removed within one sweep interval; the store still holds it."""
+        binding = self.expiring(1, 10)
+        expiry = binding.expires_at()
+        self.store.put_many([binding, self.expiring(2, 1000)])
+        self.sweep.start()
+        self.clock.pump([1.0] * 9)
+        self.assertEqual(self.removals(), [])
+        self.clock.pump([1.0] * 2)
+        self.assertEqual(self.removals(), [(binding.client_id.raw, expiry)])
+        self.assertEqual(self.sweep.published, 1)
+        self.assertIs(self.store.get(binding.key), binding)
+        self.clock.pump([1.0] * 5)
+        self.assertEqual(len(self.removals()), 1, "published once")
+
+    def test_written_after_start(self) -> None:
+        """A binding put after the sweep started is watched too; a renewal before its
+        expiry replaces the old expiry time."""
+        self.sweep.start()
+        self.store.put(self.expiring(1, 5))
+        self.clock.advance(3)
+        renewed = self.expiring(1, 5)
+        self.store.put(renewed)
+        self.clock.pump([1.0] * 4)
+        self.assertEqual(self.removals(), [], "the renewal moved the expiry")
+        self.clock.pump([1.0] * 2)
+        self.assertEqual(len(self.removals()), 1)
+        self.assertEqual(len(self.sweep), 0)
+
+    def test_removed_not_published_again(self) -> None:
+        """A binding removed before it expires is published once, by the removal."""
+        self.sweep.start()
+        binding = self.expiring(1, 5)
+        self.store.put(binding)
+        self.store.put(binding)
+        self.store.remove(binding.key)
+        self.clock.pump([1.0] * 10)
+        self.assertEqual(len(self.removals()), 1)
+
+    def test_same_expiry_written_twice(self) -> None:
+        """The same binding written twice with the same expiry is published once."""
+        self.sweep.start()
+        binding = self.expiring(1, 5)
+        self.store.put(binding)
+        self.store.put(binding)
+        self.assertEqual(len(self.sweep), 2)
+        self.clock.pump([1.0] * 10)
+        self.assertEqual(len(self.removals()), 1)
+
+    def test_expired_before_start_skipped(self) -> None:
+        """Bindings already expired when the sweep starts expired before the history began:
+        not published."""
+        self.store.put(self.expiring(1, -5))
+        self.sweep.start()
+        self.clock.pump([1.0] * 10)
+        self.assertEqual(self.removals(), [])
+
+    def test_heap_rebuilt_when_stale(self) -> None:
+        """Renewals leave stale entries; past twice the store's size plus 1024 the heap is
+        rebuilt from the store, so it does not grow with the number of writes."""
+        self.sweep.start()
+        for _ in range(2000):
+            self.store.put(self.expiring(1, 50))
+        self.assertLessEqual(len(self.sweep), 2 * len(self.store) + 1024)
+        self.clock.pump([1.0] * 60)
+        self.assertEqual(len(self.removals()), 1)
+
+    def test_stop(self) -> None:
+        """After stop nothing is published and no timer is left."""
+        self.sweep.start()
+        self.assertTrue(self.sweep.running)
+        self.store.put(self.expiring(1, 5))
+        self.sweep.stop()
+        self.sweep.stop()
+        self.assertFalse(self.sweep.running)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10)
+        self.assertEqual(self.removals(), [])
+
+    def test_bad_interval(self) -> None:
+        """A non-positive interval is refused."""
+        self.assertRaises(ValueError, ExpirySweep, self.store, self.clock, 0)
+
+    def test_memory_store_is_sweepable(self) -> None:
+        """The memory store offers what the sweep needs."""
+        self.assertIsInstance(self.store, SweepableStore)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -15,14 +16,20 @@ from bulklq.settings import (
     default_state_dir,
     resolve,
     tcp_endpoint_address,
+    tls_listen_description,
 )
 from bulklq.wire import Duid, QueryType
+
+from .test_active_glue import Certificates, write_certificates
 
 ENV = {"HOME": "/home/operator", "STATE_DIRECTORY": "/var/lib/bulklq-test"}
 
 
 class ResolveTests(SynchronousTestCase):
     """Merging command line, config file and defaults."""
+
+    def setUp(self) -> None:
+        self.certs = write_certificates(Path(self.mktemp()))
 
     def write(self, text: str) -> Path:
         """A TOML file with C{text}."""
@@ -71,9 +78,23 @@ class ResolveTests(SynchronousTestCase):
                 "metrics": "tcp:9547:interface=127.0.0.1",
                 "log-level": "WARNING",
                 "log-json": "-",
+                "tls-cert": str(self.certs.server_cert),
+                "tls-key": str(self.certs.server_key),
+                "tls-ca": str(self.certs.ca),
+                "active-leasequery": True,
+                "active-without-tls": True,
+                "history-window": "600",
+                "active-backlog": "50",
             },
             ENV,
         )
+        self.assertEqual(settings.tls_cert, self.certs.server_cert)
+        self.assertTrue(settings.tls)
+        self.assertEqual(settings.history_window, 600.0)
+        active = settings.active_config()
+        self.assertEqual((active.enabled, active.allow_insecure), (True, True))
+        self.assertEqual(active.max_backlog, 50)
+        self.assertIsNotNone(active.tls)
         self.assertEqual(len(settings.listen), 2)
         self.assertEqual(settings.store_uri, "memory:")
         self.assertTrue(settings.udp)
@@ -120,7 +141,14 @@ class ResolveTests(SynchronousTestCase):
             metrics = "tcp:9547"
             log-level = "debug"
             log-json = "/tmp/bulklq.jsonl"
-            """
+            tls-cert = "CERTS/server.pem"
+            tls-key = "CERTS/server.key"
+            tls-ca = "CERTS/ca.pem"
+            active-leasequery = true
+            active-without-tls = false
+            history-window = 60
+            active-backlog = 7
+            """.replace("CERTS", str(self.certs.directory))
         )
         settings = resolve({}, ENV, path)
         self.assertEqual(settings.listen, ("tcp6:5547:interface=\\:\\:",))
@@ -130,6 +158,10 @@ class ResolveTests(SynchronousTestCase):
         self.assertTrue(settings.udp)
         self.assertEqual(settings.log_level, LogLevel.debug)
         self.assertEqual(settings.log_json, "/tmp/bulklq.jsonl")
+        self.assertEqual(settings.tls_ca, self.certs.ca)
+        self.assertTrue(settings.active_leasequery)
+        self.assertFalse(settings.active_without_tls)
+        self.assertEqual((settings.history_window, settings.active_backlog), (60.0, 7))
         keys = {line.split("=")[0].strip() for line in path.read_text().splitlines() if "=" in line}
         self.assertEqual(keys, {spec.name for spec in OPTIONS})
 
@@ -161,6 +193,13 @@ class ResolveTests(SynchronousTestCase):
             "metrics": "tcp:notaport",
             "log-level": "loud",
             "log-json": "",
+            "tls-cert": "/nonexistent/server.pem",
+            "tls-key": "/nonexistent/server.key",
+            "tls-ca": "",
+            "active-leasequery": True,
+            "active-without-tls": True,
+            "history-window": "0",
+            "active-backlog": "none",
         }
         self.assertEqual(set(cases) | {"udp"}, {spec.name for spec in OPTIONS})
         for name, value in cases.items():
@@ -211,6 +250,140 @@ class ResolveTests(SynchronousTestCase):
         """A systemd endpoint is left for the server to resolve under socket activation."""
         settings = resolve({"listen": ["systemd:domain=INET6:index=0"]}, ENV)
         self.assertEqual(settings.listen, ("systemd:domain=INET6:index=0",))
+
+
+class TLSOptionTests(SynchronousTestCase):
+    """--tls-cert, --tls-key, --tls-ca and Active Leasequery (RFC 7653 section 9.1): every
+    problem is one line naming the option."""
+
+    def setUp(self) -> None:
+        self.certs: Certificates = write_certificates(Path(self.mktemp()))
+
+    def tls(self, **override: str) -> dict[str, object]:
+        """The three TLS options for the test files, some replaced."""
+        given: dict[str, object] = {
+            "tls-cert": str(self.certs.server_cert),
+            "tls-key": str(self.certs.server_key),
+            "tls-ca": str(self.certs.ca),
+        }
+        given.update(override)
+        return given
+
+    def refused(self, given: dict[str, object]) -> str:
+        """The one-line error for C{given}."""
+        message = str(self.assertRaises(ConfigError, resolve, given, ENV))
+        self.assertNotIn("\n", message)
+        self.assertNotIn("Traceback", message)
+        return message
+
+    def test_valid(self) -> None:
+        """RFC 7653 section 9.1: the three files give TLS options requiring a requestor
+        certificate; Active Leasequery is off until asked for (MUST NOT be on by
+        default)."""
+        settings = resolve(self.tls(), ENV)
+        self.assertTrue(settings.tls)
+        active = settings.active_config()
+        self.assertFalse(active.enabled)
+        self.assertIsNotNone(active.tls)
+        self.assertIsNone(resolve({}, ENV).active_config().tls)
+
+    def test_all_three_or_none(self) -> None:
+        """The TLS files go together; the message names what is missing."""
+        message = self.refused({"tls-key": str(self.certs.server_key)})
+        self.assertEqual(
+            message,
+            "--tls-key: --tls-cert, --tls-key and --tls-ca go together; "
+            "missing --tls-cert and --tls-ca",
+        )
+
+    def test_missing_file(self) -> None:
+        """A file that does not exist is named with the option."""
+        missing = str(self.certs.directory / "nope.pem")
+        self.assertEqual(
+            self.refused(self.tls(**{"tls-ca": missing})), f"--tls-ca: {missing!r} does not exist"
+        )
+
+    def test_unreadable_file(self) -> None:
+        """A file that cannot be read (here a directory; permissions too) is named."""
+        message = self.refused(self.tls(**{"tls-key": str(self.certs.directory)}))
+        self.assertTrue(message.startswith("--tls-key: "), message)
+        self.assertIn("is a directory", message)
+        if os.geteuid() != 0:
+            self.certs.server_key.chmod(0)
+            message = self.refused(self.tls())
+            self.assertIn("--tls-key: cannot read", message)
+
+    def test_key_does_not_match(self) -> None:
+        """A key that is not the certificate's: one line naming both files."""
+        message = self.refused(self.tls(**{"tls-key": str(self.certs.requestor_key)}))
+        self.assertEqual(
+            message,
+            f"--tls-key: {str(self.certs.requestor_key)!r} does not match the certificate "
+            f"{str(self.certs.server_cert)!r}",
+        )
+
+    def test_bad_pem(self) -> None:
+        """Files that are not PEM of the right kind."""
+        junk = self.certs.directory / "junk.pem"
+        junk.write_text("not a certificate\n")
+        for option, expected in (
+            ("tls-cert", "is not a PEM certificate"),
+            ("tls-key", "is not a PEM private key"),
+            ("tls-ca", "is not a PEM certificate"),
+        ):
+            message = self.refused(self.tls(**{option: str(junk)}))
+            self.assertEqual(message, f"--{option}: {str(junk)!r} {expected}")
+        # A certificate where the key should be is not a key either.
+        message = self.refused(self.tls(**{"tls-key": str(self.certs.server_cert)}))
+        self.assertIn("is not a PEM private key", message)
+
+    def test_ca_bundle_refused(self) -> None:
+        """The CA file holds exactly the one CA trusted for requestor certificates."""
+        bundle = self.certs.directory / "bundle.pem"
+        bundle.write_bytes(self.certs.ca.read_bytes() + self.certs.other_ca.read_bytes())
+        message = self.refused(self.tls(**{"tls-ca": str(bundle)}))
+        self.assertTrue(message.startswith("--tls-ca: "), message)
+        self.assertIn("holds 2 certificates", message)
+
+    def test_active_needs_tls_or_its_own_option(self) -> None:
+        """RFC 7653 section 9.1 (insecure mode needs a separate explicit step): Active
+        Leasequery without TLS needs --active-without-tls, which alone is refused."""
+        self.assertIn(
+            "--active-without-tls",
+            self.refused({"active-leasequery": True}),
+        )
+        self.assertEqual(
+            self.refused({"active-without-tls": True}),
+            "--active-without-tls: needs --active-leasequery",
+        )
+        insecure = resolve({"active-leasequery": True, "active-without-tls": True}, ENV)
+        active = insecure.active_config()
+        self.assertEqual((active.enabled, active.allow_insecure, active.tls), (True, True, None))
+        secure = resolve({"active-leasequery": True, **self.tls()}, ENV).active_config()
+        self.assertEqual((secure.enabled, secure.allow_insecure), (True, False))
+
+    def test_ssl_listen(self) -> None:
+        """RFC 7653 section 9.1 (TLS-only listener): an ssl: endpoint takes the --tls-*
+        files; without them, or with its own key, it is refused by name."""
+        settings = resolve({"listen": ["ssl:5547:interface=\\:\\:"], **self.tls()}, ENV)
+        self.assertEqual(settings.listen, ("ssl:5547:interface=\\:\\:",))
+        self.assertEqual(
+            self.refused({"listen": ["ssl:5547"]}),
+            "--listen: 'ssl:5547' needs --tls-cert, --tls-key and --tls-ca",
+        )
+        message = self.refused({"listen": ["ssl:5547:privateKey=k.pem"], **self.tls()})
+        self.assertTrue(message.startswith("--listen: 'ssl:5547:privateKey=k.pem': "), message)
+        self.assertIn("remove privatekey=", message)
+        self.assertTrue(self.refused({"listen": ["ssl:port"]}).startswith("--listen: "))
+
+    def test_tls_listen_description(self) -> None:
+        """ssl: descriptions map to tcp: on the same port, interface and backlog."""
+        self.assertEqual(
+            tls_listen_description("ssl:547:interface=\\:\\::backlog=5"),
+            "tcp:547:interface=\\:\\::backlog=5",
+        )
+        self.assertIsNone(tls_listen_description("tcp6:547"))
+        self.assertRaises(ConfigError, tls_listen_description, "SSL:547:certKey=c.pem")
 
 
 class StateDirectoryTests(SynchronousTestCase):

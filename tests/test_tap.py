@@ -16,6 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from bulklq import tap
 from bulklq.settings import OPTIONS
 
+from .test_active_glue import write_certificates
+
 BIN = Path(sys.executable).parent
 
 #: One bad value per option.
@@ -37,7 +39,15 @@ BAD_VALUES = {
     "metrics": "tcp:notaport",
     "log-level": "loud",
     "log-json": " ",
+    "tls-cert": "/nonexistent/server.pem",
+    "tls-key": "/nonexistent/server.key",
+    "tls-ca": " ",
+    "history-window": "forever",
+    "active-backlog": "0",
 }
+
+#: Flags, which take no value: alone, each of these is refused.
+BAD_FLAGS = ("active-leasequery", "active-without-tls")
 
 
 class OptionsTests(SynchronousTestCase):
@@ -89,11 +99,33 @@ class OptionsTests(SynchronousTestCase):
 
     def test_every_bad_option(self) -> None:
         """Every option's bad value is a UsageError of one line naming the option."""
-        self.assertEqual(set(BAD_VALUES) | {"udp"}, {spec.name for spec in OPTIONS})
+        self.assertEqual(set(BAD_VALUES) | {"udp", *BAD_FLAGS}, {spec.name for spec in OPTIONS})
         for name, value in BAD_VALUES.items():
             error = self.assertRaises(usage.UsageError, self.parse, f"--{name}", value)
             self.assertTrue(str(error).startswith(f"--{name}: "), str(error))
             self.assertNotIn("\n", str(error))
+        for name in BAD_FLAGS:
+            error = self.assertRaises(usage.UsageError, self.parse, f"--{name}")
+            self.assertTrue(str(error).startswith(f"--{name}: "), str(error))
+            self.assertNotIn("\n", str(error))
+
+    def test_active_leasequery_options(self) -> None:
+        """RFC 7653 section 9.1: --active-leasequery with the three TLS files; flags and
+        values reach the settings."""
+        certs = write_certificates(Path(self.mktemp()))
+        options = self.parse(
+            "--active-leasequery",
+            "--history-window",
+            "90",
+            "--listen",
+            "ssl:5547",
+            *certs.settings(),
+        )
+        assert options.settings is not None
+        self.assertTrue(options.settings.active_leasequery)
+        self.assertFalse(options.settings.active_without_tls)
+        self.assertEqual(options.settings.history_window, 90.0)
+        self.assertEqual(options.settings.tls_key, certs.server_key)
 
     def test_unknown_option(self) -> None:
         """An unknown option is a UsageError."""
@@ -199,6 +231,49 @@ class CommandLineTests(SynchronousTestCase):
         output = result.stdout + result.stderr
         self.assertNotIn("Traceback", output)
         self.assertIn("pip install 'bulklq[metrics]'", output.strip().splitlines()[-1])
+
+    def test_tls_and_active_errors_exit_1(self) -> None:
+        """RFC 7653 section 9.1 options: each problem (a missing file, a key that does not
+        match, a file that is not PEM, Active Leasequery without TLS or on a store with no
+        change feed) is exit status 1 with one last line naming it, no traceback."""
+        certs = write_certificates(Path(self.mktemp()).resolve())
+        state = str(Path(self.mktemp()).resolve())
+        junk = certs.directory / "junk.pem"
+        junk.write_text("junk\n")
+        good = certs.settings()
+        cases = [
+            (
+                [*good[:-1], str(certs.directory / "missing.pem")],
+                "--tls-ca: '{}' does not exist".format(certs.directory / "missing.pem"),
+            ),
+            (
+                [*good[:3], str(certs.requestor_key), *good[4:]],
+                f"--tls-key: '{certs.requestor_key}' does not match the certificate",
+            ),
+            ([str(junk) if part == str(certs.server_cert) else part for part in good], "PEM"),
+            (["--active-leasequery"], "--active-leasequery: needs --tls-cert"),
+            (
+                [
+                    "--active-leasequery",
+                    *good,
+                    "--state-dir",
+                    state,
+                    "--store",
+                    f"sqlite:{state}/b.sqlite3",
+                    "--listen",
+                    "tcp:0:interface=127.0.0.1",
+                ],
+                "twistd bulklq: --active-leasequery: Active Leasequery needs a store that "
+                "publishes its binding changes; the sqlite store does not (memory: does) "
+                f"(--store sqlite:{state}/b.sqlite3)",
+            ),
+        ]
+        for argv, expected in cases:
+            result = self.twistd(*argv)
+            output = (result.stdout + result.stderr).strip()
+            self.assertEqual(result.returncode, 1, output)
+            self.assertNotIn("Traceback", output)
+            self.assertIn(expected, output.splitlines()[-1])
 
     def test_unusable_state_dir_exits_1(self) -> None:
         """A state directory that cannot be created: one line on stderr, status 1."""
