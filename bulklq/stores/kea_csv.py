@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from ipaddress import IPv6Address, IPv6Network
 from itertools import takewhile
+from operator import itemgetter
 from pathlib import Path
 from socket import AF_INET6, inet_pton
 from typing import IO, Any
@@ -236,7 +237,8 @@ def _index(index: _Sparse, values: Iterable[Any], key: BindingKey) -> None:
 
 
 def _sparse(pending: dict[Any, list[BindingKey]]) -> _Sparse:
-    index: _Sparse = index_from_lists(pending)  # type: ignore[assignment]
+    # The lists were filled in key order.
+    index: _Sparse = index_from_lists(pending, ordered=True)  # type: ignore[assignment]
     for value, keys in index.items():
         if type(keys) is list and len(keys) == 1:
             index[value] = keys[0]
@@ -472,19 +474,24 @@ class _LeaseTable:
         self.entries[key] = [group, expires, relay_ids, remote_ids, None]
 
     def _bulk_index(self) -> None:
-        """Index every dirty group of an empty index at once: sort each index once."""
+        """
+        Index every dirty group of an empty index at once: the keys are sorted once (each
+        link's DUIDs apart, cheaper than comparing tuples), then every index is filled in
+        key order, so its lists come out sorted.
+        """
         entries = self.entries
         link_id = self.link_id
-        by_client: dict[bytes, list[BindingKey]] = {}
-        by_relay: dict[bytes, list[BindingKey]] = {}
-        by_remote: dict[bytes, list[BindingKey]] = {}
         members_of = self.members
         leases = self.leases
+        by_link: dict[str, list[BindingKey]] = {}
         for group in self.dirty:
             members = members_of.get(group)
-            if members is not None and len(members) == 2:
-                # One lease (the common case), inline.
-                _, _, expires, relay = leases[members[1]]
+            count = 0 if members is None else len(members)
+            if count == 2 or (count == 3 and leases[members[1]][3] is leases[members[2]][3]):  # type: ignore[index]
+                # One lease, or two with one user context (the common cases), inline.
+                _, _, expires, relay = leases[members[1]]  # type: ignore[index]
+                if count == 3:
+                    expires = max(expires, leases[members[2]][2])  # type: ignore[index]
                 relay_ids, remote_ids = relay.relay_ids, relay.remote_ids
             else:
                 summary = self._summary(group)
@@ -492,14 +499,30 @@ class _LeaseTable:
                     members_of.pop(group, None)
                     continue
                 expires, relay_ids, remote_ids = summary
-            key: BindingKey = (link_id(group[0]), group[1])
+            link = link_id(group[0])
+            key: BindingKey = (link, group[1])
             entries[key] = [group, expires, relay_ids, remote_ids, None]
+            keys = by_link.get(link)
+            if keys is None:
+                by_link[link] = [key]
+            else:
+                keys.append(key)
+        ordered: list[BindingKey] = []
+        for link in sorted(by_link):
+            keys = by_link[link]
+            keys.sort(key=itemgetter(1))
+            ordered += keys
+        by_client: dict[bytes, list[BindingKey]] = {}
+        by_relay: dict[bytes, list[BindingKey]] = {}
+        by_remote: dict[bytes, list[BindingKey]] = {}
+        for key in ordered:
+            entry = entries[key]
             by_client.setdefault(key[1], []).append(key)
-            for relay_id in relay_ids:
+            for relay_id in entry[2]:
                 by_relay.setdefault(relay_id, []).append(key)
-            for remote_id in remote_ids:
+            for remote_id in entry[3]:
                 by_remote.setdefault(remote_id, []).append(key)
-        self.keys = _SortedKeys(entries)
+        self.keys = _SortedKeys(ordered, ordered=True)
         self.by_client = _sparse(by_client)
         self.by_relay = _sparse(by_relay)
         self.by_remote = _sparse(by_remote)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from ipaddress import IPv6Address, IPv6Network
@@ -147,6 +148,8 @@ _MAX_OPTIONS_HEX = 2 + 2 * 65535
 #: The top 10 bits of a link-local address (fe80::/10).
 _LINK_LOCAL_TOP_BITS = 0xFE80 >> 6
 _ESCAPE = re.compile(r"&#x([0-9a-fA-F]{2})")
+_json_decode = json.JSONDecoder().decode
+_option_header = struct.Struct(">HH").unpack_from
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 
 
@@ -237,7 +240,7 @@ def parse_user_context(text: str | None) -> dict[str, Any] | None:
     if text is None or not text.strip():
         return None
     try:
-        value = json.loads(text)
+        value = _json_decode(text)
     except ValueError as error:
         raise KeaLeaseError(f"user_context is not JSON: {error}") from None
     if not isinstance(value, dict):
@@ -267,6 +270,18 @@ class KeaRelayHop:
 
 
 def _hex_octets(value: object, what: str) -> bytes:
+    if type(value) is str:
+        # Fast path: fromhex skips whitespace, so a length check keeps it exact.
+        text = value[2:] if value[:2] in ("0x", "0X") else value
+        if ":" in text:
+            text = text.replace(":", "")
+        try:
+            octets = bytes.fromhex(text)
+        except ValueError:
+            pass
+        else:
+            if 2 * len(octets) == len(text):
+                return octets
     if not isinstance(value, str):
         raise KeaLeaseError(f"{what} is not a hex string")
     text = value.strip()
@@ -316,7 +331,7 @@ def _hop_fields(
     C{relay-id} values of a C{relay-info} entry (C{None} when absent; not yet checked: they
     count only when the options lack that option).
     """
-    if not isinstance(entry, Mapping):
+    if type(entry) is not dict and not isinstance(entry, Mapping):
         raise KeaLeaseError(f"relay {index} is not a JSON object")
     hop = entry.get("hop", count - 1 - index)
     if not isinstance(hop, int) or isinstance(hop, bool) or not 0 <= hop <= 255:
@@ -473,38 +488,33 @@ def _scan_ids(
     Options other than INTERFACE_ID, REMOTE_ID and RELAY_ID, and anything not well formed,
     go through the strict decoder (which raises L{KeaLeaseError} where L{relay_info} would).
     """
-    found: list[tuple[int, bytes]] = []
+    relays_before = len(relay_ids)
+    remotes_before = len(remote_ids)
     offset = 0
     end = len(octets)
     while offset < end:
         if end - offset < 4:
             break
-        code = (octets[offset] << 8) | octets[offset + 1]
+        code, length = _option_header(octets, offset)
         begin = offset + 4
-        offset = begin + ((octets[offset + 2] << 8) | octets[offset + 3])
+        offset = begin + length
         if offset > end:
             break
         if code == 53:
             raw = octets[begin:offset]
             if duid_problem(raw) is not None:
                 break
-            found.append((53, raw))
+            relay_ids.append(raw)
         elif code == 37:
-            if offset - begin < 5:
+            if length < 5:
                 break
-            found.append((37, octets[begin:offset]))
+            remote_ids.append(octets[begin:offset])
         elif code != 18:
             break
     else:
-        has_relay = has_remote = False
-        for code, value in found:
-            if code == 53:
-                relay_ids.append(value)
-                has_relay = True
-            else:
-                remote_ids.append(value)
-                has_remote = True
-        return has_relay, has_remote
+        return len(relay_ids) > relays_before, len(remote_ids) > remotes_before
+    del relay_ids[relays_before:]
+    del remote_ids[remotes_before:]
     has_relay = has_remote = False
     for option in _relay_options(options_text):
         if type(option) is RelayId:
@@ -530,7 +540,7 @@ def relay_summary(user_context: str | None) -> RelaySummary:
     isc = context.get("ISC")
     if isc is None:
         return NO_RELAY_SUMMARY
-    if not isinstance(isc, Mapping):
+    if type(isc) is not dict and not isinstance(isc, Mapping):
         raise KeaLeaseError("user_context ISC is not a JSON object")
     decoded_ids = "relay-info" in isc
     entries = isc.get("relay-info") if decoded_ids else isc.get("relays")

@@ -48,11 +48,15 @@ class _SortedKeys:
 
     __slots__ = ("_chunks", "_len", "_maxes")
 
-    def __init__(self, keys: Iterable[BindingKey] = ()) -> None:
-        ordered = sorted(set(keys))
-        self._chunks = [ordered[i : i + _LOAD] for i in range(0, len(ordered), _LOAD)]
+    def __init__(self, keys: Iterable[BindingKey] = (), *, ordered: bool = False) -> None:
+        """
+        @param keys: the keys, in any order, repeats allowed.
+        @param ordered: C{keys} is a list already sorted without repeats (not checked).
+        """
+        chosen = keys if ordered and isinstance(keys, list) else sorted(set(keys))
+        self._chunks = [chosen[i : i + _LOAD] for i in range(0, len(chosen), _LOAD)]
         self._maxes = [chunk[-1] for chunk in self._chunks]
-        self._len = len(ordered)
+        self._len = len(chosen)
 
     def __len__(self) -> int:
         return self._len
@@ -164,16 +168,19 @@ def _index_discard(index: dict[_V, _Keys], value: _V, key: BindingKey) -> None:
         del index[value]
 
 
-def index_from_lists(pending: dict[_V, list[BindingKey]]) -> dict[_V, _Keys]:
+def index_from_lists(
+    pending: dict[_V, list[BindingKey]], *, ordered: bool = False
+) -> dict[_V, _Keys]:
     """
-    An index built at once from unsorted lists of keys per value (a bulk load): each
-    value's keys sorted once, without repeats. The lists are reused.
+    An index built at once from lists of keys per value (a bulk load): each value's keys
+    sorted once, without repeats, unless C{ordered} says every list already is. The lists
+    are reused.
     """
     index: dict[_V, _Keys] = {}
     for value, keys in pending.items():
         if len(keys) > _SMALL:
-            index[value] = _SortedKeys(keys)
-        elif len(keys) == 1:
+            index[value] = _SortedKeys(keys, ordered=ordered)
+        elif len(keys) == 1 or ordered:
             index[value] = keys
         else:
             index[value] = sorted(set(keys))
