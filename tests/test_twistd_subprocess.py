@@ -1,6 +1,7 @@
 """
 A real C{twistd -n bulklq} process on loopback: TCP Bulk Leasequery, UDP Leasequery, a
-metrics scrape, systemd socket activation, and SIGTERM.
+metrics scrape, systemd socket activation, Active Leasequery over STARTTLS and an C{ssl:}
+listener with requestor certificates, and SIGTERM.
 
 These are the few tests that run the server as an operator does; they use plain blocking
 sockets as the requestor so that they depend on nothing but the wire format.
@@ -12,6 +13,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from bulklq.wire import (
     ClientId,
     Duid,
     IAAddress,
+    LQBaseTime,
     LQQuery,
     Message,
     MessageType,
@@ -84,6 +87,32 @@ def read_frames(sock: socket.socket) -> Iterator[Message]:
         if not chunk:
             return
         buffer += chunk
+
+
+def read_frame(sock: socket.socket | ssl.SSLSocket) -> Message | None:
+    """Exactly one framed message (nothing more is read), or C{None} at end of stream."""
+    header = b""
+    while len(header) < 2:
+        chunk = sock.recv(2 - len(header))
+        if not chunk:
+            return None
+        header += chunk
+    (length,) = struct.unpack("!H", header)
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            return None
+        body += chunk
+    message = decode_message(body)
+    assert isinstance(message, Message)
+    return message
+
+
+def send_frame(sock: socket.socket | ssl.SSLSocket, message: Message) -> None:
+    """Send one framed message."""
+    data = message.encode()
+    sock.sendall(struct.pack("!H", len(data)) + data)
 
 
 def bulk_query(port: int, frame: bytes) -> list[Message]:
@@ -248,6 +277,89 @@ class TwistdProcessTests(SynchronousTestCase):
         finally:
             process.send_signal(signal.SIGTERM)
             self.assertEqual(process.wait(30), -signal.SIGTERM, self.log.read_text())
+
+    def test_active_leasequery_over_tls(self) -> None:
+        """
+        RFC 7653 sections 8.2, 9.1 and 8.4: started with C{--active-leasequery} and the
+        C{--tls-*} files, the server answers STARTTLS with a REPLY, completes a TLS
+        handshake that presents the requestor's certificate (Python's C{ssl} module, not
+        Twisted), answers the ACTIVELEASEQUERY with a LEASEQUERY-REPLY carrying
+        OPTION_LQ_BASE_TIME; the C{ssl:} listener does the same without STARTTLS and
+        refuses a requestor without a certificate; SIGTERM ends the active queries with
+        LEASEQUERY-DONE(QueryTerminated).
+        """
+        from .test_active_glue import write_certificates
+
+        certs = write_certificates(Path(self.mktemp()).resolve())
+        port, tls_port = free_port(), free_port()
+        process = self.start(
+            "--active-leasequery",
+            *certs.settings(),
+            "--listen",
+            f"tcp6:{port}:interface=\\:\\:1",
+            "--listen",
+            f"ssl:{tls_port}:interface=\\:\\:1",
+        )
+        self.wait_for_port(process, port)
+        self.wait_for_port(process, tls_port)
+
+        def context(with_certificate: bool) -> ssl.SSLContext:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            tls.load_verify_locations(certs.ca)
+            if with_certificate:
+                tls.load_cert_chain(certs.requestor_cert, certs.requestor_key)
+            return tls
+
+        active = Message(MessageType.ACTIVELEASEQUERY, 2, (ClientId(REQUESTOR),))
+        starttls = socket.create_connection(("::1", port), timeout=20)
+        self.addCleanup(starttls.close)
+        send_frame(starttls, Message(MessageType.STARTTLS, 1, (ClientId(REQUESTOR),)))
+        reply = read_frame(starttls)
+        assert reply is not None
+        self.assertEqual(
+            (reply.msg_type, reply.option(StatusCodeOption)), (MessageType.REPLY, None)
+        )
+        secured = context(True).wrap_socket(starttls, server_hostname="localhost")
+        self.addCleanup(secured.close)
+        send_frame(secured, active)
+        accepted = read_frame(secured)
+        assert accepted is not None
+        self.assertEqual(accepted.msg_type, MessageType.LEASEQUERY_REPLY)
+        self.assertIsNone(accepted.option(StatusCodeOption))
+        self.assertIsNotNone(accepted.option(LQBaseTime))
+
+        direct = context(True).wrap_socket(
+            socket.create_connection(("::1", tls_port), timeout=20), server_hostname="localhost"
+        )
+        self.addCleanup(direct.close)
+        send_frame(direct, active)
+        accepted = read_frame(direct)
+        assert accepted is not None
+        self.assertEqual(accepted.msg_type, MessageType.LEASEQUERY_REPLY)
+        self.assertIsNone(accepted.option(StatusCodeOption))
+
+        with socket.create_connection(("::1", tls_port), timeout=20) as raw:
+            try:
+                anonymous = context(False).wrap_socket(raw, server_hostname="localhost")
+                send_frame(anonymous, active)
+                refused = read_frame(anonymous)
+            except (ssl.SSLError, OSError):
+                refused = None
+        self.assertIsNone(refused, "no reply without a requestor certificate")
+
+        process.send_signal(signal.SIGTERM)
+        for sock in (secured, direct):
+            done = read_frame(sock)
+            assert done is not None
+            status = done.option(StatusCodeOption)
+            assert status is not None
+            self.assertEqual(
+                (done.msg_type, status.status),
+                (MessageType.LEASEQUERY_DONE, StatusCode.QueryTerminated),
+            )
+            sock.close()  # as a requestor does after DONE; the server then exits at once
+        self.assertEqual(process.wait(30), -signal.SIGTERM)
+        self.assertNotIn("Traceback", self.log.read_text())
 
     def test_port_in_use(self) -> None:
         """A port that cannot be bound: exit status 1 and one line, no traceback."""
