@@ -53,7 +53,9 @@ from bulklq.wire import (
     decode_message,
 )
 
-VECTORS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "vectors"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.vectors import all_vectors
+
 CORPUS_LIMIT = 512
 MESSAGE_TYPES = (14, 15, 16, 17, 12, 13, 22, 23, 7)
 # Containers and the offset of their sub-options in the option data; 47 holds a message
@@ -124,8 +126,7 @@ def fresh_messages() -> list[bytes]:
 
 def seeds() -> list[bytes]:
     """The golden vectors (valid and invalid) and the fresh messages."""
-    vectors = [bytes.fromhex(path.read_text().strip()) for path in sorted(VECTORS.glob("*.hex"))]
-    return vectors + fresh_messages()
+    return [octets for _, octets in all_vectors()] + fresh_messages()
 
 
 def length_fields(octets: bytes) -> list[int]:

@@ -5,10 +5,8 @@ protocol, the fast DATA path against the generic codec, and the merge rule (R16)
 
 from __future__ import annotations
 
-import os
 import random
 from ipaddress import IPv6Address, IPv6Network
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,16 +43,11 @@ from bulklq.wire import (
 )
 
 from .fake_server import REQUESTOR_DUID, SERVER_DUID, client_data, data, frame
+from .vectors import vector
 
-VECTORS = Path(os.environ.get("BULKLQ_VECTORS", Path(__file__).parent / "fixtures" / "vectors"))
 NOW = 1_700_000_000
 CLIENT = Duid.ll(1, bytes.fromhex("020000000abc"))
 RELAY = Duid.uuid(bytes(range(16)))
-
-
-def vector(name: str) -> bytes:
-    """The octets of golden vector C{name} (tests/fixtures/vectors/NAME.hex)."""
-    return bytes.fromhex((VECTORS / f"{name}.hex").read_text().strip())
 
 
 class _FixedXids(random.Random):

@@ -50,9 +50,9 @@ from bulklq.wire import (
     decode_message,
 )
 
+from .vectors import valid_vectors, vector_hex
 from .wire_strategies import bulk_messages
 
-VECTORS = Path(__file__).parent / "fixtures" / "vectors"
 REQUIRE_SERVICES = os.environ.get("BULKLQ_REQUIRE_SERVICES") == "1"
 GENERATED_COUNT = 60
 #: Expert-info severities (epan/proto.h): PI_WARN and above count as a complaint.
@@ -68,11 +68,7 @@ def unavailable(testcase: SynchronousTestCase, reason: str) -> None:
 
 def vector_messages() -> list[tuple[str, Message | RelayMessage]]:
     """Every valid golden vector, decoded (its encoding is bulklq's)."""
-    return [
-        (path.stem, decode_message(bytes.fromhex(path.read_text().strip())))
-        for path in sorted(VECTORS.glob("*.hex"))
-        if not path.stem.startswith("invalid-")
-    ]
+    return [(name, decode_message(octets)) for name, octets in valid_vectors()]
 
 
 def fresh_messages() -> list[tuple[str, Message | RelayMessage]]:
@@ -492,10 +488,7 @@ class DhcpkitTests(SynchronousTestCase):
     def test_rejects_invalid_vectors(self) -> None:
         """dhcpkit refuses the two invalid vectors too (the codec's verdict agrees)."""
         payload = json.dumps(
-            [
-                (VECTORS / f"{name}.hex").read_text().strip()
-                for name in ("invalid-clt-time-length", "invalid-truncated-option")
-            ]
+            [vector_hex(name) for name in ("invalid-clt-time-length", "invalid-truncated-option")]
         )
         result = subprocess.run(
             [sys.executable, "-c", DHCPKIT_SCRIPT],

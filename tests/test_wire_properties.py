@@ -7,7 +7,6 @@ ever escapes, and whatever decodes re-encodes to the same octets).
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +23,7 @@ from bulklq.wire import (
 )
 from bulklq.wire.options import decode_options
 
+from .vectors import all_vectors, valid_vectors
 from .wire_strategies import (
     any_messages,
     client_data,
@@ -34,15 +34,8 @@ from .wire_strategies import (
     relay_messages,
 )
 
-VECTORS = Path(__file__).parent / "fixtures" / "vectors"
-VALID_VECTORS = tuple(
-    bytes.fromhex(path.read_text().strip())
-    for path in sorted(VECTORS.glob("*.hex"))
-    if not path.name.startswith("invalid-")
-)
-ALL_VECTORS = tuple(
-    bytes.fromhex(path.read_text().strip()) for path in sorted(VECTORS.glob("*.hex"))
-)
+VALID_VECTORS = tuple(octets for _, octets in valid_vectors())
+ALL_VECTORS = tuple(octets for _, octets in all_vectors())
 
 #: Moderate example counts: the whole suite must stay quick on two shared cores.
 ROUND_TRIP = settings(

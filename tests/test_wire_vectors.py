@@ -7,7 +7,6 @@ octets; each C{invalid-*} one is refused with L{WireError}.
 from __future__ import annotations
 
 from ipaddress import IPv6Address
-from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -36,29 +35,12 @@ from bulklq.wire import (
     decode_message,
 )
 
-VECTORS = Path(__file__).parent / "fixtures" / "vectors"
+from .vectors import invalid_vector_names, valid_vector_names, vector
 
 REQUESTOR_DUID = Duid.en(32473, b"requestor-1")
 SERVER_DUID = Duid.llt(1, 700000000, bytes.fromhex("020000000001"))
 CLIENT_DUID = Duid.ll(1, bytes.fromhex("020000000abc"))
 RELAY_DUID = Duid.uuid(bytes(range(16)))
-
-
-def vector(name: str) -> bytes:
-    """The octets of golden vector C{name}."""
-    return bytes.fromhex((VECTORS / f"{name}.hex").read_text().strip())
-
-
-def valid_vector_names() -> list[str]:
-    """Every valid vector's name."""
-    return sorted(
-        path.stem for path in VECTORS.glob("*.hex") if not path.stem.startswith("invalid-")
-    )
-
-
-def invalid_vector_names() -> list[str]:
-    """Every C{invalid-*} vector's name."""
-    return sorted(path.stem for path in VECTORS.glob("invalid-*.hex"))
 
 
 def decoded_message(testcase: SynchronousTestCase, name: str) -> Message:

@@ -1,0 +1,57 @@
+"""
+The golden wire vectors (tests/fixtures/vectors/NAME.hex), read one way for every test module
+and benchmark: hex text, surrounding white space ignored. A name starting with C{invalid-}
+marks a vector the codec must refuse.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "VECTORS",
+    "all_vectors",
+    "invalid_vector_names",
+    "valid_vector_names",
+    "valid_vectors",
+    "vector",
+    "vector_hex",
+]
+
+#: The folder holding the vectors.
+VECTORS = Path(__file__).resolve().parent / "fixtures" / "vectors"
+
+
+def vector_hex(name: str) -> str:
+    """The hex text of vector C{name}, white space stripped."""
+    return (VECTORS / f"{name}.hex").read_text().strip()
+
+
+def vector(name: str) -> bytes:
+    """The octets of vector C{name}."""
+    return bytes.fromhex(vector_hex(name))
+
+
+def _names() -> list[str]:
+    """Every vector's name, sorted."""
+    return sorted(path.stem for path in VECTORS.glob("*.hex"))
+
+
+def valid_vector_names() -> list[str]:
+    """Every valid vector's name, sorted."""
+    return [name for name in _names() if not name.startswith("invalid-")]
+
+
+def invalid_vector_names() -> list[str]:
+    """Every C{invalid-*} vector's name, sorted."""
+    return [name for name in _names() if name.startswith("invalid-")]
+
+
+def valid_vectors() -> list[tuple[str, bytes]]:
+    """Every valid vector as (name, octets), sorted by name."""
+    return [(name, vector(name)) for name in valid_vector_names()]
+
+
+def all_vectors() -> list[tuple[str, bytes]]:
+    """Every vector, valid and invalid, as (name, octets), sorted by name."""
+    return [(name, vector(name)) for name in _names()]
