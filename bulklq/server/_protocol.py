@@ -238,7 +238,9 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
     def idle(self) -> bool:
         """
         No query in progress and not closing: an eviction candidate (S24), idle since
-        L{idleSince}. A connection stuck in a partial frame is idle since its last octet.
+        L{idleSince}: the connection's start or the end of its last query. Octets that
+        do not complete a query are no progress, so a frame trickled in slowly
+        (slowloris) does not keep its connection from eviction.
         """
         return not (self._queries or self._closing or self._lost or self.active)
 
@@ -253,7 +255,6 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         """Frame the octets (L{Int16StringReceiver}), then re-arm the read timers."""
         if self._closing or self._lost or self._readClosed:
             return
-        self.idleSince = self._clock.seconds()
         self._inDataReceived = True
         try:
             super().dataReceived(data)
@@ -356,10 +357,19 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
             self._terminateAll(rejection.message)
 
     def _updateReading(self) -> None:
-        """Pause reading at the per-connection query limit, resume below it (S20)."""
+        """
+        Pause reading at the per-connection query limit (S20) and while the transport
+        cannot take more replies (replies sent at once, such as errors and STARTTLS, would
+        otherwise pile up in its buffer for a requestor that never reads); resume when
+        neither holds.
+        """
         if self._readClosed or self._closing or self._lost:
             return
-        full = self._shuttingDown or (len(self._queries) >= self._config.max_queries_per_connection)
+        full = (
+            self._shuttingDown
+            or self._writePaused
+            or len(self._queries) >= self._config.max_queries_per_connection
+        )
         if full and not self.paused:
             self.pauseProducing()
         elif not full and self.paused:
@@ -431,6 +441,7 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
             self._writeTimer = self._clock.callLater(
                 self._config.data_timeout, self._timedOut, "write"
             )
+        self._updateReading()
 
     def _writesResumed(self) -> None:
         self._writePaused = False
@@ -440,6 +451,7 @@ class BulkLeasequeryProtocol(Int16StringReceiver):
         waiters = self._writeWaiters
         while waiters and not self._writePaused and not self._lost:
             waiters.popleft().callback(None)
+        self._updateReading()
         if self.active is not None and not self._writePaused:
             self.active.writesResumed()
 
