@@ -37,8 +37,9 @@ class BulkLeasequeryFactory(Factory):
         be evicted (S24): the one idle the longest, provided it has been idle for at
         least L{eviction_min_idle} seconds (so that a requestor that just connected gets
         time to send its query). Idle means no query in progress; idle time counts from the
-        last octet received or the end of the last query, so a connection stuck in a
-        partial frame is evictable too.
+        connection's start or the end of its last query (octets that do not complete a
+        query are no progress), so a connection stuck in, or trickling, a partial frame
+        is evictable too.
       - L{shutdown} stops taking connections and queries, lets the queries in progress
         finish within a grace period, then terminates what is left.
 
