@@ -18,10 +18,10 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from ipaddress import IPv6Address
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.task import LoopingCall, react
+from twisted.internet.task import LoopingCall
 
 from ..client import (
     LeaseQuery,
@@ -43,7 +43,18 @@ from ..client.output import (
     TableWriter,
 )
 from ..model import Binding
-from ..wire import BULK_LQ_CONN_TIMEOUT, BULK_LQ_DATA_TIMEOUT, Duid, RemoteId, WireError
+from ..wire import BULK_LQ_DATA_TIMEOUT, Duid, RemoteId
+from ._arguments import (
+    EXIT_USAGE,
+    add_requestor_arguments,
+    add_route_arguments,
+    count,
+    one_line_errors,
+    port,
+    positive,
+    react_exit_code,
+    typed,
+)
 
 __all__ = [
     "EXIT_BROKEN_PIPE",
@@ -63,8 +74,6 @@ __all__ = [
 
 #: Every server answered completely (with or without bindings).
 EXIT_OK = 0
-#: Bad arguments (argparse's convention).
-EXIT_USAGE = 2
 #: A server answered with an error status (NotConfigured, NotAllowed, MalformedQuery, ...).
 EXIT_SERVER_ERROR = 3
 #: An answer is incomplete: the stream stopped before DONE, QueryTerminated, data timeout.
@@ -95,45 +104,6 @@ def default_requestor_duid() -> Duid:
     return Duid.uuid(uuid.uuid5(uuid.NAMESPACE_DNS, f"bulklq-requestor.{socket.getfqdn()}").bytes)
 
 
-def _type(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except (ValueError, WireError) as error:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}: {error}") from None
-
-    convert.__name__ = what
-    return convert
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be above 0")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 < value < 65536:
-        raise ValueError("must be 1..65535")
-    return value
-
-
-def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn]:
-    def error(message: str) -> NoReturn:
-        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {message} (see --help)\n")
-
-    return error
-
-
 def add_selector_arguments(parser: argparse.ArgumentParser) -> None:
     """
     The query selectors (C{--relay-id}, C{--remote-id}, C{--client-id}, C{--address},
@@ -142,24 +112,24 @@ def add_selector_arguments(parser: argparse.ArgumentParser) -> None:
     kind = parser.add_argument_group("what to ask (one of these; --link alone asks by link)")
     exclusive = kind.add_mutually_exclusive_group()
     exclusive.add_argument(
-        "--relay-id", type=_type(Duid.from_text, "a DUID"), metavar="DUID",
+        "--relay-id", type=typed(Duid.from_text, "a DUID"), metavar="DUID",
         help="QUERY_BY_RELAY_ID: bindings relayed by this relay DUID (hex)",
     )  # fmt: skip
     exclusive.add_argument(
-        "--remote-id", type=_type(RemoteId.from_text, "ENTERPRISE:HEX"),
+        "--remote-id", type=typed(RemoteId.from_text, "ENTERPRISE:HEX"),
         metavar="ENTERPRISE:HEX",
         help="QUERY_BY_REMOTE_ID: bindings relayed with this Remote-ID",
     )  # fmt: skip
     exclusive.add_argument(
-        "--client-id", type=_type(Duid.from_text, "a DUID"), metavar="DUID",
+        "--client-id", type=typed(Duid.from_text, "a DUID"), metavar="DUID",
         help="QUERY_BY_CLIENTID: this client's bindings",
     )  # fmt: skip
     exclusive.add_argument(
-        "--address", type=_type(IPv6Address, "an IPv6 address"), metavar="ADDR",
+        "--address", type=typed(IPv6Address, "an IPv6 address"), metavar="ADDR",
         help="QUERY_BY_ADDRESS: the binding holding this address or a prefix containing it",
     )  # fmt: skip
     kind.add_argument(
-        "--link", type=_type(IPv6Address, "an IPv6 address"), metavar="ADDR",
+        "--link", type=typed(IPv6Address, "an IPv6 address"), metavar="ADDR",
         help="alone: QUERY_BY_LINK_ADDRESS; with another query: only bindings on that link",
     )  # fmt: skip
     parser.add_argument(
@@ -179,7 +149,7 @@ def register(subparsers: Any) -> None:
             "4 incomplete answer or timeout, 5 connection failure."
         ),
     )
-    parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
+    one_line_errors(parser)
     parser.add_argument(
         "servers",
         nargs="+",
@@ -188,27 +158,19 @@ def register(subparsers: Any) -> None:
     )
     add_selector_arguments(parser)
     parser.add_argument(
-        "--port", type=_type(_port, "a port"), default=547,
+        "--port", type=typed(port, "a port"), default=547,
         help="server port when SERVER does not give one (default 547)",
     )  # fmt: skip
     parser.add_argument(
-        "--timeout", type=_type(_positive, "a number of seconds"),
+        "--timeout", type=typed(positive, "a number of seconds"),
         default=float(BULK_LQ_DATA_TIMEOUT), metavar="S",
         help="data timeout: give up after S seconds without data (default 300)",
     )  # fmt: skip
     parser.add_argument(
-        "--connect-timeout", type=_type(_positive, "a number of seconds"),
-        default=float(BULK_LQ_CONN_TIMEOUT), metavar="S",
-        help="give up a connection attempt after S seconds (default 30)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--retries", type=_type(_count, "a count"), default=3, metavar="N",
+        "--retries", type=typed(count, "a count"), default=3, metavar="N",
         help="retry a failed server N times with back-off (default 3)",
     )  # fmt: skip
-    parser.add_argument(
-        "--requestor-duid", type=_type(Duid.from_text, "a DUID"), metavar="DUID",
-        help="the DUID sent as CLIENTID (default: a DUID-UUID derived from the host name)",
-    )  # fmt: skip
+    add_requestor_arguments(parser)
     parser.add_argument(
         "--format", choices=FORMATS, default="table",
         help="output format (default table)",
@@ -217,14 +179,7 @@ def register(subparsers: Any) -> None:
         "--stream", action="store_true",
         help="print bindings as they arrive, unmerged, in constant memory (not with json)",
     )  # fmt: skip
-    parser.add_argument(
-        "--dev", metavar="IF", help="routes: add 'dev IF' to each route",
-    )  # fmt: skip
-    parser.add_argument(
-        "--next-hop", choices=[choice.value for choice in NextHop], default="auto",
-        help="routes: take the next hop from the client's address, the relay data, "
-        "or the address if any else the relay data (auto, the default)",
-    )  # fmt: skip
+    add_route_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -421,11 +376,7 @@ def run(arguments: argparse.Namespace) -> int:
     # generational thresholds would rescan them over and over while they arrive.
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
-    try:
-        react(start)
-    except SystemExit as done:
-        return int(done.code or 0)
-    return EXIT_OK  # pragma: no cover - react always exits
+    return react_exit_code(start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,10 +20,11 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 from urllib.parse import quote
 
 from ..model import Binding, Link
+from ._arguments import EXIT_USAGE, one_line_errors
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "register"]
 
@@ -31,19 +32,10 @@ __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "register"]
 EXIT_OK = 0
 #: The store or the input could not be used.
 EXIT_FAILURE = 1
-#: Bad arguments.
-EXIT_USAGE = 2
 
 
 class _CommandError(Exception):
     """A one-line reason the command failed (exit status 1)."""
-
-
-def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn]:
-    def error(message: str) -> NoReturn:
-        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {message} (see --help)\n")
-
-    return error
 
 
 def register(subparsers: Any) -> None:
@@ -56,7 +48,7 @@ def register(subparsers: Any) -> None:
             "counts. Exit codes: 0 success, 1 store or input unusable, 2 bad arguments."
         ),
     )
-    parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
+    one_line_errors(parser)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     importer = actions.add_parser(
@@ -64,7 +56,7 @@ def register(subparsers: Any) -> None:
         help="insert or replace bindings from JSON lines or a Kea lease file",
         description="Insert or replace bindings (and links) in an SQLite store.",
     )
-    importer.error = _one_line_error(importer)  # type: ignore[method-assign,assignment]
+    one_line_errors(importer)
     importer.add_argument("--store", required=True, metavar="sqlite:PATH", help="the store")
     importer.add_argument("file", metavar="FILE", help="the input file; - for stdin (jsonl)")
     importer.add_argument(
@@ -85,7 +77,7 @@ def register(subparsers: Any) -> None:
         help="write a store's links and bindings as JSON lines",
         description="Write every link and binding (expired included) as JSON lines.",
     )
-    exporter.error = _one_line_error(exporter)  # type: ignore[method-assign,assignment]
+    one_line_errors(exporter)
     exporter.add_argument("--store", required=True, metavar="URI", help="the store")
     exporter.add_argument("--output", "-o", metavar="FILE", help="write here, not to stdout")
     exporter.set_defaults(run=_run_export)
@@ -95,7 +87,7 @@ def register(subparsers: Any) -> None:
         help="count a store's bindings, links and index rows",
         description="Count a store's bindings, links and (SQLite) index rows.",
     )
-    stats.error = _one_line_error(stats)  # type: ignore[method-assign,assignment]
+    one_line_errors(stats)
     stats.add_argument("--store", required=True, metavar="URI", help="the store")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.set_defaults(run=_run_stats)

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.task import LoopingCall, react
+from twisted.internet.task import LoopingCall
 
 from ..client import (
     ACTIVE_LQ_IDLE_TIMEOUT,
@@ -42,21 +42,25 @@ from ..client import (
 from ..client.output import NextHop, RoutesWriter, binding_to_json
 from ..model import AddressLease, Binding, PrefixLease
 from ..wire import (
-    BULK_LQ_CONN_TIMEOUT,
     Duid,
     LQRelayData,
     WireError,
     decode_options,
     encode_options,
 )
+from ._arguments import (
+    EXIT_USAGE,
+    add_requestor_arguments,
+    add_route_arguments,
+    one_line_errors,
+    positive,
+    react_exit_code,
+    typed,
+)
 from .query import (
     EXIT_BROKEN_PIPE,
     EXIT_OK,
     EXIT_SERVER_ERROR,
-    EXIT_USAGE,
-    _one_line_error,
-    _positive,
-    _type,
     add_selector_arguments,
     build_query,
     default_requestor_duid,
@@ -244,10 +248,10 @@ def register(subparsers: Any) -> None:
             "or failed, 141 output closed."
         ),
     )
-    parser.error = _one_line_error(parser)  # type: ignore[method-assign,assignment]
+    one_line_errors(parser)
     parser.add_argument("server", metavar="SERVER", help="host, host:port or [IPv6]:port")
     add_selector_arguments(parser)
-    seconds = _type(_positive, "a number of seconds")
+    seconds = typed(positive, "a number of seconds")
     tls = parser.add_argument_group("TLS (all three for STARTTLS with mutual authentication)")
     tls.add_argument("--tls-cert", metavar="PEM", help="this requestor's certificate")
     tls.add_argument("--tls-key", metavar="PEM", help="this requestor's private key")
@@ -268,11 +272,7 @@ def register(subparsers: Any) -> None:
         "--format", choices=("jsonl", "routes", "none"), default="jsonl",
         help="print each change as a JSON line, as 'ip -6 route replace/del' lines, or not",
     )  # fmt: skip
-    parser.add_argument("--dev", metavar="IF", help="routes: add 'dev IF' to each route")
-    parser.add_argument(
-        "--next-hop", choices=[choice.value for choice in NextHop], default="auto",
-        help="routes: where the next hop comes from (see bulklq query)",
-    )  # fmt: skip
+    add_route_arguments(parser)
     parser.add_argument(
         "--fallback", choices=("window", "full"), default="window",
         help="after DataMissing: bulk query for the missing window (RFC 7653), or take a "
@@ -294,14 +294,7 @@ def register(subparsers: Any) -> None:
         "--retry-interval", type=seconds, default=ACTIVE_LQ_IDLE_TIMEOUT, metavar="S",
         help="wait at least S seconds between connection attempts (default 60)",
     )  # fmt: skip
-    parser.add_argument(
-        "--connect-timeout", type=seconds, default=float(BULK_LQ_CONN_TIMEOUT), metavar="S",
-        help="give up a connection attempt after S seconds (default 30)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--requestor-duid", type=_type(Duid.from_text, "a DUID"), metavar="DUID",
-        help="the DUID sent as CLIENTID (default: derived from the host name)",
-    )  # fmt: skip
+    add_requestor_arguments(parser)
     parser.set_defaults(run=run, port=547)
 
 
@@ -474,8 +467,4 @@ def run(arguments: argparse.Namespace) -> int:
 
         return Deferred.fromCoroutine(main())
 
-    try:
-        react(start)
-    except SystemExit as done:
-        return int(done.code or 0)
-    return EXIT_OK  # pragma: no cover - react always exits
+    return react_exit_code(start)
