@@ -251,6 +251,28 @@ class RelaySummaryTests(SynchronousTestCase):
             link = expected.link_address
             self.assertEqual(summary.link_address, None if link is None else int(link), text)
 
+    def test_lazy_relay_data(self) -> None:
+        """
+        L{RelaySummary.lazy_info} equals L{relay_info}'s value, either way round and before
+        or after its LQ_RELAY_DATA is built, hashes the same and encodes the same octets.
+        """
+        for text in self.contexts[3:]:
+            full = relay_info(text)
+            assert full.relay_data is not None
+            self.assertEqual(full, relay_summary(text).lazy_info(), text)
+            self.assertEqual(relay_summary(text).lazy_info(), full, text)
+            lazy = relay_summary(text).lazy_info().relay_data
+            assert lazy is not None
+            self.assertFalse(lazy != full.relay_data, text)
+            self.assertFalse(full.relay_data != lazy, text)
+            self.assertEqual(hash(lazy), hash(full.relay_data), text)
+            self.assertEqual(lazy.encode(), full.relay_data.encode(), text)
+            self.assertEqual(lazy.relay_message, full.relay_data.relay_message, text)
+            self.assertNotEqual(
+                lazy, relay_info(self.contexts[3 if text != self.contexts[3] else 4]).relay_data
+            )
+        self.assertIs(relay_summary(None).lazy_info(), NO_RELAY)
+
     def test_same_errors(self) -> None:
         """Every context L{relay_info} refuses is refused with the same reason."""
         for text in (

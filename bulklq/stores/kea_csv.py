@@ -638,7 +638,7 @@ class _LeaseTable:
 @lru_cache(maxsize=4096)
 def _relay_info(summary: RelaySummary) -> RelayInfo:
     # Checked when the row was read (relay_summary): it cannot fail here.
-    return summary.info()
+    return summary.lazy_info()
 
 
 class _FollowedFile:

@@ -95,6 +95,7 @@ _set_relay_message = slot_setters(
 _set_relay_data = slot_setters(LQRelayData, "peer_address", "relay_message")
 _set_remote = slot_setters(RemoteId, "enterprise_number", "remote_id")
 _set_relay_option = slot_setters(RelayMessageOption, "message")
+_set_lazy_summary: Any = None  # set below, once _LazyRelayData exists
 
 __all__ = [
     "LEASE_TYPE_NA",
@@ -434,6 +435,38 @@ class RelaySummary(NamedTuple):
         hops = self.hops
         if not hops:
             return NO_RELAY
+        return self._info(self.relay_data())
+
+    def lazy_info(self) -> RelayInfo:
+        """
+        L{info}, except that the LQ_RELAY_DATA is built only when something reads it (the
+        server does only for a query whose ORO asks for it): it equals and hashes as the
+        one L{info} gives.
+        """
+        if not self.hops:
+            return NO_RELAY
+        relay_data = _new(_LazyRelayData)
+        _set_lazy_summary(relay_data, self)
+        return self._info(relay_data)
+
+    def _info(self, relay_data: LQRelayData) -> RelayInfo:
+        remote_ids = []
+        for data in self.remote_ids:
+            remote_id = _new(RemoteId)
+            _set_remote[0](remote_id, int.from_bytes(data[:4]))
+            _set_remote[1](remote_id, data[4:])
+            remote_ids.append(remote_id)
+        link_address = self.link_address
+        return RelayInfo(
+            relay_data,
+            tuple(_duid_of(raw) for raw in self.relay_ids),
+            tuple(remote_ids),
+            None if link_address is None else ipv6_from_int(link_address),
+        )
+
+    def relay_data(self) -> LQRelayData:
+        """The LQ_RELAY_DATA option of a summary with a chain."""
+        hops = self.hops
         set_type, set_hop, set_link, set_peer, set_options = _set_relay_message
         message: RelayMessage | None = None
         for start in range(len(hops) - 4, -1, -4):
@@ -453,19 +486,41 @@ class RelaySummary(NamedTuple):
         relay_data = _new(LQRelayData)
         _set_relay_data[0](relay_data, message.peer_address)
         _set_relay_data[1](relay_data, message)
-        remote_ids = []
-        for data in self.remote_ids:
-            remote_id = _new(RemoteId)
-            _set_remote[0](remote_id, int.from_bytes(data[:4]))
-            _set_remote[1](remote_id, data[4:])
-            remote_ids.append(remote_id)
-        link_address = self.link_address
-        return RelayInfo(
-            relay_data,
-            tuple(_duid_of(raw) for raw in self.relay_ids),
-            tuple(remote_ids),
-            None if link_address is None else ipv6_from_int(link_address),
+        return relay_data
+
+
+class _LazyRelayData(LQRelayData):
+    """
+    An LQ_RELAY_DATA built from its L{RelaySummary} the first time a field is read: most
+    bindings a query returns are sent without relay data (an ORO without it), and building
+    the chain is most of the cost of building a binding. It compares and hashes as the
+    L{LQRelayData} it stands for, either way round.
+    """
+
+    __slots__ = ("_summary",)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for a field not set yet (an empty slot).
+        if name not in ("peer_address", "relay_message"):
+            raise AttributeError(name)
+        built = object.__getattribute__(self, "_summary").relay_data()
+        _set_relay_data[0](self, built.peer_address)
+        _set_relay_data[1](self, built.relay_message)
+        return object.__getattribute__(self, name)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LQRelayData):
+            return NotImplemented
+        return (self.peer_address, self.relay_message) == (
+            other.peer_address,
+            other.relay_message,
         )
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = LQRelayData.__hash__
 
 
 def _duid_of(raw: bytes) -> Duid:
@@ -475,6 +530,7 @@ def _duid_of(raw: bytes) -> Duid:
 
 
 _RELAY_FORW = MessageType.RELAY_FORW
+_set_lazy_summary = _LazyRelayData._summary.__set__  # type: ignore[attr-defined]
 
 #: The summary of a lease stored without a relay chain.
 NO_RELAY_SUMMARY = RelaySummary()
