@@ -625,6 +625,8 @@ def resolve(
     _check_tls(settings)
     if settings.udp:
         for endpoint in settings.listen:
+            if endpoint.lower().startswith("ssl:"):
+                continue  # TLS-only: no UDP counterpart, the tcp ones give UDP its ports
             if tcp_endpoint_address(endpoint) is None:
                 raise ConfigError(
                     f"--udp: needs tcp or tcp6 --listen endpoints to take addresses from, "

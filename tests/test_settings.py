@@ -376,6 +376,11 @@ class TLSOptionTests(SynchronousTestCase):
         self.assertIn("remove privatekey=", message)
         self.assertTrue(self.refused({"listen": ["ssl:port"]}).startswith("--listen: "))
 
+    def test_udp_with_ssl_listen(self) -> None:
+        """--udp takes its ports from the tcp listeners and leaves ssl: ones alone."""
+        settings = resolve({"udp": True, "listen": ["tcp6:5547", "ssl:5548"], **self.tls()}, ENV)
+        self.assertTrue(settings.udp)
+
     def test_tls_listen_description(self) -> None:
         """ssl: descriptions map to tcp: on the same port, interface and backlog."""
         self.assertEqual(
