@@ -168,6 +168,19 @@ class ExpirySweepTests(SynchronousTestCase):
         self.clock.pump([1.0] * 5)
         self.assertEqual(len(self.removals()), 1, "published once")
 
+    def test_expiry_in_catch_up(self) -> None:
+        """RFC 7653 section 8.4.1: a catch-up from before an expiry includes the binding as
+        removed."""
+        self.store.keep_history()
+        binding = self.expiring(1, 5)
+        self.store.put(binding)
+        start = self.clock.seconds()
+        self.sweep.start()
+        self.clock.pump([1.0] * 6)
+        found = self.successResultOf(self.store.changes_since(start))
+        assert found is not None
+        self.assertEqual([(c.binding, c.removed) for c in found], [(binding, True)])
+
     def test_written_after_start(self) -> None:
         """A binding put after the sweep started is watched too; a renewal before its
         expiry replaces the old expiry time."""
