@@ -23,8 +23,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
@@ -52,6 +51,7 @@ from ..wire import (
     decode_message,
     rfc_name,
 )
+from ._connection import BuildingFactory, abort_connection, peer_text
 from ._decode import binding_from_client_data
 from ._query import UNSPECIFIED, LeaseQuery
 from ._requestor import Requestor, ServerAddress
@@ -262,10 +262,7 @@ class ActiveLeasequeryClientProtocol(Int16StringReceiver):
     def connectionMade(self) -> None:
         """RFC 7653 8.2: in insecure mode (or once TLS is up) send the ACTIVELEASEQUERY."""
         assert self.transport is not None
-        peer = self.transport.getPeer()
-        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-        if host is not None and port is not None:
-            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.peer = peer_text(self.transport) or self.peer
         message = self._watcher.query.to_message(
             self.xid, self._watcher.requestor_duid, self.start_time
         )
@@ -292,13 +289,7 @@ class ActiveLeasequeryClientProtocol(Int16StringReceiver):
         """End the connection now, for C{why}."""
         if self._end is None:
             self._end = (why, text)
-        transport = self.transport
-        if transport is not None:
-            abort = getattr(transport, "abortConnection", None)
-            if abort is not None:
-                abort()
-            else:
-                transport.loseConnection()
+        abort_connection(self.transport)
 
     # -- receive timeout (RFC 7653 8.4) -----------------------------------------------
 
@@ -449,16 +440,6 @@ def _is_tls_error(reason: Failure) -> bool:
 def _base_time(message: Message) -> int | None:
     option = message.option(LQBaseTime)
     return None if option is None else option.seconds
-
-
-class _ActiveFactory(Factory):
-    def __init__(self, build: Callable[[], ActiveLeasequeryClientProtocol]) -> None:
-        self._build = build
-
-    def buildProtocol(self, addr: IAddress | None) -> ActiveLeasequeryClientProtocol:
-        protocol = self._build()
-        protocol.factory = self
-        return protocol
 
 
 #: Called with each change the replica takes.
@@ -623,7 +604,7 @@ class ActiveWatcher:
                 self, start_time, self._clock, self._receive_timeout, self._random
             )
 
-        factory = _ActiveFactory(build)
+        factory = BuildingFactory(build)
         timeout = self.requestor.options.connect_timeout
         try:
             connecting: Deferred[Any] = self._endpoint().connect(factory)

@@ -35,6 +35,7 @@ from ..wire import (
     decode_message,
     rfc_name,
 )
+from ._connection import abort_connection, peer_text
 from ._decode import binding_from_client_data, fast_data_bindings, fast_single_binding
 from ._query import UNSPECIFIED, LeaseQuery
 from ._result import (
@@ -138,13 +139,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
     def connectionMade(self) -> None:
         """Remember the peer's address for results."""
         self._connected = True
-        if self.transport is None:
-            return
-        peer = self.transport.getPeer()
-        host = getattr(peer, "host", None)
-        port = getattr(peer, "port", None)
-        if host is not None and port is not None:
-            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.peer = peer_text(self.transport) or self.peer
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         """Fail every outstanding query: its data is incomplete (R9)."""
@@ -215,13 +210,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         self._abort()
 
     def _abort(self) -> None:
-        transport = self.transport
-        if transport is not None:
-            abort = getattr(transport, "abortConnection", None)
-            if abort is not None:
-                abort()
-            else:
-                transport.loseConnection()
+        abort_connection(self.transport)
 
     def _close(self) -> None:
         if self.transport is not None:

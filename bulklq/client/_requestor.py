@@ -12,8 +12,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -24,6 +23,7 @@ from ..wire import (
     LEASEQUERY_PORT,
     Duid,
 )
+from ._connection import BuildingFactory, host_port_text
 from ._protocol import BindingCallback, BulkLeasequeryClientProtocol
 from ._query import LeaseQuery
 from ._result import BindingMerger, QueryResult, QueryStatus, ServerResult
@@ -83,8 +83,7 @@ class ServerAddress:
         return TCP4ClientEndpoint(reactor, self.host, self.port, timeout)
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port_text(self.host, self.port)
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -124,18 +123,6 @@ class RequestorOptions:
     max_bindings: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
     )
-
-
-class _ClientFactory(Factory):
-    """Builds one L{BulkLeasequeryClientProtocol} per connection."""
-
-    def __init__(self, build: Callable[[], BulkLeasequeryClientProtocol]) -> None:
-        self._build = build
-
-    def buildProtocol(self, addr: IAddress | None) -> BulkLeasequeryClientProtocol:
-        protocol = self._build()
-        protocol.factory = self
-        return protocol
 
 
 class Requestor:
@@ -183,7 +170,7 @@ class Requestor:
         protocol's C{query} to pipeline several queries on it (R13); close it when done.
         """
         address = server if isinstance(server, ServerAddress) else ServerAddress.parse(server)
-        factory = _ClientFactory(
+        factory = BuildingFactory(
             lambda: BulkLeasequeryClientProtocol(
                 self.requestor_duid, self._reactor, self.options.data_timeout, self._random
             )

@@ -24,7 +24,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -40,6 +39,7 @@ from ..wire import (
     decode_message,
     rfc_name,
 )
+from ._connection import BuildingFactory, abort_connection
 
 __all__ = [
     "StartTLSEndpoint",
@@ -130,9 +130,7 @@ class _StartTLSProtocol(Int16StringReceiver):
         """RFC 7653 8.2: in every failure case the requestor closes the TCP connection."""
         if self._error is None:
             self._error = error
-        transport = self.transport
-        if transport is not None:
-            transport.abortConnection()  # type: ignore[attr-defined]
+        abort_connection(self.transport)
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -208,16 +206,6 @@ class _StartTLSProtocol(Int16StringReceiver):
             self._ready.errback(error)
 
 
-class _StartTLSFactory(Factory):
-    def __init__(self, build: Any) -> None:
-        self._build = build
-
-    def buildProtocol(self, addr: IAddress | None) -> _StartTLSProtocol:
-        protocol: _StartTLSProtocol = self._build()
-        protocol.factory = self
-        return protocol
-
-
 @implementer(IStreamClientEndpoint)
 class StartTLSEndpoint:
     """
@@ -247,7 +235,7 @@ class StartTLSEndpoint:
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """Connect, STARTTLS, handshake; fires with the caller's protocol."""
         ready: Deferred[IProtocol] = Deferred()
-        factory = _StartTLSFactory(
+        factory = BuildingFactory(
             lambda: _StartTLSProtocol(
                 protocolFactory,
                 self._tls,
