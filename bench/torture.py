@@ -18,6 +18,9 @@ Scenarios (run one, several, or C{all}):
   slow-reader     a requestor reading 1 KiB/s, then the rest, of 1,000,000 bindings; server
                   RSS sampled throughout
   stalled-reader  a requestor that stops reading: time until the server aborts it
+  no-read-flood   a requestor sends queries answered at once (STARTTLS, unknown query
+                  type) as fast as it can and never reads: server RSS, and whether the
+                  server stops reading (the sender blocks) instead of buffering replies
   consistency     100,000 bindings, writes at 5,000/s, 10 requestors streaming; checked
                   against the write log (memory, sqlite, postgresql with
                   BULKLQ_TEST_POSTGRES_DSN)
@@ -41,6 +44,7 @@ import socket
 import sys
 import threading
 import time
+from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,7 @@ SCENARIOS = (
     "flood",
     "slow-reader",
     "stalled-reader",
+    "no-read-flood",
     "consistency",
 )
 
@@ -429,6 +434,54 @@ def stalled_reader(args: argparse.Namespace) -> dict[str, Any]:
         server.stop()
 
 
+def no_read_flood(args: argparse.Namespace) -> dict[str, Any]:
+    """Cheap queries as fast as possible, never reading the replies."""
+    server = ServerProcess(bindings=100, data_timeout=args.data_timeout)
+    try:
+        from torture_server import encode_query
+
+        from bulklq.wire import ClientId, Duid, Message, MessageType
+
+        client = ClientId(Duid.en(32473, b"flood"))
+        starttls = Message(MessageType.STARTTLS, 5, (client,)).encode()
+        unknown = encode_query(6, 77, IPv6Address(0))
+        pair = len(starttls).to_bytes(2, "big") + starttls + unknown
+        burst = pair * 2000
+        before = rss_kib(server.pid)
+        sock = connect("127.0.0.1", server.ports["127.0.0.1"])
+        sock.settimeout(2.0)
+        sent = 0
+        blocked = False
+        peak = before
+        started = next_sample = time.monotonic()
+        while time.monotonic() < started + args.flood_seconds:
+            try:
+                sent += sock.send(burst)
+            except TimeoutError:
+                blocked = True
+                break
+            except OSError:
+                break
+            if time.monotonic() >= next_sample:
+                peak = max(peak, rss_kib(server.pid))
+                next_sample = time.monotonic() + 0.25
+        elapsed = time.monotonic() - started
+        peak = max(peak, rss_kib(server.pid))
+        sock.close()
+        return {
+            "seconds": round(elapsed, 1),
+            "octets_sent": sent,
+            "queries_sent": sent * 2 // len(pair),
+            "sender_blocked": blocked,
+            "server_rss_before_mib": round(before / 1024, 1),
+            "server_rss_peak_mib": round(peak / 1024, 1),
+            "server_rss_growth_mib": round((peak - before) / 1024, 1),
+            "ok": blocked and (peak - before) < 50 * 1024,
+        }
+    finally:
+        server.stop()
+
+
 # -- consistency ----------------------------------------------------------------------------
 
 
@@ -460,6 +513,7 @@ RUNNERS = {
     "flood": flood,
     "slow-reader": slow_reader,
     "stalled-reader": stalled_reader,
+    "no-read-flood": no_read_flood,
     "consistency": consistency,
 }
 
@@ -479,6 +533,7 @@ def main() -> None:
     parser.add_argument("--bindings", type=int, default=None, help="slow-reader 1M, others less")
     parser.add_argument("--rate", type=int, default=None, help="slow-reader B/s; writes/s")
     parser.add_argument("--slow-seconds", type=float, default=60.0)
+    parser.add_argument("--flood-seconds", type=float, default=20.0, help="no-read-flood")
     parser.add_argument("--requestors", type=int, default=10)
     parser.add_argument("--store", default="memory,sqlite,postgresql")
     parser.add_argument("--max-seconds", type=float, default=240.0, help="consistency bound")

@@ -15,13 +15,14 @@ the JSON it prints.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,14 @@ def run_consistency(
 
 
 def open_store(kind: str, initial: list[Any], reactor: Any, cleanups: list[Any]) -> Any:
-    """The store, and functions writing a batch of bindings and removing a batch of keys."""
-    from twisted.internet.threads import deferToThread
+    """
+    The store, and a function applying a batch of writes (bindings to put, keys to
+    remove): synchronously for the memory store, else in a writer thread of its own with
+    its own connection (so writes do not queue behind the server's reads), returning a
+    Deferred.
+    """
+    from twisted.internet.threads import deferToThreadPool
+    from twisted.python.threadpool import ThreadPool
 
     from tests.test_hardening_consistency import LINK
 
@@ -69,15 +76,17 @@ def open_store(kind: str, initial: list[Any], reactor: Any, cleanups: list[Any])
         memory = MemoryBindingStore([LINK], clock=reactor)
         memory.put_many(initial)
 
-        def put_memory(batch: list[Any]) -> None:
-            for binding in batch:
+        def write_memory(puts: list[Any], removes: list[Any]) -> None:
+            for binding in puts:
                 memory.put(binding)
-
-        def remove_memory(keys: list[Any]) -> None:
-            for key in keys:
+            for key in removes:
                 memory.remove(key)
 
-        return memory, put_memory, remove_memory
+        return memory, write_memory
+    writer_pool = ThreadPool(1, 1, name="torture writer")
+    writer_pool.start()
+    cleanups.append(writer_pool.stop)
+    local: dict[str, Any] = {}
     if kind == "sqlite":
         from bulklq.stores.sqlite import SQLiteBindingStore, SQLiteDatabase
 
@@ -88,22 +97,31 @@ def open_store(kind: str, initial: list[Any], reactor: Any, cleanups: list[Any])
         database.put_many(initial)
         database.close()
         sqlite = SQLiteBindingStore(path, reactor, threads=4)
-        cleanups.append(
-            lambda: [os.remove(os.path.join(directory, f)) for f in os.listdir(directory)]
-        )
-        cleanups.append(lambda: os.rmdir(directory))
+        cleanups.append(lambda: local["db"].close() if "db" in local else None)
+        cleanups.append(lambda: shutil.rmtree(directory, ignore_errors=True))
 
-        def put_sqlite(batch: list[Any]) -> Any:
-            return sqlite.put_many(batch)
+        def sqlite_batch(puts: list[Any], removes: list[Any]) -> None:
+            if "db" not in local:
+                local["db"] = SQLiteDatabase(path)
+            writer = local["db"]
+            if puts:
+                writer.put_many(puts)
+            for key in removes:
+                writer.remove(key)
 
-        async def remove_sqlite(keys: list[Any]) -> None:
-            for key in keys:
-                await sqlite.remove(key)
+        def write_sqlite(puts: list[Any], removes: list[Any]) -> Any:
+            return deferToThreadPool(reactor, writer_pool, sqlite_batch, puts, removes)
 
-        return sqlite, put_sqlite, remove_sqlite
+        return sqlite, write_sqlite
     if kind == "postgresql":
-        from bulklq.stores.postgresql import PostgreSQLBindingStore, PostgreSQLSettings
-        from tests.test_store_postgresql import V17, ScratchDatabase
+        import psycopg
+
+        from bulklq.stores.postgresql import (
+            PostgreSQLBindingStore,
+            PostgreSQLSettings,
+            subnet_of_link,
+        )
+        from tests.test_store_postgresql import V17, ScratchDatabase, kea_rows
 
         scratch = ScratchDatabase(V17)
         cleanups.append(scratch.drop)
@@ -111,14 +129,52 @@ def open_store(kind: str, initial: list[Any], reactor: Any, cleanups: list[Any])
         postgresql = PostgreSQLBindingStore(
             PostgreSQLSettings(scratch.dsn, pool_size=4), reactor, [LINK]
         )
+        cleanups.append(lambda: local["conn"].close() if "conn" in local else None)
 
-        def put_postgresql(batch: list[Any]) -> Any:
-            return deferToThread(scratch.put, batch)
+        def postgresql_batch(puts: list[Any], removes: list[Any]) -> None:
+            # What Kea does, in one transaction: delete the client's leases (and their
+            # relay-table rows), insert the new ones (ScratchDatabase.put, schema 17).
+            if "conn" not in local:
+                local["conn"] = psycopg.connect(scratch.dsn, autocommit=True)
+            conn = local["conn"]
+            keys = [
+                (subnet_of_link(key[0]), key[1])
+                for key in [*removes, *(binding.key for binding in puts)]
+            ]
+            leases, relays, remotes = [], [], []
+            for binding in puts:
+                for row, relay_ids, remote_ids in kea_rows(binding, V17):
+                    packed = IPv6Address(row[0]).packed
+                    leases.append((*row, packed))
+                    relays += [(relay_id, packed) for relay_id in relay_ids]
+                    remotes += [(remote_id, packed) for remote_id in remote_ids]
+            with conn.transaction(), conn.cursor() as cursor:
+                for table in ("lease6_relay_id", "lease6_remote_id"):
+                    cursor.executemany(
+                        f"DELETE FROM {table} WHERE lease_addr IN "
+                        "(SELECT binaddr FROM lease6 WHERE subnet_id = %s AND duid = %s)",
+                        keys,
+                    )
+                cursor.executemany("DELETE FROM lease6 WHERE subnet_id = %s AND duid = %s", keys)
+                cursor.executemany(
+                    "INSERT INTO lease6 (address, duid, valid_lifetime, expire, subnet_id, "
+                    "pref_lifetime, lease_type, iaid, prefix_len, state, user_context, "
+                    "binaddr) VALUES (%s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, 0, "
+                    "%s, %s)",
+                    leases,
+                )
+                cursor.executemany(
+                    "INSERT INTO lease6_relay_id (relay_id, lease_addr) VALUES (%s, %s)", relays
+                )
+                cursor.executemany(
+                    "INSERT INTO lease6_remote_id (remote_id, lease_addr) VALUES (%s, %s)",
+                    remotes,
+                )
 
-        def remove_postgresql(keys: list[Any]) -> Any:
-            return deferToThread(scratch.remove, keys)
+        def write_postgresql(puts: list[Any], removes: list[Any]) -> Any:
+            return deferToThreadPool(reactor, writer_pool, postgresql_batch, puts, removes)
 
-        return postgresql, put_postgresql, remove_postgresql
+        return postgresql, write_postgresql
     raise SystemExit(f"unknown store {kind!r} (memory, sqlite, postgresql)")
 
 
@@ -138,7 +194,7 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
     initial = [state(n, 0, base_time) for n in range(1, args.bindings + 1)]
     cleanups: list[Any] = []
     setup = time.monotonic()
-    store, put_batch, remove_batch = open_store(args.store, initial, reactor, cleanups)
+    store, write_batch = open_store(args.store, initial, reactor, cleanups)
     setup_seconds = time.monotonic() - setup
     log = WriteLog()
     log.initial(initial)
@@ -161,9 +217,10 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
     )
     report: dict[str, Any] = {"store": args.store, "bindings": args.bindings}
     stop = False
+    writer_started = [time.monotonic()]
 
     async def write_loop() -> None:
-        started = time.monotonic()
+        started = writer_started[0] = time.monotonic()
         while not stop:
             owed = int((time.monotonic() - started) * args.rate) - writer.operations
             if owed <= 0:
@@ -171,7 +228,7 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             batch: list[tuple[Any, Any]] = []
             keys: set[Any] = set()
-            for _ in range(min(owed, max(args.rate // 20, 1))):
+            for _ in range(min(owed, 5000)):
                 key, binding = writer.choose()
                 if key in keys:
                     # Never two writes to one key in a batch (their order would be unknown):
@@ -180,14 +237,12 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
                 keys.add(key)
                 batch.append((key, binding))
             entries = [log.issue(key, binding) for key, binding in batch]
-            puts = [binding for _, binding in batch if binding is not None]
-            removes = [key for key, binding in batch if binding is None]
-            for result in (
-                put_batch(puts) if puts else None,
-                remove_batch(removes) if removes else None,
-            ):
-                if inspect.iscoroutine(result) or isinstance(result, Deferred):
-                    await result
+            result = write_batch(
+                [binding for _, binding in batch if binding is not None],
+                [key for key, binding in batch if binding is None],
+            )
+            if isinstance(result, Deferred):
+                await result
             for entry in entries:
                 log.done(entry)
             writer.operations += len(batch)
@@ -244,7 +299,9 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
                 "requestors": args.requestors,
                 "write_rate_asked": args.rate,
                 "writes": writer.operations,
-                "write_rate_achieved": round(writer.operations / (elapsed + 0.5)),
+                "write_rate_achieved": round(
+                    writer.operations / (time.monotonic() - writer_started[0])
+                ),
                 "query_seconds": round(elapsed, 1),
                 "queries": verdicts,
                 "returned_total": sum(v["returned"] for v in verdicts),

@@ -175,6 +175,9 @@ class Writer:
         self.base_time = base_time
         self.rng = random.Random(seed)
         self.next_client = max(present, default=0) + 1
+        # The present clients in a list too, for a random choice in O(1).
+        self._clients = list(present)
+        self._positions = {client: index for index, client in enumerate(self._clients)}
         self.operations = 0
 
     def choose(self) -> tuple[BindingKey, Binding | None]:
@@ -184,14 +187,21 @@ class Writer:
             client = self.next_client
             self.next_client += 1
             self.present[client] = 0
+            self._positions[client] = len(self._clients)
+            self._clients.append(client)
             binding = state(client, 0, self.base_time)
             return binding.key, binding
-        client = self.rng.choice(list(self.present))
+        client = self._clients[self.rng.randrange(len(self._clients))]
         if choice == 1:
             self.present[client] += 1
             binding = state(client, self.present[client], self.base_time)
             return binding.key, binding
         del self.present[client]
+        index = self._positions.pop(client)
+        last = self._clients.pop()
+        if last != client:
+            self._clients[index] = last
+            self._positions[last] = index
         return (LINK.link_id, make_duid(client).raw), None
 
     async def write(self, count: int) -> None:

@@ -603,3 +603,19 @@ class HarnessTests(SynchronousTestCase):
         first = list(junk_messages(random.Random(5), 50))
         self.assertEqual(first, list(junk_messages(random.Random(5), 50)))
         self.assertNotEqual(first, list(junk_messages(random.Random(6), 50)))
+
+
+class DocsExampleTests(SynchronousTestCase):
+    """The configuration example of docs/hardening.md runs."""
+
+    def test_example_runs(self) -> None:
+        """The page's Python block executes without error (its asserts hold)."""
+        import pathlib
+        import re
+
+        page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "hardening.md"
+        blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)
+        self.assertEqual(len(blocks), 1)
+        namespace: dict[str, object] = {}
+        exec(compile(blocks[0], str(page), "exec"), namespace)
+        self.assertIn("config", namespace)

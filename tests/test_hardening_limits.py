@@ -122,6 +122,35 @@ class SlowlorisTests(SynchronousTestCase):
         for protocol, transport in [*attackers, (good, good_transport)]:
             harness.lose(protocol, transport)
 
+    def test_trickle_many_addresses(self) -> None:
+        """
+        Attackers from 10 addresses of the ACL fill the pool and keep trickling their
+        frames, one octet every 2 seconds, so none is ever silent for
+        C{eviction_min_idle}: a frame that is still incomplete is no progress, so a
+        requestor connecting later evicts the connection idle the longest (S24) and is
+        served.
+        """
+        harness = Harness(bindings=5, config=attack_config())
+        frame = link_query(3)
+        attackers = []
+        for number in range(10):
+            protocol, transport = harness.connect(f"2001:db8:bad::{number + 1:x}")
+            assert protocol is not None
+            attackers.append((protocol, transport))
+        for step in range(8):
+            harness.clock.advance(2)
+            for protocol, transport in attackers:
+                if not transport.disconnecting:
+                    protocol.dataReceived(frame[step : step + 1])
+        good, good_transport = harness.connect("2001:db8::100")
+        self.assertIsNotNone(good, "a trickling attacker held its slot")
+        assert good is not None
+        good.dataReceived(query_frame(4, 0x12))
+        self.assertEqual(client_data_count(answers(good_transport)), 5)
+        self.assertEqual(harness.factory.stats.evictions, 1)
+        for protocol, transport in [*attackers, (good, good_transport)]:
+            harness.lose(protocol, transport)
+
     def test_trickle(self) -> None:
         """
         A frame trickled one octet at a time, each just before the data timeout would
@@ -301,3 +330,47 @@ class ReaderTests(SynchronousTestCase):
         self.assertEqual(harness.factory.stats.timeouts["write"], 1)
         harness.lose(protocol, transport)
         self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+
+class AmplificationTests(SynchronousTestCase):
+    """Queries answered at once (errors, STARTTLS) respect backpressure too (S19, S20)."""
+
+    def test_cheap_queries_never_read(self) -> None:
+        """
+        A requestor that never reads sends 20,000 queries the server answers at once
+        without the store (unknown query type, STARTTLS, NotConfigured, NotAllowed): once
+        the transport says its buffer is full, the server stops reading instead of
+        buffering a reply for every query; what it wrote stays below 100 replies.
+        """
+        from bulklq.config import parse_access_rule
+        from bulklq.wire import (
+            ClientId,
+            LQQuery,
+            Message,
+            MessageType,
+        )
+
+        from .test_hardening_harness import REQUESTOR_DUID, frame
+
+        allow = (parse_access_rule("::/0:link,address"),)
+        harness = Harness(config=attack_config(allow=allow))
+        protocol, transport = harness.connect(full=True)
+        assert protocol is not None
+        client = ClientId(REQUESTOR_DUID)
+        cheap = [
+            Message(MessageType.LEASEQUERY, 1, (client, LQQuery(77, LINK.address, ()))),
+            Message(MessageType.STARTTLS, 2, (client,)),
+            Message(MessageType.LEASEQUERY, 3, (client, LQQuery(4, LINK.address + (1 << 80), ()))),
+            Message(MessageType.LEASEQUERY, 4, (client, LQQuery(3, LINK.address, ()))),
+        ]
+        octets = b"".join(frame(cheap[n % 4].encode()) for n in range(20_000))
+        offset = 0
+        # A real transport delivers nothing more once reading is paused.
+        while offset < len(octets) and transport.producerState != "paused":
+            protocol.dataReceived(octets[offset : offset + 65536])
+            offset += 65536
+        replies = len(answers(transport))
+        self.assertGreater(replies, 0)
+        self.assertLess(replies, 100)
+        self.assertEqual(transport.producerState, "paused")
+        harness.lose(protocol, transport)
