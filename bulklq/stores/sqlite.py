@@ -11,7 +11,10 @@ duration exactly once while other connections write (WAL mode lets them).
 
 L{SQLiteDatabase} is the synchronous, thread-confined layer (one per connection), used by the
 store's thread pool and by C{bulklq store import/export/stats}. L{SQLiteBindingStore} runs it
-in a thread pool the store owns, so a slow query never blocks the reactor.
+in a thread pool the store owns, so a slow query never blocks the reactor; its pages hold the
+rows read and build each binding when the server reaches it
+(L{LazyBindings<bulklq.stores._materialise.LazyBindings>}), so a binding lives only until it
+is encoded and the garbage collector never sees a whole page of them.
 
 The schema is versioned (table C{schema_version}); L{SQLiteDatabase} migrates older databases
 forward and refuses one written by a newer bulklq.
@@ -127,6 +130,13 @@ class SQLiteStoreError(ValueError):
 # one Remote-ID, each preceded by its 2-octet length when it has several, NULL when none.
 # (Schema version 1 kept each Remote-ID, length and enterprise number included, inside
 # C{relay}: see L{_split_remote_ids}.)
+#
+# C{leases} is the cltt (signed 64 bits) and the number of addresses (C{_LEASES_HEADER}),
+# then each address (C{_LEASE}) and each delegated prefix (C{_PREFIX}); one address and no
+# prefix, the usual binding, is one C{_ONE_ADDRESS} unpack. C{extra} is NULL unless the
+# binding has Relay-IDs or Remote-IDs other than its chain's, or client options: then the
+# lengths of its packed Relay-IDs and Remote-IDs (C{_EXTRA_HEADER}; C{_FROM_CHAIN}: those of
+# the chain), those, and the options' encoding.
 
 _LEASE = struct.Struct("!16sII")
 _PREFIX = struct.Struct("!16sBII")
