@@ -454,19 +454,11 @@ def fast_single_binding(frame: bytes, received_at: int, query_link: str | None) 
         code, size, high, low, preferred, valid, clt_code, clt_size, clt_time = values
         if (code, size, clt_code, clt_size) != (5, 24, 46, 4):
             return None
-        preferred += clt_time
-        valid += clt_time
         return _plain_binding(
             _duid(frame[12:rest]),
             link,
             received_at - clt_time,
-            (
-                _address_lease(
-                    _address((high << 64) | low),
-                    preferred if preferred < ceiling else _granted_top(preferred - clt_time),
-                    valid if valid < ceiling else _granted_top(valid - clt_time),
-                ),
-            ),
+            (_fast_address_lease(high, low, preferred, valid, clt_time),),
             (),
         )
     if count_addresses == 1 and count_prefixes == 1:
@@ -497,21 +489,13 @@ def fast_single_binding(frame: bytes, received_at: int, query_link: str | None) 
             4,
         ) or prefix_length > 128:
             return None
-        preferred += clt_time
-        valid += clt_time
         prefix_preferred += clt_time
         prefix_valid += clt_time
         return _plain_binding(
             _duid(frame[12:rest]),
             link,
             received_at - clt_time,
-            (
-                _address_lease(
-                    _address((high << 64) | low),
-                    preferred if preferred < ceiling else _granted_top(preferred - clt_time),
-                    valid if valid < ceiling else _granted_top(valid - clt_time),
-                ),
-            ),
+            (_fast_address_lease(high, low, preferred, valid, clt_time),),
             (
                 _prefix_lease(
                     _network(
@@ -527,6 +511,20 @@ def fast_single_binding(frame: bytes, received_at: int, query_link: str | None) 
             ),
         )
     return _shaped_general(frame, rest, values, count_addresses, count_prefixes, received_at, link)
+
+
+def _fast_address_lease(
+    high: int, low: int, preferred: int, valid: int, clt_time: int
+) -> AddressLease:
+    """The lease of an IAADDR read as two 64-bit halves, its lifetimes as granted at CLT_TIME."""
+    ceiling = INFINITE_LIFETIME - 1
+    preferred += clt_time
+    valid += clt_time
+    return _address_lease(
+        _address((high << 64) | low),
+        preferred if preferred < ceiling else _granted_top(preferred - clt_time),
+        valid if valid < ceiling else _granted_top(valid - clt_time),
+    )
 
 
 def _granted_top(remaining: int) -> int:
