@@ -23,7 +23,9 @@ Decisions taken here (RFC 5007 section 4.2.1 and 4.4.1, RFC 5460 sections 5.3 an
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from ipaddress import IPv6Address
+from typing import Any
 
 import attrs
 
@@ -41,6 +43,7 @@ from .wire import (
     LQStartTime,
     Message,
     MessageType,
+    Option,
     OptionRequest,
     QueryType,
     RelayId,
@@ -291,43 +294,31 @@ def validate_query(
         start_time=window[0],
         end_time=window[1],
     )
-    missing = None
-    if query_type is QueryType.QUERY_BY_ADDRESS:
-        iaaddr = lq_query.option(IAAddress)
-        if iaaddr is None:
-            missing = "IAADDR"
-        else:
-            plan = attrs.evolve(plan, address=iaaddr.address)
-    elif query_type is QueryType.QUERY_BY_CLIENTID:
-        query_client = lq_query.option(ClientId)
-        if query_client is None:
-            missing = "CLIENTID"
-        else:
-            plan = attrs.evolve(plan, client_duid=query_client.duid)
-    elif query_type is QueryType.QUERY_BY_RELAY_ID:
-        relay_id = lq_query.option(RelayId)
-        if relay_id is None:
-            missing = "RELAY_ID"
-        else:
-            plan = attrs.evolve(plan, relay_id=relay_id.duid)
-    elif query_type is QueryType.QUERY_BY_REMOTE_ID:
-        remote_id = lq_query.option(RemoteId)
-        if remote_id is None:
-            missing = "REMOTE_ID"
-        else:
-            plan = attrs.evolve(plan, remote_id=remote_id)
-    elif lq_query.link_address == _UNSPECIFIED:
+    selector = _SELECTORS.get(query_type)
+    if selector is not None:
+        option_type, option_name, field, value = selector
+        option = lq_query.option(option_type)
+        if option is None:
+            return plan.reject(
+                StatusCode.MalformedQuery,
+                f"{query_type.name} needs an {option_name} query-option",
+            )
+        return attrs.evolve(plan, **{field: value(option)})
+    if lq_query.link_address == _UNSPECIFIED:  # QUERY_BY_LINK_ADDRESS
         return plan.reject(
             StatusCode.MalformedQuery, "QUERY_BY_LINK_ADDRESS needs a link-address, not ::"
-        )
-    if missing is not None:
-        return plan.reject(
-            StatusCode.MalformedQuery,
-            f"{query_type.name} needs an {missing} query-option",
         )
     return plan
 
 
+#: For each query type that selects by a query-option: that option's class, its RFC name,
+#: the L{QueryPlan} field it fills and how to read the value from it.
+_SELECTORS: dict[QueryType, tuple[type[Option], str, str, Callable[[Any], Any]]] = {
+    QueryType.QUERY_BY_ADDRESS: (IAAddress, "IAADDR", "address", lambda o: o.address),
+    QueryType.QUERY_BY_CLIENTID: (ClientId, "CLIENTID", "client_duid", lambda o: o.duid),
+    QueryType.QUERY_BY_RELAY_ID: (RelayId, "RELAY_ID", "relay_id", lambda o: o.duid),
+    QueryType.QUERY_BY_REMOTE_ID: (RemoteId, "REMOTE_ID", "remote_id", lambda o: o),
+}
 _BASE_TIME = int(LQBaseTime.code)
 
 
