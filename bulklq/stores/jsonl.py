@@ -25,9 +25,9 @@ an error naming the line.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv6Address, IPv6Network
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from ..model import AddressLease, Binding, Link, PrefixLease, relay_identities
 from ..wire import (
@@ -57,6 +57,9 @@ __all__ = [
 MAX_LINE_LENGTH = 1 << 20
 _U32 = (1 << 32) - 1
 _MAX_HOPS = 32
+
+
+_T = TypeVar("_T")
 
 
 class JsonlError(ValueError):
@@ -225,6 +228,26 @@ _BINDING_FIELDS = {
 }
 
 
+def _leases(
+    record: dict[str, Any], key: str, field: str, parse: Callable[[str], _T], where: str
+) -> list[tuple[_T, int, int]]:
+    """
+    The C{key} list of a binding record (C{addresses} or C{prefixes}): each item an object
+    holding C{field} (read with C{parse}), C{preferred} and C{valid}.
+    """
+    leases = []
+    for item in _field(record, key, list, where) if key in record else []:
+        if not isinstance(item, dict):
+            raise JsonlError(f"{where}: each {field} must be an object")
+        _only(item, {field, "preferred", "valid"}, where)
+        try:
+            value = parse(_field(item, field, str, where))
+        except ValueError as error:
+            raise JsonlError(f"{where}: {error}") from None
+        leases.append((value, _lifetime(item, "preferred", where), _lifetime(item, "valid", where)))
+    return leases
+
+
 def _decode_binding(record: dict[str, Any]) -> Binding:
     try:
         duid = Duid.from_text(_field(record, "duid", str, "binding"))
@@ -236,34 +259,13 @@ def _decode_binding(record: dict[str, Any]) -> Binding:
     cltt: int = _field(record, "cltt", int, where)
     if cltt < 0:
         raise JsonlError(f"{where}: 'cltt' must not be negative")
-    addresses = []
-    for item in _field(record, "addresses", list, where) if "addresses" in record else []:
-        if not isinstance(item, dict):
-            raise JsonlError(f"{where}: each address must be an object")
-        _only(item, {"address", "preferred", "valid"}, where)
-        try:
-            address = IPv6Address(_field(item, "address", str, where))
-        except ValueError as error:
-            raise JsonlError(f"{where}: {error}") from None
-        addresses.append(
-            AddressLease(
-                address, _lifetime(item, "preferred", where), _lifetime(item, "valid", where)
-            )
-        )
-    prefixes = []
-    for item in _field(record, "prefixes", list, where) if "prefixes" in record else []:
-        if not isinstance(item, dict):
-            raise JsonlError(f"{where}: each prefix must be an object")
-        _only(item, {"prefix", "preferred", "valid"}, where)
-        try:
-            prefix = IPv6Network(_field(item, "prefix", str, where))
-        except ValueError as error:
-            raise JsonlError(f"{where}: {error}") from None
-        prefixes.append(
-            PrefixLease(
-                prefix, _lifetime(item, "preferred", where), _lifetime(item, "valid", where)
-            )
-        )
+    addresses = [
+        AddressLease(*lease)
+        for lease in _leases(record, "addresses", "address", IPv6Address, where)
+    ]
+    prefixes = [
+        PrefixLease(*lease) for lease in _leases(record, "prefixes", "prefix", IPv6Network, where)
+    ]
     relay_data = None if record.get("relay") is None else _decode_relay(record["relay"], where)
     relay_ids, remote_ids = relay_identities(relay_data)
     try:
