@@ -32,32 +32,26 @@ import struct
 import subprocess
 import sys
 import time
-from ipaddress import IPv6Address, IPv6Network
+from ipaddress import IPv6Network
+from pathlib import Path
 from typing import Any
 
-REPLY, DONE, DATA = 15, 16, 17
-RELAY_DUID = bytes.fromhex("0004000102030405060708090a0b0c0d0e0f")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from raw_leasequery import (
+    DATA,
+    DONE,
+    RELAY_DUID,
+    REPLY,
+    encode_query,
+    has_client_data,
+    relay_id_query,
+    rss_kib,
+)
 
 
 def link_prefix(index: int) -> IPv6Network:
     """The /64 of link C{index}."""
     return IPv6Network(f"2001:db8:{index + 1:x}::/64")
-
-
-def encode_query(xid: int, query_type: int, link: IPv6Address, options: bytes = b"") -> bytes:
-    """A framed LEASEQUERY: CLIENTID (DUID-EN) and LQ_QUERY."""
-    requestor = struct.pack("!HI", 2, 32473) + b"bench"
-    body = struct.pack("!HH", 1, len(requestor)) + requestor
-    lq = bytes((query_type,)) + link.packed + options
-    body += struct.pack("!HH", 44, len(lq)) + lq
-    message = struct.pack("!I", (14 << 24) | xid) + body
-    return struct.pack("!H", len(message)) + message
-
-
-def relay_id_query(xid: int) -> bytes:
-    """QUERY_BY_RELAY_ID for the shared relay DUID, link ::."""
-    option = struct.pack("!HH", 53, len(RELAY_DUID)) + RELAY_DUID
-    return encode_query(xid, 3, IPv6Address(0), option)
 
 
 def link_query(xid: int, index: int) -> bytes:
@@ -66,17 +60,6 @@ def link_query(xid: int, index: int) -> bytes:
 
 
 # -- the frame-counting requestor ----------------------------------------------------------
-
-
-def reply_has_client_data(message: bytes) -> bool:
-    """Whether a LEASEQUERY-REPLY holds a CLIENT_DATA option (45)."""
-    offset = 4
-    while offset + 4 <= len(message):
-        code, length = struct.unpack_from("!HH", message, offset)
-        if code == 45:
-            return True
-        offset += 4 + length
-    return False
 
 
 def count_frames(
@@ -111,7 +94,7 @@ def count_frames(
                 bindings += 1
             elif msg_type == REPLY:
                 # A REPLY with CLIENT_DATA holds the first binding; an empty one ends it.
-                if reply_has_client_data(buffer[offset + 2 : offset + 2 + size]):
+                if has_client_data(buffer[offset + 2 : offset + 2 + size]):
                     bindings += 1
                 else:
                     done = True
@@ -210,15 +193,6 @@ def serve(total: int, links: int, page_size: int) -> None:
         flush=True,
     )
     reactor.run()  # type: ignore[attr-defined]
-
-
-def rss_kib(pid: int) -> int:
-    """The resident set size of process C{pid}, KiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 # -- the plain-socket ceiling --------------------------------------------------------------
