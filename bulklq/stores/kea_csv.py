@@ -45,7 +45,6 @@ import gc
 import os
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
-from functools import lru_cache
 from ipaddress import IPv6Address, IPv6Network
 from itertools import takewhile
 from operator import itemgetter
@@ -64,15 +63,18 @@ from zope.interface import implementer
 
 from ..interfaces import IBindingStore
 from ..model import (
+    AddressLease,
     Binding,
     BindingKey,
     BindingPage,
     BindingQuery,
     Link,
+    PrefixLease,
     QueryKind,
 )
 from ..wire import Duid
-from ..wire._fast import ipv6_from_packed
+from ..wire._fast import ipv6_from_packed, slot_setters
+from ..wire._fast import new as _new
 from .kea_config import load_kea_config
 from .kea_leases import (
     LEASE_TYPE_PD,
@@ -81,6 +83,7 @@ from .kea_leases import (
     RelayInfo,
     RelaySummary,
     assemble_binding,
+    checked_binding,
     client_duid,
     lease_item,
     parse_address,
@@ -103,6 +106,8 @@ from .memory import (
 __all__ = ["KeaCsvError", "KeaCsvStore", "lease_file_set", "open_store_uri"]
 
 log = Logger()
+
+(_set_duid_raw,) = slot_setters(Duid, "raw")
 
 #: Columns a lease file must have; the others (state, user_context, pool_id ...) are optional.
 REQUIRED_COLUMNS = (
@@ -533,18 +538,50 @@ class _LeaseTable:
         if binding is not None:
             return binding
         leases = self.leases
-        parts = []
-        for address in self.members[entry[0]][1:]:
-            _, (lease_type, prefix_len, pref, valid), expire, relay = leases[address]
-            parts.append(
-                (
-                    lease_item(ipv6_from_packed(address), lease_type, prefix_len, pref, valid),
-                    expire - valid,
-                    _relay_info(relay),
-                )
+        addresses = self.members[entry[0]][1:]
+        records = [leases[address] for address in addresses]
+        first = records[0]
+        cltt = first[2] - first[1][3]
+        relay = first[3]
+        built: Binding | None
+        if all(record[3] is relay and record[2] - record[1][3] == cltt for record in records):
+            # One transaction (the common case): no lifetime to shorten, one chain.
+            found: list[AddressLease] = []
+            delegated: list[tuple[bytes, int, PrefixLease]] = []
+            for address, record in zip(addresses, records, strict=True):
+                lease_type, prefix_len, pref, valid = record[1]
+                item = lease_item(ipv6_from_packed(address), lease_type, prefix_len, pref, valid)
+                if type(item) is PrefixLease:
+                    delegated.append((address, prefix_len, item))
+                else:
+                    found.append(item)  # type: ignore[arg-type]
+            if len(found) > 1:
+                found.sort(key=_by_address)
+            if len(delegated) > 1:
+                delegated.sort(key=_by_prefix)
+            info = _relay_info(relay)
+            built = checked_binding(
+                _duid(key[1]),
+                key[0],
+                cltt,
+                tuple(found),
+                tuple(item for _, _, item in delegated),
+                info,
             )
-        built = assemble_binding(Duid(key[1]), key[0], parts)
-        assert built is not None
+        else:
+            built = assemble_binding(
+                _duid(key[1]),
+                key[0],
+                [
+                    (
+                        lease_item(ipv6_from_packed(address), *record[1]),
+                        record[2] - record[1][3],
+                        _relay_info(record[3]),
+                    )
+                    for address, record in zip(addresses, records, strict=True)
+                ],
+            )
+            assert built is not None
         entry[4] = built
         return built
 
@@ -635,10 +672,35 @@ class _LeaseTable:
             yield self.binding(key, entries[key])
 
 
-@lru_cache(maxsize=4096)
+def _by_address(lease: AddressLease) -> IPv6Address:
+    return lease.address
+
+
+def _by_prefix(item: tuple[bytes, int, PrefixLease]) -> tuple[bytes, int]:
+    return item[0], item[1]
+
+
+def _duid(raw: bytes) -> Duid:
+    duid = _new(Duid)
+    _set_duid_raw(duid, raw)
+    return duid
+
+
+#: id(summary) -> (summary, its relay information): the leases of a client, and the
+#: clients of a relay that adds no per-client option, share one summary object.
+_RELAY_INFOS: dict[int, tuple[RelaySummary, RelayInfo]] = {}
+
+
 def _relay_info(summary: RelaySummary) -> RelayInfo:
+    found = _RELAY_INFOS.get(id(summary))
+    if found is not None and found[0] is summary:
+        return found[1]
     # Checked when the row was read (relay_summary): it cannot fail here.
-    return summary.lazy_info()
+    info = summary.lazy_info()
+    if len(_RELAY_INFOS) >= _CACHE_SIZE:
+        _RELAY_INFOS.clear()
+    _RELAY_INFOS[id(summary)] = (summary, info)
+    return info
 
 
 class _FollowedFile:
