@@ -422,6 +422,20 @@ json.dump(results, sys.stdout)
 """
 
 
+def dhcpkit_readings(hex_messages: Sequence[str]) -> list[dict[str, object]]:
+    """dhcpkit's reading of each message (hex), from L{DHCPKIT_SCRIPT} in a child process."""
+    result = subprocess.run(
+        [sys.executable, "-c", DHCPKIT_SCRIPT],
+        input=json.dumps(list(hex_messages)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    readings: list[dict[str, object]] = json.loads(result.stdout)
+    return readings
+
+
 class DhcpkitTests(SynchronousTestCase):
     """dhcpkit 1.0.7 parses bulklq's messages strictly and re-encodes them byte for byte."""
 
@@ -440,16 +454,7 @@ class DhcpkitTests(SynchronousTestCase):
 
     def parse(self, messages: Sequence[Message | RelayMessage]) -> list[dict[str, object]]:
         """dhcpkit's reading of each message (in a child process)."""
-        payload = json.dumps([message.encode().hex() for message in messages])
-        result = subprocess.run(
-            [sys.executable, "-c", DHCPKIT_SCRIPT],
-            input=payload,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        parsed: list[dict[str, object]] = json.loads(result.stdout)
+        parsed = dhcpkit_readings([message.encode().hex() for message in messages])
         self.assertEqual(len(parsed), len(messages))
         return parsed
 
@@ -487,16 +492,7 @@ class DhcpkitTests(SynchronousTestCase):
 
     def test_rejects_invalid_vectors(self) -> None:
         """dhcpkit refuses the two invalid vectors too (the codec's verdict agrees)."""
-        payload = json.dumps(
+        readings = dhcpkit_readings(
             [vector_hex(name) for name in ("invalid-clt-time-length", "invalid-truncated-option")]
         )
-        result = subprocess.run(
-            [sys.executable, "-c", DHCPKIT_SCRIPT],
-            input=payload,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        readings = json.loads(result.stdout)
         self.assertEqual([("error" in reading) for reading in readings], [True, True])
