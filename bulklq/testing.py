@@ -77,6 +77,7 @@ __all__ = [
     "make_link",
     "make_relay_data",
     "make_relay_hop",
+    "relay_identity_options",
 ]
 
 #: The default client last transaction time of L{make_binding}: 2023-11-14 22:13:20 UTC.
@@ -99,6 +100,20 @@ def make_link(
     return Link(link_id, tuple(IPv6Network(prefix) for prefix in prefixes))
 
 
+def relay_identity_options(
+    interface_id: bytes | None, remote_id: RemoteId | None, relay_id: Duid | None
+) -> list[Option]:
+    """A relay's INTERFACE_ID, REMOTE_ID and RELAY_ID options (in that order; None: left out)."""
+    options: list[Option] = []
+    if interface_id is not None:
+        options.append(InterfaceId(interface_id))
+    if remote_id is not None:
+        options.append(remote_id)
+    if relay_id is not None:
+        options.append(RelayId(relay_id))
+    return options
+
+
 def make_relay_hop(
     link_address: str | IPv6Address = "2001:db8:1::1",
     peer_address: str | IPv6Address = "fe80::1",
@@ -112,13 +127,7 @@ def make_relay_hop(
     One RELAY-FORW layer without RELAY_MSG: its INTERFACE_ID, REMOTE_ID and RELAY_ID options
     (each left out when C{None}), then C{options}.
     """
-    relay_options: list[Option] = []
-    if interface_id is not None:
-        relay_options.append(InterfaceId(interface_id))
-    if remote_id is not None:
-        relay_options.append(remote_id)
-    if relay_id is not None:
-        relay_options.append(RelayId(relay_id))
+    relay_options = relay_identity_options(interface_id, remote_id, relay_id)
     relay_options.extend(options)
     return RelayMessage(
         MessageType.RELAY_FORW,

@@ -240,12 +240,10 @@ def refuse(code: int, text: str = "") -> Behaviour:
 def close_mid_stream(datas: Sequence[ClientData]) -> Behaviour:
     """Send REPLY and DATA, then close without DONE (as Kea and dhcpkit do on failure)."""
 
+    send = stall(datas)
+
     def behave(protocol: FakeServerProtocol, query: Message) -> None:
-        xid = query.transaction_id
-        protocol.send(
-            reply(xid, datas[0], requestor=requestor_of(query)),
-            *(data(xid, item) for item in datas[1:]),
-        )
+        send(protocol, query)
         protocol.transport.loseConnection()
 
     return behave

@@ -43,6 +43,7 @@ from typing import Any
 
 import attrs
 
+from bulklq.testing import relay_identity_options
 from bulklq.wire import (
     ClientId,
     Duid,
@@ -177,13 +178,7 @@ def _hop(
     remote_id: RemoteId | None = None,
     relay_id: Duid | None = None,
 ) -> RelayHop:
-    options: list[Option] = []
-    if interface_id is not None:
-        options.append(InterfaceId(interface_id))
-    if remote_id is not None:
-        options.append(remote_id)
-    if relay_id is not None:
-        options.append(RelayId(relay_id))
+    options = relay_identity_options(interface_id, remote_id, relay_id)
     return RelayHop(IPv6Address(link), IPv6Address(peer), hop_count, tuple(options))
 
 
