@@ -43,9 +43,8 @@ from bulklq.wire import (
     decode_message,
 )
 
-#: The DUIDs of the golden vectors.
-REQUESTOR_DUID = Duid.en(32473, b"requestor-1")
-SERVER_DUID = Duid.llt(1, 700000000, bytes.fromhex("020000000001"))
+from .vectors import REQUESTOR_DUID, SERVER_DUID
+
 OTHER_SERVER_DUID = Duid.llt(1, 700000000, bytes.fromhex("020000000002"))
 
 

@@ -43,11 +43,11 @@ from bulklq.wire import (
 )
 
 from .fake_server import REQUESTOR_DUID, SERVER_DUID, client_data, data, frame
+from .vectors import CLIENT_DUID as CLIENT
+from .vectors import RELAY_DUID as RELAY
 from .vectors import vector
 
 NOW = 1_700_000_000
-CLIENT = Duid.ll(1, bytes.fromhex("020000000abc"))
-RELAY = Duid.uuid(bytes(range(16)))
 
 
 class _FixedXids(random.Random):

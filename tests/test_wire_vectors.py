@@ -14,7 +14,6 @@ from bulklq.wire import (
     ClientData,
     ClientId,
     CltTime,
-    Duid,
     DuidType,
     IAAddress,
     IAPrefix,
@@ -35,12 +34,15 @@ from bulklq.wire import (
     decode_message,
 )
 
-from .vectors import invalid_vector_names, valid_vector_names, vector
-
-REQUESTOR_DUID = Duid.en(32473, b"requestor-1")
-SERVER_DUID = Duid.llt(1, 700000000, bytes.fromhex("020000000001"))
-CLIENT_DUID = Duid.ll(1, bytes.fromhex("020000000abc"))
-RELAY_DUID = Duid.uuid(bytes(range(16)))
+from .vectors import (
+    CLIENT_DUID,
+    RELAY_DUID,
+    REQUESTOR_DUID,
+    SERVER_DUID,
+    invalid_vector_names,
+    valid_vector_names,
+    vector,
+)
 
 
 def decoded_message(testcase: SynchronousTestCase, name: str) -> Message:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bulklq.wire import Duid
+
 __all__ = [
+    "CLIENT_DUID",
+    "RELAY_DUID",
+    "REQUESTOR_DUID",
+    "SERVER_DUID",
     "VECTORS",
     "all_vectors",
     "invalid_vector_names",
@@ -20,6 +26,13 @@ __all__ = [
 
 #: The folder holding the vectors.
 VECTORS = Path(__file__).resolve().parent / "fixtures" / "vectors"
+
+#: The DUIDs the vectors hold: the requestor's CLIENTID, the server's SERVERID, the
+#: client's CLIENTID in CLIENT_DATA and the relay's RELAY_ID.
+REQUESTOR_DUID = Duid.en(32473, b"requestor-1")
+SERVER_DUID = Duid.llt(1, 700000000, bytes.fromhex("020000000001"))
+CLIENT_DUID = Duid.ll(1, bytes.fromhex("020000000abc"))
+RELAY_DUID = Duid.uuid(bytes(range(16)))
 
 
 def vector_hex(name: str) -> str:
