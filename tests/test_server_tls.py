@@ -15,9 +15,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet import defer, endpoints, protocol, ssl
-from twisted.trial.unittest import TestCase
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from bulklq.client import mutual_tls_options
 from bulklq.config import ServerConfig, parse_access_rule
 from bulklq.server import ActiveConfig, BulkLeasequeryFactory, tls_options
 from bulklq.stores.memory import MemoryBindingStore
@@ -97,6 +101,67 @@ class _Requestor(protocol.Protocol):
         self.done.callback(self.messages)
 
 
+class TLSOptionsTests(SynchronousTestCase):
+    """L{tls_options} builds its TLS context with the current (non-deprecated) API."""
+
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp())
+        self.directory.mkdir()
+        ca_key, ca_cert = _issue("bulklq test CA", None, ca=True)
+        self.server = _issue("localhost", (ca_key, ca_cert.subject))
+        self.stranger = _issue("localhost", None)
+        (self.directory / "ca.pem").write_bytes(_pem(ca_cert))
+
+    def write(self, key: Any, cert: Any) -> tuple[Path, Path, Path]:
+        """The server's certificate and key files (and the CA file)."""
+        (self.directory / "server.pem").write_bytes(_pem(cert))
+        (self.directory / "server.key").write_bytes(_pem(key))
+        return (
+            self.directory / "server.pem",
+            self.directory / "server.key",
+            self.directory / "ca.pem",
+        )
+
+    def test_no_deprecation_warning(self) -> None:
+        """Building the server's TLS context passes cryptography objects, not pyOpenSSL
+        ones (deprecated in pyOpenSSL and Twisted 26): no warning at all is emitted."""
+        options = tls_options(*self.write(*self.server))
+        options.getContext()
+        self.assertEqual([w["message"] for w in self.flushWarnings()], [])
+
+    def test_client_options_no_deprecation_warning(self) -> None:
+        """L{mutual_tls_options} (the requestor's side) emits no deprecation warning."""
+        key, cert = self.server
+        options = mutual_tls_options(
+            "localhost", (self.directory / "ca.pem").read_bytes(), _pem(cert), _pem(key)
+        )
+        # The TLS context is made when a connection starts its handshake.
+        factory = TLSMemoryBIOFactory(
+            options, True, protocol.Factory.forProtocol(protocol.Protocol)
+        )
+        client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 547))
+        assert client is not None
+        transport = StringTransport()
+        client.makeConnection(transport)
+        self.assertNotEqual(transport.value(), b"")  # the ClientHello went out
+        self.assertEqual([w["message"] for w in self.flushWarnings()], [])
+
+    def test_key_not_matching(self) -> None:
+        """A key that is not the certificate's is refused at once, in one line."""
+        cert_path, key_path, ca_path = self.write(self.stranger[0], self.server[1])
+        error = self.assertRaises(ValueError, tls_options, cert_path, key_path, ca_path)
+        self.assertIn("does not match", str(error))
+        self.assertEqual(len(str(error).splitlines()), 1)
+
+    def test_not_pem(self) -> None:
+        """A certificate file that is not PEM is refused in one line naming it."""
+        cert_path, key_path, ca_path = self.write(*self.server)
+        cert_path.write_bytes(b"not a certificate")
+        error = self.assertRaises(ValueError, tls_options, cert_path, key_path, ca_path)
+        self.assertIn(str(cert_path), str(error))
+        self.assertEqual(len(str(error).splitlines()), 1)
+
+
 class MutualTLSTests(TestCase):
     """RFC 7653 section 9.1: STARTTLS with mutual authentication over loopback."""
 
@@ -130,10 +195,8 @@ class MutualTLSTests(TestCase):
         )
 
     def client_options(self, key: Any, cert: Any) -> Any:
-        own = ssl.PrivateCertificate.loadPEM(_pem(cert) + _pem(key))
-        return ssl.optionsForClientTLS(
-            "localhost", ssl.Certificate.loadPEM(_pem(self.ca_cert)), own
-        )
+        """The requestor's TLS options: trust the test CA, present C{cert}."""
+        return mutual_tls_options("localhost", _pem(self.ca_cert), _pem(cert), _pem(key))
 
     async def exchange(self, key: Any, cert: Any) -> list[Message]:
         endpoint = endpoints.TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")

@@ -66,23 +66,38 @@ def mutual_tls_options(
     """
     Client TLS options for mutual authentication (RFC 7653 section 8.2, RFC 7525): the
     server's certificate must chain to C{ca_pem} and match C{hostname} (a name or an IP
-    address); this requestor presents C{cert_pem}/C{key_pem}; TLS 1.2 at least.
+    address); this requestor presents C{cert_pem}/C{key_pem} (intermediate CA certificates
+    may follow its own in C{cert_pem}); TLS 1.2 at least. The key and certificates are
+    given to Twisted as C{cryptography} objects (pyOpenSSL's are deprecated there).
 
-    @raise ValueError: if a PEM text cannot be loaded (one-line message).
+    @raise ValueError: if a PEM text cannot be loaded, or the key is not the
+        certificate's (one-line message).
     """
+    from cryptography import x509  # noqa: PLC0415 - the tls extra
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from OpenSSL.SSL import Error as OpenSSLError  # noqa: PLC0415
     from twisted.internet import ssl  # noqa: PLC0415
 
     try:
         authority = ssl.Certificate.loadPEM(ca_pem)
-        client = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-    except (OpenSSLError, ValueError) as error:
+        own, *chain = x509.load_pem_x509_certificates(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (OpenSSLError, ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise ValueError(f"cannot load the TLS certificate or key: {error}") from None
+    public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*public) != own.public_key().public_bytes(*public):
+        raise ValueError("the TLS key does not match the certificate")
+    # Not clientCertificate=: optionsForClientTLS would pass pyOpenSSL objects on.
     return ssl.optionsForClientTLS(
         hostname,
         trustRoot=authority,
-        clientCertificate=client,
-        extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
+        extraCertificateOptions={
+            "privateKey": key,
+            "certificate": own,
+            "extraCertChain": chain,
+            "raiseMinimumTo": ssl.TLSVersion.TLSv1_2,
+        },
     )
 
 

@@ -16,8 +16,16 @@ def tls_options(cert: Path | str, key: Path | str, ca: Path | str) -> Any:
     Server TLS options: this server's certificate and key (PEM files), and the CA (PEM)
     whose certificates requestors must present (a client certificate is required).
 
-    @raise ValueError: a file that cannot be read or parsed, named in the message.
+    The certificate file may hold intermediate CA certificates after the server's own;
+    they are sent in the handshake. The key and certificates are given to Twisted as
+    C{cryptography} objects (pyOpenSSL's own objects are deprecated there).
+
+    @raise ValueError: a file that cannot be read or parsed, or a key that is not the
+        certificate's, named in a one-line message.
     """
+    from cryptography import x509  # noqa: PLC0415 - needs the tls extra
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from twisted.internet import ssl  # noqa: PLC0415 - needs pyOpenSSL (the tls extra)
 
     def read(path: Path | str, what: str) -> bytes:
@@ -30,16 +38,30 @@ def tls_options(cert: Path | str, key: Path | str, ca: Path | str) -> Any:
 
     cert_pem, key_pem, ca_pem = read(cert, "certificate"), read(key, "key"), read(ca, "CA")
     try:
-        own = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-    except Exception as error:
-        raise ValueError(f"bad TLS certificate or key {str(cert)!r}: {error}") from None
+        own, *chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise ValueError(f"bad TLS certificate {str(cert)!r}: not a PEM certificate") from None
+    try:
+        private_key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise ValueError(
+            f"bad TLS key {str(key)!r}: encrypted (give it without a passphrase)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"bad TLS key {str(key)!r}: not a PEM private key") from None
+    public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private_key.public_key().public_bytes(*public) != own.public_key().public_bytes(*public):
+        raise ValueError(f"bad TLS key {str(key)!r}: does not match the certificate {str(cert)!r}")
     try:
         authority = ssl.Certificate.loadPEM(ca_pem)
     except Exception as error:
         raise ValueError(f"bad TLS CA {str(ca)!r}: {error}") from None
     return ssl.CertificateOptions(
-        privateKey=own.privateKey.original,
-        certificate=own.original,
+        # pyOpenSSL (and so Twisted) takes cryptography objects; Twisted's hints still
+        # name the deprecated pyOpenSSL types.
+        privateKey=private_key,  # type: ignore[arg-type]
+        certificate=own,  # type: ignore[arg-type]
+        extraCertChain=chain,  # type: ignore[arg-type]
         trustRoot=ssl.trustRootFromCertificates([authority]),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
