@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -196,7 +197,7 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
     setup = time.monotonic()
     store, write_batch = open_store(args.store, initial, reactor, cleanups)
     setup_seconds = time.monotonic() - setup
-    log = WriteLog()
+    log = WriteLog(clock=time.monotonic if args.separate else None)
     log.initial(initial)
     present = dict.fromkeys(range(1, args.bindings + 1), 0)
     writer = Writer(log, present=present, put=None, remove=None, base_time=base_time)
@@ -278,18 +279,70 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
         )
         return verdict
 
+    async def separate_queries() -> list[dict[str, Any]]:
+        # The requestors in a process of their own: stamps from the shared monotonic clock.
+        output = tempfile.mktemp(prefix="bulklq-torture-", suffix=".pickle")
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--requestors-for",
+                str(port.getHost().port),
+                "--requestors",
+                str(args.requestors),
+                "--output",
+                output,
+            ]
+        )
+        deadline = time.monotonic() + args.max_seconds
+        while child.poll() is None and time.monotonic() < deadline:
+            await deferLater(reactor, 0.2)  # type: ignore[arg-type]
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+            raise RuntimeError(f"the requestors did not finish in {args.max_seconds} s")
+        with open(output, "rb") as results:
+            answers = pickle.load(results)
+        os.remove(output)
+        verdicts = []
+        for answer in answers:
+            returned = [
+                ((LINK.link_id, raw), frozenset(IPv6Address(a) for a in addresses))
+                for raw, addresses in answer["returned"]
+            ]
+            verdict = log.check(answer["start"], answer["end"], returned)
+            verdict.update(
+                {
+                    "status": answer["status"],
+                    "seconds": round(answer["end"] - answer["start"], 2),
+                    "writes_during": sum(
+                        1
+                        for writes in log.history.values()
+                        for w in writes
+                        if answer["start"] <= w[0] <= answer["end"]
+                    ),
+                }
+            )
+            verdicts.append(verdict)
+        return verdicts
+
     async def main() -> None:
         nonlocal stop
         writing = ensureDeferred(write_loop())
         await deferLater(reactor, 0.5)  # type: ignore[arg-type]
         began = time.monotonic()
-        queries = [ensureDeferred(one_query(n)) for n in range(args.requestors)]
-        timeout = reactor.callLater(args.max_seconds, lambda: [q.cancel() for q in queries])  # type: ignore[attr-defined]
-        try:
-            verdicts = await gatherResults(queries)
-        finally:
-            if timeout.active():
-                timeout.cancel()
+        if args.separate:
+            verdicts = await separate_queries()
+        else:
+            queries = [ensureDeferred(one_query(n)) for n in range(args.requestors)]
+            timeout = reactor.callLater(  # type: ignore[attr-defined]
+                args.max_seconds, lambda: [q.cancel() for q in queries]
+            )
+            try:
+                verdicts = await gatherResults(queries)
+            finally:
+                if timeout.active():
+                    timeout.cancel()
         elapsed = time.monotonic() - began
         stop = True
         await writing
@@ -297,6 +350,7 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "setup_seconds": round(setup_seconds, 1),
                 "requestors": args.requestors,
+                "requestors_run_in": "their own process" if args.separate else "the server's",
                 "write_rate_asked": args.rate,
                 "writes": writer.operations,
                 "write_rate_achieved": round(
@@ -339,6 +393,56 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def requestors_for(port: int, requestors: int, output: str) -> None:
+    """
+    The requestor process: C{requestors} link queries at once against 127.0.0.1:C{port},
+    each answer (monotonic start and end, status, (DUID, packed addresses) per binding)
+    pickled to C{output}.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred, gatherResults
+
+    from bulklq.client import LeaseQuery, Requestor, RequestorOptions
+    from bulklq.wire import Duid
+    from tests.test_hardening_consistency import LINK
+
+    requestor = Requestor(
+        Duid.en(32473, b"torture"),
+        reactor,  # type: ignore[arg-type]
+        RequestorOptions(retries=0, keep_bindings=False, data_timeout=120),
+    )
+
+    async def one() -> dict[str, Any]:
+        returned: list[tuple[bytes, tuple[bytes, ...]]] = []
+
+        def collect(binding: Any) -> None:
+            returned.append(
+                (binding.client_id.raw, tuple(a.address.packed for a in binding.addresses))
+            )
+
+        start = time.monotonic()
+        result = await requestor.query(
+            f"127.0.0.1:{port}", LeaseQuery.by_link_address(LINK.address + 1), collect
+        )
+        return {
+            "start": start,
+            "end": time.monotonic(),
+            "status": result.status.value,
+            "returned": returned,
+        }
+
+    async def run() -> None:
+        answers = await gatherResults([ensureDeferred(one()) for _ in range(requestors)])
+        with open(output, "wb") as results:
+            pickle.dump(answers, results)
+
+    def go() -> None:
+        ensureDeferred(run()).addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(go)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+
+
 def main() -> None:
     """Run one store's scenario; print its JSON report."""
     parser = argparse.ArgumentParser(description="consistency under writes (one store)")
@@ -347,7 +451,19 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--requestors", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=240.0)
-    print(json.dumps(scenario(parser.parse_args()), indent=2))
+    parser.add_argument(
+        "--same-process",
+        dest="separate",
+        action="store_false",
+        help="run the requestors in the server's reactor (one sequence counter)",
+    )
+    parser.add_argument("--requestors-for", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.requestors_for:
+        requestors_for(args.requestors_for, args.requestors, args.output)
+        return
+    print(json.dumps(scenario(args), indent=2))
 
 
 if __name__ == "__main__":

@@ -79,8 +79,15 @@ class WriteLog:
     query is judged counts as completing after it (C{done} is infinite until then).
     """
 
-    seq: int = 0
+    seq: float = 0
     history: dict[BindingKey, list[list[Any]]] = attrs.Factory(dict)
+    #: When given, stamps come from this clock (C{time.monotonic}, shared by processes
+    #: on one host) instead of a counter, so queries run elsewhere can be judged.
+    clock: Callable[[], float] | None = None
+
+    def _tick(self) -> float:
+        self.seq = self.clock() if self.clock is not None else self.seq + 1
+        return self.seq
 
     def initial(self, bindings: Iterable[Binding]) -> None:
         """The bindings present before any query."""
@@ -89,18 +96,16 @@ class WriteLog:
 
     def issue(self, key: BindingKey, binding: Binding | None) -> list[Any]:
         """A write of C{binding} (C{None}: removal) under C{key} starts: its entry."""
-        self.seq += 1
-        entry = [self.seq, math.inf, binding]
+        entry = [self._tick(), math.inf, binding]
         self.history.setdefault(key, []).append(entry)
         return entry
 
     def done(self, entry: list[Any]) -> None:
         """The write of C{entry} (from L{issue}) is complete."""
-        self.seq += 1
-        entry[1] = self.seq
+        entry[1] = self._tick()
 
     def check(
-        self, start: int, end: int, returned: list[tuple[BindingKey, frozenset[IPv6Address]]]
+        self, start: float, end: float, returned: list[tuple[BindingKey, frozenset[IPv6Address]]]
     ) -> dict[str, Any]:
         """
         Judge one query that was sent at C{start} and ended at C{end}: counts and the
