@@ -5,7 +5,8 @@ Loads N bindings (one IA_NA lease each, Kea 2.4+ relay-info user context, Relay-
 Remote-ID rows in Kea's schema 19 extended-info tables) with COPY into a scratch copy of
 the test server's C{kea_tpl_v19} template, creates the index bulklq documents
 (C{bulklq_lease6_key}), then times queries paged through C{PostgreSQLBindingStore.fetch}
-with the server's default page size. Prints one JSON object.
+with the server's default page size. Prints one JSON object: per query the bindings, seconds,
+bindings/s and bulklq's CPU seconds, and the machine's load average at the end.
 
     eval "$(scripts/postgres-test-server start)"
     python bench/store_postgresql.py --bindings 1000000 --relays 4
@@ -163,12 +164,17 @@ def main(reactor: Any, options: argparse.Namespace) -> defer.Deferred[None]:
                 ("remote_id", BindingQuery.by_remote_id(remote_id(1))),
                 ("link", BindingQuery.by_link("subnet-1")),
             ):
+                cpu = time.process_time()
                 count, seconds = await stream(store, query, options.page)
                 results[label] = {
                     "bindings": count,
                     "seconds": round(seconds, 2),
                     "bindings_per_second": round(count / seconds),
+                    # bulklq's own CPU time (all threads): the rest is PostgreSQL's, or waiting
+                    # for a core on a busy machine.
+                    "cpu_seconds": round(time.process_time() - cpu, 2),
                 }
+            results["load_average"] = os.getloadavg()[0]
         finally:
             await store.close()
             if not options.keep:

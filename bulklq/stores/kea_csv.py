@@ -649,8 +649,8 @@ class _LeaseTable:
         budget = max(4 * limit, 4096)
         last: BindingKey | None = None
         for key in candidates:
-            entry = entries[key]
-            if entry[1] > now:
+            entry = entries.get(key)
+            if entry is not None and entry[1] > now:
                 binding = entry[4] or self.binding(key, entry)
                 if check is None or check(binding):
                     page.append(binding)
@@ -967,6 +967,13 @@ class KeaCsvStore:
         """Apply what changed in the lease file since the last poll (the live follow)."""
         if self._closed:
             return
+        try:
+            self._apply_changes()
+        finally:
+            # Even after a read error: the index must agree with the rows applied.
+            self._table.flush(self._links)
+
+    def _apply_changes(self) -> None:
         table = self._table
         now = self._now()
         followed = self._followed
@@ -976,7 +983,6 @@ class KeaCsvStore:
             # Kea is between renaming its lease file and creating the next one.
             if followed is not None:
                 self._read_file(table, followed, now, final=False)
-            table.flush(self._links)
             return
         if followed is None:
             self._followed = self._open(self.path)
@@ -997,7 +1003,6 @@ class KeaCsvStore:
             return
         elif stat.st_size > followed.offset:
             self._read_file(table, followed, now, final=False)
-        table.flush(self._links)
 
     def _reload(self) -> None:
         self.reloads += 1
