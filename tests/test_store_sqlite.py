@@ -7,11 +7,13 @@ import struct
 import threading
 from collections.abc import Sequence
 from ipaddress import IPv6Address
+from typing import Any
 
 import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bulklq.model import (
@@ -696,3 +698,55 @@ class ConcurrentWriterTests(TestCase):
         d = ensureDeferred(stream())
         d.addCallbacks(finish, failed)
         return d
+
+
+class _TriggerReactor(MemoryReactorClock):
+    """
+    A memory reactor whose system event triggers behave as Twisted's: firing an event
+    removes each trigger before calling it, and removing a trigger that is not registered
+    fails.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shutdownTriggers: dict[int, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {}
+
+    def addSystemEventTrigger(  # type: ignore[override]
+        self, phase: str, eventType: str, callable: Any, *args: Any, **kw: Any
+    ) -> int:
+        """Register a shutdown trigger; its id."""
+        assert (phase, eventType) == ("during", "shutdown")
+        number = len(self.shutdownTriggers) + 1
+        self.shutdownTriggers[number] = (callable, args, kw)
+        return number
+
+    def removeSystemEventTrigger(self, triggerID: int) -> None:
+        """Unregister a trigger; C{KeyError} if it is not registered."""
+        del self.shutdownTriggers[triggerID]
+
+    def shutdown(self) -> None:
+        """Fire the shutdown event."""
+        while self.shutdownTriggers:
+            _, (callable, args, kw) = self.shutdownTriggers.popitem()
+            callable(*args, **kw)
+
+
+class ShutdownTests(SynchronousTestCase):
+    """The store's thread pool stops at reactor shutdown, or earlier on close."""
+
+    def test_reactor_shutdown_closes(self) -> None:
+        """Reactor shutdown closes an unclosed store, without error."""
+        reactor = _TriggerReactor()
+        store = SQLiteBindingStore(self.mktemp(), reactor)  # type: ignore[arg-type]
+        self.assertEqual(len(reactor.shutdownTriggers), 1)
+        reactor.shutdown()
+        self.failureResultOf(store.fetch(BindingQuery.by_link("x"), None, 1), SQLiteStoreError)
+        self.successResultOf(store.close())
+
+    def test_close_removes_trigger(self) -> None:
+        """A store closed before shutdown leaves no trigger behind."""
+        reactor = _TriggerReactor()
+        store = SQLiteBindingStore(self.mktemp(), reactor)  # type: ignore[arg-type]
+        self.successResultOf(store.close())
+        self.assertEqual(reactor.shutdownTriggers, {})
+        reactor.shutdown()

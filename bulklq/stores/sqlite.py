@@ -1183,7 +1183,7 @@ class SQLiteBindingStore:
         # Pool threads are not daemons: stop them when the reactor stops, even unclosed.
         self._trigger = None
         if IReactorCore.providedBy(reactor):
-            self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self.close)
+            self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self._atShutdown)
 
     def _database(self) -> SQLiteDatabase:
         database: SQLiteDatabase | None = getattr(self._local, "database", None)
@@ -1224,6 +1224,11 @@ class SQLiteBindingStore:
     def get_link(self, link_id: str) -> Deferred[Link | None]:
         """The link with id C{link_id}, or C{None}."""
         return self._run(lambda database: database.get_link(link_id))
+
+    def _atShutdown(self) -> Deferred[None]:
+        # The reactor removed the trigger to call it: removing it again would raise.
+        self._trigger = None
+        return self.close()
 
     def close(self) -> Deferred[None]:
         """
