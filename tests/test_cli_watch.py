@@ -15,11 +15,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bulklq.cli import build_parser
 from bulklq.cli.watch import EXIT_TLS, load_state, run_watch
-from bulklq.wire import LQStartTime, StatusCode
+from bulklq.wire import LQStartTime, MessageType, StatusCode
 from tests.fake_active_server import (
     FakeActiveServerFactory,
     catch_up_complete,
     change,
+    data_missing_reply,
     refuse_active,
     removal,
 )
@@ -140,6 +141,49 @@ class WatchCommandTests(SynchronousTestCase):
         run.clock.advance(0.1)
         run.endpoint.flush()
         self.assertEqual(self.successResultOf(run.result), 0)
+
+    def test_every_binding_has_no_snapshot(self) -> None:
+        """No query selector: no bulk query is sent (RFC 5460 has none for every binding),
+        the watch runs on the live stream, and stderr gets one note, not an error."""
+        run = _Run(self, "--format", "jsonl")
+        xid = run.factory.last.xid
+        run.send(change(xid, client_data(1, ["2001:db8:1::1"])))
+        self.assertEqual(run.stop(), 0)
+        self.assertEqual(
+            [m.msg_type for p in run.factory.protocols for m in p.received],
+            [MessageType.ACTIVELEASEQUERY],
+        )
+        (line,) = run.err.getvalue().splitlines()
+        self.assertTrue(line.startswith("bulklq watch: note: "), line)
+        self.assertIn("no initial snapshot", line)
+        self.assertNotIn("error", line)
+        self.assertEqual(len(run.out.getvalue().splitlines()), 1)
+
+    def test_every_binding_no_snapshot_is_quiet(self) -> None:
+        """--no-snapshot without a selector asked for no bulk query: stderr stays empty."""
+        run = _Run(self, "--no-snapshot")
+        self.assertEqual(run.stop(), 0)
+        self.assertEqual(run.err.getvalue(), "")
+
+    def test_every_binding_data_missing(self) -> None:
+        """DataMissing on a watch of every binding: no fallback query, one note on stderr,
+        the watch goes on (8.4.1)."""
+        path = self.mktemp()
+        first = _Run(self, "--no-snapshot", "--state", path, "--format", "none")
+        first.send(change(first.factory.last.xid, client_data(1, ["2001:db8:1::1"]), 900))
+        self.assertEqual(first.stop(), 0)
+        factory = FakeActiveServerFactory(
+            lambda protocol, query: protocol.send(data_missing_reply(query, 5000))
+        )
+        run = _Run(self, "--state", path, "--format", "none", factory=factory)
+        self.assertEqual(
+            [m.msg_type for p in factory.protocols for m in p.received],
+            [MessageType.ACTIVELEASEQUERY],
+        )
+        self.assertEqual(run.stop(), 0)
+        (line,) = run.err.getvalue().splitlines()
+        self.assertTrue(line.startswith("bulklq watch: note: "), line)
+        self.assertIn("DataMissing", line)
 
     def test_partial_tls_arguments(self) -> None:
         """--tls-cert without --tls-key and --tls-ca: exit 2 with one line."""

@@ -73,6 +73,7 @@ class _Harness:
         snapshot: bool = False,
         fallback: str = "window",
     ) -> None:
+        self.notes: list[str] = []
         self.clock = Clock()
         self.factory = factory
         self.endpoint = InMemoryEndpoint(factory, self.clock, refuse=refuse)
@@ -94,6 +95,7 @@ class _Harness:
             snapshot=snapshot,
             fallback=fallback,
             rng=random.Random(3),
+            on_note=self.notes.append,
         )
         self.done = self.watcher.start()
         self.flush()
@@ -388,3 +390,64 @@ class ActiveFailureTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(harness.done))
         self.assertTrue(harness.server.closed)
         self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+
+def _bulk_queries(factory: FakeActiveServerFactory) -> list[Message]:
+    """Every LEASEQUERY (bulk) the fake server received, across connections."""
+    return [
+        m for p in factory.protocols for m in p.received if m.msg_type == MessageType.LEASEQUERY
+    ]
+
+
+class UnfilteredWatchTests(SynchronousTestCase):
+    """
+    A watch of every binding (no LQ_QUERY, 6.2.1) has no bulk query to start from or to
+    recover a DataMissing gap with: RFC 5460 has no "every binding" query, and a
+    QUERY_BY_LINK_ADDRESS with link :: is MalformedQuery. It says so, once, as a note.
+    """
+
+    def test_no_snapshot_for_every_binding(self) -> None:
+        """Starting empty with snapshot on: no LEASEQUERY is sent, the watcher is in step
+        with the live stream at the REPLY, and one note says why there is no snapshot."""
+        factory = FakeActiveServerFactory()
+        harness = _Harness(factory, query=ActiveQuery(), snapshot=True)
+        self.assertEqual(_bulk_queries(factory), [])
+        self.assertTrue(harness.watcher.synchronised)
+        self.assertEqual(harness.watcher.base_time, 1000)
+        self.assertEqual(len(harness.notes), 1)
+        self.assertIn("no initial snapshot", harness.notes[0])
+        self.assertEqual(len(harness.notes[0].splitlines()), 1)
+        harness.server.send(change(harness.server.xid, client_data(1, ["2001:db8:1::1"])))
+        harness.flush()
+        self.assertEqual(len(harness.watcher.replica), 1)
+        # A reconnection does not repeat the note.
+        harness.server.transport.loseConnection()
+        harness.flush()
+        harness.clock.advance(3600)
+        harness.flush()
+        self.assertEqual(len(factory.protocols), 2)
+        self.assertEqual(len(harness.notes), 1)
+        harness.stop()
+
+    def test_no_note_without_snapshot(self) -> None:
+        """snapshot=False (--no-snapshot) asked for no bulk query: nothing to note."""
+        harness = _Harness(FakeActiveServerFactory(), query=ActiveQuery(), snapshot=False)
+        self.assertEqual(harness.notes, [])
+        self.assertTrue(harness.watcher.synchronised)
+        harness.stop()
+
+    def test_data_missing_without_fallback(self) -> None:
+        """8.4.1: after DataMissing an unfiltered watch has no window query to send; it goes
+        on with the live stream (no LEASEQUERY) and notes that the gap may be missing."""
+        factory = FakeActiveServerFactory(
+            on_active=lambda protocol, query: protocol.send(data_missing_reply(query, 5000))
+        )
+        harness = _Harness(factory, query=ActiveQuery(), start_time=900)
+        self.assertEqual(_bulk_queries(factory), [])
+        self.assertEqual(len(factory.protocols), 1)
+        self.assertFalse(factory.protocols[0].closed)
+        self.assertTrue(harness.watcher.synchronised)
+        self.assertEqual(len(harness.notes), 1)
+        self.assertIn("DataMissing", harness.notes[0])
+        self.assertEqual(len(harness.notes[0].splitlines()), 1)
+        harness.stop()

@@ -383,6 +383,7 @@ async def run_watch(
         retry_interval=arguments.retry_interval,
         snapshot=not arguments.no_snapshot,
         fallback=arguments.fallback,
+        on_note=lambda text: err.write(f"{prog}: note: {text}\n"),
     )
     broken: list[bool] = []
     if arguments.format != "none":

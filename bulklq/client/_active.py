@@ -461,6 +461,10 @@ class ActiveWatcher:
       docs/active-leasequery.md); C{fallback="full"} takes a full snapshot instead, which
       also drops what the server no longer has. Without a saved base time and with
       C{snapshot}, the first connection takes a full bulk snapshot the same way.
+    - A watch of every binding (no filter, no C{resync_queries}) has no bulk query for
+      either: RFC 5460 has no query for every binding. It starts from the live stream
+      and, after DataMissing, goes on with it; C{on_note} is called once with a one-line
+      text for each of these (and the same is logged).
     - Reconnects after a lost connection, a receive timeout or QueryTerminated, waiting
       C{requestor.backoff(n)} but never less than C{retry_interval} (8.1: no more than one
       retry per ACTIVE_LQ_IDLE_TIMEOUT). An error status or a TLS refusal ends the watch:
@@ -485,6 +489,7 @@ class ActiveWatcher:
         snapshot: bool = True,
         fallback: str = "window",
         rng: random.Random | None = None,
+        on_note: Callable[[str], object] | None = None,
     ) -> None:
         self.requestor = requestor
         self.requestor_duid = requestor.requestor_duid
@@ -505,6 +510,8 @@ class ActiveWatcher:
             raise ValueError(f"fallback must be 'window' or 'full', not {fallback!r}")
         self._fallback = fallback
         self._random = rng or random.Random()
+        self._on_note = on_note
+        self._noted: set[str] = set()
         self._protocol: ActiveLeasequeryClientProtocol | None = None
         self._stopping = False
         self._waiting: Deferred[Any] | None = None
@@ -650,6 +657,14 @@ class ActiveWatcher:
             # the active stream is already running, so nothing is missed in between.
             self._start_resync(protocol, None, None, full=True)
         else:
+            if protocol.start_time is None and self._snapshot:
+                # Every binding is watched: RFC 5460 has no bulk query for that (a link
+                # query for :: is MalformedQuery), so the replica fills from changes only.
+                self._note(
+                    "snapshot",
+                    "no initial snapshot: a watch of every binding has no bulk query to "
+                    "start from (RFC 5460 has none); the replica fills from live changes",
+                )
             self._note_base_time(base_time)
             if not self._catching_up:
                 self.synchronised = True
@@ -692,7 +707,12 @@ class ActiveWatcher:
         if not self._resync_queries:
             # Nothing a bulk query can ask for (an unfiltered watch): carry on, but say so.
             self.last_error = "DataMissing: changes in the gap may be missing from the replica"
-            self._log.warn("No bulk query for an unfiltered watch: the replica may be stale")
+            self._note(
+                "data-missing",
+                f"DataMissing: the server's history does not reach back to {start}, and a "
+                "watch of every binding has no bulk query to recover the gap with; changes "
+                "made meanwhile may be missing from the replica",
+            )
             self._catching_up = False
             self.synchronised = True
             self._note_base_time(base_time)
@@ -703,6 +723,15 @@ class ActiveWatcher:
     def done(self, protocol: ActiveLeasequeryClientProtocol, base_time: int | None) -> None:
         """8.4: DONE (QueryTerminated carries the base time): save it if caught up."""
         self._note_base_time(base_time)
+
+    def _note(self, kind: str, text: str) -> None:
+        """Log C{text} and tell C{on_note}, once per kind of note for this watcher."""
+        if kind in self._noted:
+            return
+        self._noted.add(kind)
+        self._log.warn("Active query to {server}: {text}", server=str(self.server), text=text)
+        if self._on_note is not None:
+            self._on_note(text)
 
     # -- base time (RFC 7653 8.3, 8.4, 8.4.1) -----------------------------------------
 
