@@ -7,14 +7,20 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bulklq.cli import build_parser
 from bulklq.cli.watch import EXIT_TLS, load_state, run_watch
+from bulklq.config import ServerConfig, parse_access_rule
+from bulklq.server import ActiveConfig, tls_options
+from bulklq.service import BulkLeasequeryService
+from bulklq.stores.memory import MemoryBindingStore
+from bulklq.testing import make_binding, make_link
 from bulklq.wire import LQStartTime, MessageType, StatusCode
 from tests.fake_active_server import (
     FakeActiveServerFactory,
@@ -25,6 +31,8 @@ from tests.fake_active_server import (
     removal,
 )
 from tests.fake_server import REQUESTOR_DUID, InMemoryEndpoint, client_data
+from tests.test_active_glue import write_certificates
+from tests.test_server import SERVER_DUID
 
 LINK = "2001:db8:1::"
 
@@ -191,3 +199,132 @@ class WatchCommandTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(run.result), 2)
         self.assertIn("--tls-key", run.err.getvalue())
         self.assertNotEqual(EXIT_TLS, 2)
+
+    def test_tls_direct_needs_certificates(self) -> None:
+        """--tls-direct without the --tls-* files: exit 2 with one line."""
+        run = _Run(self, "--tls-direct")
+        self.assertEqual(self.successResultOf(run.result), 2)
+        (line,) = run.err.getvalue().splitlines()
+        self.assertIn("--tls-direct", line)
+
+
+class TLSDirectTests(TestCase):
+    """
+    C{bulklq watch --tls-direct} against the real service's C{ssl:} listener (TLS from the
+    first octet, no STARTTLS), mutual TLS with certificates generated at test time
+    (RFC 7653 section 9.1).
+    """
+
+    def setUp(self) -> Deferred[None]:
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self.certs = write_certificates(Path(self.mktemp()))
+        self.store = MemoryBindingStore([make_link("link-1", ["2001:db8:1::/64"])], clock=reactor)
+        config = ServerConfig(SERVER_DUID, allow=(parse_access_rule("127.0.0.0/8"),))
+        service = BulkLeasequeryService(
+            self.store,
+            config,
+            ["ssl:0:interface=127.0.0.1"],
+            reactor=reactor,
+            active=ActiveConfig(
+                enabled=True,
+                tls=tls_options(self.certs.server_cert, self.certs.server_key, self.certs.ca),
+            ),
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.service = service
+        listening: Deferred[None] = service.listening
+        return listening
+
+    def watch(self, cert: Path, key: Path, *argv: str) -> tuple[Deferred[int], Any, Any, Any]:
+        """Run C{bulklq watch --tls-direct} on the reactor: (exit status, stop, out, err)."""
+        port = self.service.ports[0].getHost().port
+        arguments = build_parser().parse_args(
+            [
+                "watch",
+                f"127.0.0.1:{port}",
+                "--requestor-duid",
+                str(REQUESTOR_DUID),
+                "--tls-direct",
+                "--tls-cert",
+                str(cert),
+                "--tls-key",
+                str(key),
+                "--tls-ca",
+                str(self.certs.ca),
+                "--tls-name",
+                "localhost",
+                "--connect-timeout",
+                "10",
+                *argv,
+            ]
+        )
+        out, err = io.StringIO(), io.StringIO()
+        stop: Deferred[None] = Deferred()
+        result = Deferred.fromCoroutine(run_watch(self.reactor, arguments, out, err, stop=stop))
+
+        def stopped() -> Deferred[int]:
+            if not stop.called:
+                stop.callback(None)
+            return result
+
+        self.addCleanup(stopped)
+        return result, stop, out, err
+
+    def test_every_binding_over_ssl_listener(self) -> None:
+        """A watch of every binding over TLS from the first octet gets the live changes; the
+        only line on stderr is the note that there is no snapshot (no MalformedQuery)."""
+
+        async def scenario() -> None:
+            result, stop, out, err = self.watch(self.certs.requestor_cert, self.certs.requestor_key)
+            binding = make_binding(1, "link-1", cltt=int(self.reactor.seconds()))
+            for _ in range(200):
+                if out.getvalue():
+                    break
+                # Until the active query is registered a write is not delivered: repeat it.
+                self.store.put(binding)
+                await deferLater(self.reactor, 0.05)
+            stop.callback(None)
+            self.assertEqual(await result, 0)
+            line = json.loads(out.getvalue().splitlines()[0])
+            self.assertEqual(line["event"], "update")
+            (note,) = err.getvalue().splitlines()
+            self.assertTrue(note.startswith("bulklq watch: note: no initial snapshot"), note)
+
+        return Deferred.fromCoroutine(scenario())  # type: ignore[return-value]
+
+    def test_snapshot_over_ssl_listener(self) -> None:
+        """With a selector, the snapshot's bulk query goes over TLS from the first octet as
+        well: --until-synchronised prints every binding on the link and exits 0."""
+        now = int(self.reactor.seconds())
+        for number in range(1, 4):
+            self.store.put(make_binding(number, "link-1", cltt=now))
+
+        async def scenario() -> None:
+            result, _, out, err = self.watch(
+                self.certs.requestor_cert,
+                self.certs.requestor_key,
+                "--link",
+                "2001:db8:1::1",
+                "--until-synchronised",
+            )
+            self.assertEqual(await result, 0)
+            self.assertEqual(err.getvalue(), "")
+            self.assertEqual(len(out.getvalue().splitlines()), 3)
+
+        return Deferred.fromCoroutine(scenario())  # type: ignore[return-value]
+
+    def test_stranger_refused(self) -> None:
+        """9.1 / 8.2: a requestor certificate from another CA fails the TLS handshake: exit
+        6 with one line, not a retry loop."""
+
+        async def scenario() -> None:
+            result, _, out, err = self.watch(self.certs.stranger_cert, self.certs.stranger_key)
+            self.assertEqual(await result, EXIT_TLS)
+            self.assertEqual(out.getvalue(), "")
+            (line,) = err.getvalue().splitlines()
+            self.assertIn("TLS", line)
+
+        return Deferred.fromCoroutine(scenario())  # type: ignore[return-value]

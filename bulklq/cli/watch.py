@@ -21,6 +21,7 @@ from ipaddress import IPv6Address, IPv6Network
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 
@@ -241,7 +242,8 @@ def register(subparsers: Any) -> None:
         "watch",
         help="follow a server's binding changes (Active Leasequery, RFC 7653)",
         description=(
-            "Open an Active Leasequery to SERVER (over STARTTLS with --tls-*), catch up from "
+            "Open an Active Leasequery to SERVER (over STARTTLS with --tls-*, or TLS from the "
+            "first octet with --tls-direct as well), catch up from "
             "the saved base time, print every binding change and keep a state file. "
             "Without a query option every binding is watched. Exit codes: 0 stopped, "
             "2 bad arguments or state file, 3 the server refused the query, 6 TLS refused "
@@ -252,10 +254,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("server", metavar="SERVER", help="host, host:port or [IPv6]:port")
     add_selector_arguments(parser)
     seconds = typed(positive, "a number of seconds")
-    tls = parser.add_argument_group("TLS (all three for STARTTLS with mutual authentication)")
+    tls = parser.add_argument_group(
+        "TLS (all three for mutual authentication: STARTTLS, or TLS at connect with --tls-direct)"
+    )
     tls.add_argument("--tls-cert", metavar="PEM", help="this requestor's certificate")
     tls.add_argument("--tls-key", metavar="PEM", help="this requestor's private key")
     tls.add_argument("--tls-ca", metavar="PEM", help="the CA the server's certificate is from")
+    tls.add_argument(
+        "--tls-direct", action="store_true",
+        help="start TLS at connect, without STARTTLS (a server's ssl: listener)",
+    )  # fmt: skip
     tls.add_argument(
         "--tls-name", metavar="NAME",
         help="the name (or address) the server's certificate must match (default: SERVER's)",
@@ -310,6 +318,8 @@ def _tls_endpoint_factory(
 ) -> Callable[[ServerAddress], IStreamClientEndpoint] | None:
     paths = (arguments.tls_cert, arguments.tls_key, arguments.tls_ca)
     if not any(paths):
+        if arguments.tls_direct:
+            raise ValueError("--tls-direct needs --tls-cert, --tls-key and --tls-ca")
         return None
     if not all(paths):
         raise ValueError("give all of --tls-cert, --tls-key and --tls-ca")
@@ -324,6 +334,9 @@ def _tls_endpoint_factory(
     options = mutual_tls_options(arguments.tls_name or server.host, ca, cert, key)
 
     def factory(address: ServerAddress) -> IStreamClientEndpoint:
+        if arguments.tls_direct:
+            # An ssl: listener: TLS from the first octet (the handshake, then the query).
+            return wrapClientTLS(options, address.endpoint(clock, arguments.connect_timeout))
         return StartTLSEndpoint(
             address.endpoint(clock, arguments.connect_timeout),
             options,
