@@ -225,7 +225,7 @@ class TLSDirectTests(TestCase):
         service = BulkLeasequeryService(
             self.store,
             config,
-            ["ssl:0:interface=127.0.0.1"],
+            ["ssl:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"],
             reactor=reactor,
             active=ActiveConfig(
                 enabled=True,
@@ -238,16 +238,21 @@ class TLSDirectTests(TestCase):
         listening: Deferred[None] = service.listening
         return listening
 
-    def watch(self, cert: Path, key: Path, *argv: str) -> tuple[Deferred[int], Any, Any, Any]:
-        """Run C{bulklq watch --tls-direct} on the reactor: (exit status, stop, out, err)."""
-        port = self.service.ports[0].getHost().port
+    def watch(
+        self, cert: Path, key: Path, *argv: str, listener: int = 0, direct: bool = True
+    ) -> tuple[Deferred[int], Any, Any, Any]:
+        """
+        Run C{bulklq watch} on the reactor against C{listener} (0: C{ssl:}, 1: C{tcp:}),
+        with C{--tls-direct} if C{direct}: (exit status, stop, out, err).
+        """
+        port = self.service.ports[listener].getHost().port
         arguments = build_parser().parse_args(
             [
                 "watch",
                 f"127.0.0.1:{port}",
                 "--requestor-duid",
                 str(REQUESTOR_DUID),
-                "--tls-direct",
+                *(["--tls-direct"] if direct else []),
                 "--tls-cert",
                 str(cert),
                 "--tls-key",
@@ -313,6 +318,32 @@ class TLSDirectTests(TestCase):
             self.assertEqual(await result, 0)
             self.assertEqual(err.getvalue(), "")
             self.assertEqual(len(out.getvalue().splitlines()), 3)
+
+        return Deferred.fromCoroutine(scenario())  # type: ignore[return-value]
+
+    def test_direct_to_plain_listener(self) -> None:
+        """8.2 (a failed handshake is reported and the connection closed): --tls-direct to a
+        plain port gets no handshake; exit 6 with one line, not a silent retry loop."""
+
+        async def scenario() -> None:
+            result, _, _, err = self.watch(
+                self.certs.requestor_cert, self.certs.requestor_key, listener=1
+            )
+            self.assertEqual(await result, EXIT_TLS)
+            (line,) = err.getvalue().splitlines()
+            self.assertIn("TLS handshake", line)
+
+        return Deferred.fromCoroutine(scenario())  # type: ignore[return-value]
+
+    def test_starttls_to_ssl_listener(self) -> None:
+        """Without --tls-direct, STARTTLS to an C{ssl:} port is a TLS failure: exit 6."""
+
+        async def scenario() -> None:
+            result, _, _, err = self.watch(
+                self.certs.requestor_cert, self.certs.requestor_key, direct=False
+            )
+            self.assertEqual(await result, EXIT_TLS)
+            self.assertEqual(len(err.getvalue().splitlines()), 1)
 
         return Deferred.fromCoroutine(scenario())  # type: ignore[return-value]
 

@@ -21,7 +21,6 @@ from ipaddress import IPv6Address, IPv6Network
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 
@@ -40,6 +39,7 @@ from ..client import (
     mutual_tls_options,
     replica_key,
 )
+from ..client._starttls import DirectTLSEndpoint  # not re-exported by bulklq.client yet
 from ..client.output import NextHop, RoutesWriter, binding_to_json
 from ..model import AddressLease, Binding, PrefixLease
 from ..wire import (
@@ -333,11 +333,11 @@ def _tls_endpoint_factory(
     cert, key, ca = pems
     options = mutual_tls_options(arguments.tls_name or server.host, ca, cert, key)
 
+    # --tls-direct: a server's ssl: listener, TLS from the first octet (no STARTTLS).
+    kind = DirectTLSEndpoint if arguments.tls_direct else StartTLSEndpoint
+
     def factory(address: ServerAddress) -> IStreamClientEndpoint:
-        if arguments.tls_direct:
-            # An ssl: listener: TLS from the first octet (the handshake, then the query).
-            return wrapClientTLS(options, address.endpoint(clock, arguments.connect_timeout))
-        return StartTLSEndpoint(
+        return kind(
             address.endpoint(clock, arguments.connect_timeout),
             options,
             clock,

@@ -42,6 +42,7 @@ from ..wire import (
 from ._connection import BuildingFactory, abort_connection
 
 __all__ = [
+    "DirectTLSEndpoint",
     "StartTLSEndpoint",
     "StartTLSError",
     "TLSConnectionRefused",
@@ -103,7 +104,10 @@ def mutual_tls_options(
 
 @implementer(IHandshakeListener)
 class _StartTLSProtocol(Int16StringReceiver):
-    """Sends STARTTLS, waits for the REPLY, starts TLS, then hands over to the inner protocol."""
+    """
+    Sends STARTTLS, waits for the REPLY, starts TLS, then hands over to the inner protocol.
+    With C{direct}, starts TLS at once instead (an C{ssl:} listener).
+    """
 
     MAX_LENGTH = MAX_MESSAGE_SIZE
 
@@ -116,7 +120,9 @@ class _StartTLSProtocol(Int16StringReceiver):
         timeout: float,
         ready: Deferred[IProtocol],
         rng: random.Random,
+        direct: bool = False,
     ) -> None:
+        self._direct = direct
         self._wrapped = wrapped
         self._tls = tls
         self._clock = clock
@@ -133,8 +139,12 @@ class _StartTLSProtocol(Int16StringReceiver):
         """RFC 7653 8.2: STARTTLS, without options, is the first message on the connection."""
         assert self.transport is not None
         self._address = self.transport.getPeer()
-        self.sendString(Message(MessageType.STARTTLS, self._xid).encode())
         self._timer = self._clock.callLater(self._timeout, self._no_answer)
+        if self._direct:
+            self._tls_started = True
+            self.transport.startTLS(self._tls)  # type: ignore[attr-defined]
+            return
+        self.sendString(Message(MessageType.STARTTLS, self._xid).encode())
 
     def _no_answer(self) -> None:
         self._timer = None
@@ -233,6 +243,9 @@ class StartTLSEndpoint:
     connection is then closed.
     """
 
+    #: Start TLS at connect instead of sending STARTTLS (L{DirectTLSEndpoint}).
+    _direct = False
+
     def __init__(
         self,
         wrapped: IStreamClientEndpoint,
@@ -258,6 +271,7 @@ class StartTLSEndpoint:
                 timeout=self._timeout,
                 ready=ready,
                 rng=self._random,
+                direct=self._direct,
             )
         )
         connecting: Deferred[Any] = self._wrapped.connect(factory)
@@ -266,3 +280,17 @@ class StartTLSEndpoint:
             return ready
 
         return connecting.addCallback(connected)
+
+
+@implementer(IStreamClientEndpoint)
+class DirectTLSEndpoint(StartTLSEndpoint):
+    """
+    An endpoint for a server's C{ssl:} listener: connects C{wrapped} and starts TLS at
+    once (no STARTTLS); the caller's protocol is connected only once the handshake has
+    completed, so the connect Deferred fails with L{StartTLSError} when the handshake does
+    not complete within C{timeout} or fails (a plain port, a bad certificate), as with
+    L{StartTLSEndpoint}. Unlike C{wrapClientTLS}, a failed handshake is then told apart
+    from a connection lost later.
+    """
+
+    _direct = True
