@@ -93,6 +93,7 @@ from .kea_leases import (
 )
 from .memory import (
     _BULK,
+    _SMALL,
     MemoryBindingStore,
     _index_add,
     _index_discard,
@@ -100,7 +101,6 @@ from .memory import (
     _keys_after,
     _mask,
     _SortedKeys,
-    index_from_lists,
 )
 
 __all__ = ["KeaCsvError", "KeaCsvStore", "lease_file_set", "open_store_uri"]
@@ -241,13 +241,22 @@ def _index(index: _Sparse, values: Iterable[Any], key: BindingKey) -> None:
             _index_add(index, value, key)  # type: ignore[arg-type]
 
 
-def _sparse(pending: dict[Any, list[BindingKey]]) -> _Sparse:
-    # The lists were filled in key order.
-    index: _Sparse = index_from_lists(pending, ordered=True)  # type: ignore[assignment]
+def _append(index: _Sparse, value: Any, key: BindingKey) -> None:
+    """Add C{key}, above every key of C{value} so far, to a sparse index being built."""
+    found = index.get(value)
+    if found is None:
+        index[value] = key
+    elif type(found) is tuple:
+        index[value] = [found, key]
+    else:
+        found.append(key)  # type: ignore[union-attr]
+
+
+def _chunk_long(index: _Sparse) -> None:
+    """Turn the long sorted lists of a sparse index just built into chunked collections."""
     for value, keys in index.items():
-        if type(keys) is list and len(keys) == 1:
-            index[value] = keys[0]
-    return index
+        if type(keys) is list and len(keys) > _SMALL:
+            index[value] = _SortedKeys(keys, ordered=True)
 
 
 class _LeaseTable:
@@ -489,6 +498,7 @@ class _LeaseTable:
         members_of = self.members
         leases = self.leases
         by_link: dict[str, list[BindingKey]] = {}
+        links: dict[int, str] = {}
         for group in self.dirty:
             members = members_of.get(group)
             count = 0 if members is None else len(members)
@@ -504,7 +514,9 @@ class _LeaseTable:
                     members_of.pop(group, None)
                     continue
                 expires, relay_ids, remote_ids = summary
-            link = link_id(group[0])
+            link = links.get(group[0])
+            if link is None:
+                link = links[group[0]] = link_id(group[0])
             key: BindingKey = (link, group[1])
             entries[key] = [group, expires, relay_ids, remote_ids, None]
             keys = by_link.get(link)
@@ -517,20 +529,22 @@ class _LeaseTable:
             keys = by_link[link]
             keys.sort(key=itemgetter(1))
             ordered += keys
-        by_client: dict[bytes, list[BindingKey]] = {}
-        by_relay: dict[bytes, list[BindingKey]] = {}
-        by_remote: dict[bytes, list[BindingKey]] = {}
+        by_client: _Sparse = {}
+        by_relay: _Sparse = {}
+        by_remote: _Sparse = {}
         for key in ordered:
             entry = entries[key]
-            by_client.setdefault(key[1], []).append(key)
+            _append(by_client, key[1], key)
             for relay_id in entry[2]:
-                by_relay.setdefault(relay_id, []).append(key)
+                _append(by_relay, relay_id, key)
             for remote_id in entry[3]:
-                by_remote.setdefault(remote_id, []).append(key)
+                _append(by_remote, remote_id, key)
         self.keys = _SortedKeys(ordered, ordered=True)
-        self.by_client = _sparse(by_client)
-        self.by_relay = _sparse(by_relay)
-        self.by_remote = _sparse(by_remote)
+        for index in (by_client, by_relay, by_remote):
+            _chunk_long(index)
+        self.by_client = by_client
+        self.by_relay = by_relay
+        self.by_remote = by_remote
 
     def binding(self, key: BindingKey, entry: list[Any]) -> Binding:
         """The binding of an index entry, built on first use and kept in the entry."""

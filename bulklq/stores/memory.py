@@ -168,19 +168,16 @@ def _index_discard(index: dict[_V, _Keys], value: _V, key: BindingKey) -> None:
         del index[value]
 
 
-def index_from_lists(
-    pending: dict[_V, list[BindingKey]], *, ordered: bool = False
-) -> dict[_V, _Keys]:
+def index_from_lists(pending: dict[_V, list[BindingKey]]) -> dict[_V, _Keys]:
     """
-    An index built at once from lists of keys per value (a bulk load): each value's keys
-    sorted once, without repeats, unless C{ordered} says every list already is. The lists
-    are reused.
+    An index built at once from unsorted lists of keys per value (a bulk load): each
+    value's keys sorted once, without repeats. The lists are reused.
     """
     index: dict[_V, _Keys] = {}
     for value, keys in pending.items():
         if len(keys) > _SMALL:
-            index[value] = _SortedKeys(keys, ordered=ordered)
-        elif len(keys) == 1 or ordered:
+            index[value] = _SortedKeys(keys)
+        elif len(keys) == 1:
             index[value] = keys
         else:
             index[value] = sorted(set(keys))
