@@ -356,6 +356,10 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
                 "write_rate_achieved": round(
                     writer.operations / (time.monotonic() - writer_started[0])
                 ),
+                "write_rate_during_queries": round(
+                    sum(v["writes_during"] for v in verdicts)
+                    / max(sum(v["seconds"] for v in verdicts), 0.001)
+                ),
                 "query_seconds": round(elapsed, 1),
                 "queries": verdicts,
                 "returned_total": sum(v["returned"] for v in verdicts),
