@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.trial.unittest import TestCase
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from bulklq.client import (
     ActiveQuery,
@@ -28,6 +32,7 @@ from bulklq.client import (
     StartTLSEndpoint,
     mutual_tls_options,
 )
+from bulklq.client._starttls import DirectTLSEndpoint
 from bulklq.config import ServerConfig, parse_access_rule
 from bulklq.server import ActiveConfig, BulkLeasequeryFactory, tls_options
 from bulklq.stores.memory import MemoryBindingStore
@@ -68,6 +73,96 @@ def _issue(subject: str, issuer: tuple[Any, Any] | None = None) -> tuple[bytes, 
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem, (key, name)
+
+
+@implementer(IStreamClientEndpoint)
+class _SilentEndpoint:
+    """Connects at once to a L{StringTransport} whose other side never answers."""
+
+    def __init__(self) -> None:
+        self.transports: list[StringTransport] = []
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
+        """A connected protocol on a new StringTransport."""
+        protocol = factory.buildProtocol(None)  # type: ignore[arg-type]
+        assert protocol is not None
+        transport = StringTransport()
+        transport.startTLS = lambda options: None  # type: ignore[attr-defined]
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        return defer.succeed(protocol)
+
+
+class CancelTests(SynchronousTestCase):
+    """
+    Cancelling a connection attempt during STARTTLS or the handshake (a connect timeout,
+    or the watcher stopped meanwhile) closes the TCP connection and leaves no timer behind.
+    """
+
+    def connect(self, kind: type[StartTLSEndpoint]) -> tuple[Any, Clock, StringTransport]:
+        """Start connecting through C{kind} on a silent connection."""
+        clock = Clock()
+        wrapped = _SilentEndpoint()
+        endpoint = kind(wrapped, object(), clock, timeout=5)  # type: ignore[arg-type]
+        connecting = endpoint.connect(Factory.forProtocol(Protocol))
+        return connecting, clock, wrapped.transports[0]
+
+    def test_cancel_during_starttls(self) -> None:
+        """Cancelled while waiting for the REPLY to STARTTLS: aborted, no timer left."""
+        connecting, clock, transport = self.connect(StartTLSEndpoint)
+        self.assertNotEqual(transport.value(), b"")  # STARTTLS went out
+        connecting.cancel()
+        self.failureResultOf(connecting, defer.CancelledError)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_cancel_during_direct_handshake(self) -> None:
+        """The same during the handshake of a direct TLS connection (an C{ssl:} port)."""
+        connecting, clock, transport = self.connect(DirectTLSEndpoint)
+        connecting.cancel()
+        self.failureResultOf(connecting, defer.CancelledError)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_watcher_stopped_during_starttls(self) -> None:
+        """ActiveWatcher.stop() while STARTTLS is pending: the watch ends, the connection
+        is closed and no timer (STARTTLS, connect timeout, retry) is left."""
+        clock = Clock()
+        wrapped = _SilentEndpoint()
+
+        def endpoint(server: ServerAddress) -> IStreamClientEndpoint:
+            return StartTLSEndpoint(wrapped, object(), clock, timeout=5)  # type: ignore[arg-type]
+
+        requestor = Requestor(REQUESTOR_DUID, clock, RequestorOptions(retries=0), endpoint)
+        watcher = ActiveWatcher(requestor, "[2001:db8::1]:547", endpoint_factory=endpoint)
+        done = watcher.start()
+        self.assertNoResult(done)
+        stopped = watcher.stop()
+        self.successResultOf(stopped)
+        self.assertIsNone(self.successResultOf(done))
+        self.assertTrue(wrapped.transports[0].disconnected)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_connect_timeout_during_starttls(self) -> None:
+        """The watcher's connect timeout firing during STARTTLS closes that connection
+        before the retry: one connection open at a time, never a leaked one."""
+        clock = Clock()
+        wrapped = _SilentEndpoint()
+
+        def endpoint(server: ServerAddress) -> IStreamClientEndpoint:
+            return StartTLSEndpoint(wrapped, object(), clock, timeout=60)  # type: ignore[arg-type]
+
+        requestor = Requestor(
+            REQUESTOR_DUID, clock, RequestorOptions(retries=0, connect_timeout=10), endpoint
+        )
+        watcher = ActiveWatcher(requestor, "[2001:db8::1]:547", endpoint_factory=endpoint)
+        done = watcher.start()
+        clock.advance(10)
+        self.assertTrue(wrapped.transports[0].disconnected)
+        self.assertIn("no connection within 10 s", watcher.last_error or "")
+        self.successResultOf(watcher.stop())
+        self.assertIsNone(self.successResultOf(done))
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class StartTLSWatcherTests(TestCase):

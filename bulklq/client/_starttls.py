@@ -157,6 +157,11 @@ class _StartTLSProtocol(Int16StringReceiver):
             self._error = error
         abort_connection(self.transport)
 
+    def cancel(self) -> None:
+        """The caller gave up before TLS was up: stop the timer, close the connection."""
+        self._stop_timer()
+        self._fail(StartTLSError("cancelled"))
+
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -261,10 +266,21 @@ class StartTLSEndpoint:
         self._random = rng or random.Random()
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        """Connect, STARTTLS, handshake; fires with the caller's protocol."""
-        ready: Deferred[IProtocol] = Deferred()
-        factory = BuildingFactory(
-            lambda: _StartTLSProtocol(
+        """
+        Connect, STARTTLS, handshake; fires with the caller's protocol. Cancelling it
+        (a connect timeout, a requestor stopping) before then closes the connection and
+        stops the STARTTLS timer.
+        """
+        built: list[_StartTLSProtocol] = []
+
+        def cancel(ready: Deferred[IProtocol]) -> None:
+            for protocol in built:
+                protocol.cancel()
+
+        ready: Deferred[IProtocol] = Deferred(cancel)
+
+        def build() -> _StartTLSProtocol:
+            protocol = _StartTLSProtocol(
                 protocolFactory,
                 self._tls,
                 self._clock,
@@ -273,7 +289,10 @@ class StartTLSEndpoint:
                 rng=self._random,
                 direct=self._direct,
             )
-        )
+            built.append(protocol)
+            return protocol
+
+        factory = BuildingFactory(build)
         connecting: Deferred[Any] = self._wrapped.connect(factory)
 
         def connected(protocol: Any) -> Deferred[IProtocol]:
