@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from bulklq.cli import main
 from bulklq.cli.store import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from bulklq.model import Binding
 from bulklq.stores.jsonl import read_records, write_records
 from bulklq.stores.sqlite import SQLiteDatabase
 from bulklq.testing import contract_dataset, make_binding, make_link
@@ -72,6 +74,20 @@ class StoreCommandTests(SynchronousTestCase):
         )
         with open(output, encoding="utf-8") as lines:
             self.assertEqual(list(read_records(lines)), exported)
+
+    def test_import_makes_the_database_folder(self) -> None:
+        """
+        A first import into a state directory that does not exist yet creates it, as the
+        README's quick start does with C{.bulklq-state/bindings.sqlite3}.
+        """
+        path, _, bindings = self.write_jsonl()
+        database = os.path.join(self.mktemp(), "state", "bindings.sqlite3")
+        store = f"sqlite:{database}"
+        self.assertEqual(self.run_command("store", "import", "--store", store, path), EXIT_OK)
+        self.assertTrue(os.path.isfile(database))
+        self.assertEqual(self.run_command("store", "export", "--store", store), EXIT_OK)
+        exported = list(read_records(io.StringIO(self.stdout.getvalue())))
+        self.assertEqual(len([r for r in exported if isinstance(r, Binding)]), len(bindings))
 
     def test_import_replaces(self) -> None:
         """Importing a binding again replaces it (last wins), not duplicates it."""

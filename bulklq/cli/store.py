@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
@@ -175,6 +176,9 @@ def _import(arguments: argparse.Namespace) -> None:
         records = _kea_records(arguments.file, arguments.kea_config)
     else:
         records = _jsonl_records(arguments.file)
+    # Like twistd's --state-dir, the database's folder is made when missing, so that a first
+    # import into a fresh state directory works.
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     database = SQLiteDatabase(path)
     try:
         links = 0
