@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet import defer, endpoints, protocol, ssl
+from twisted.internet import defer, endpoints, protocol
 from twisted.internet.address import IPv6Address as TwistedIPv6Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from bulklq.client import mutual_tls_options
 from bulklq.config import ServerConfig, parse_access_rule
 from bulklq.server import ActiveConfig, tls_options
 from bulklq.service import BulkLeasequeryService
@@ -294,9 +295,9 @@ class LoopbackTLSTests(TestCase):
 
     def client_tls(self, cert: Path, key: Path) -> Any:
         """Client TLS options trusting the test CA, presenting C{cert}."""
-        own = ssl.PrivateCertificate.loadPEM(cert.read_bytes() + key.read_bytes())
-        authority = ssl.Certificate.loadPEM(self.certs.ca.read_bytes())
-        return ssl.optionsForClientTLS("localhost", authority, own)
+        return mutual_tls_options(
+            "localhost", self.certs.ca.read_bytes(), cert.read_bytes(), key.read_bytes()
+        )
 
     async def connect(self, index: int, requestor: _Requestor, tls: Any = None) -> None:
         """Connect C{requestor} to listener C{index} (0: ssl:, 1: tcp:), with TLS if given."""

@@ -31,6 +31,7 @@ from ..client import (
     ActiveQueryRefused,
     ActiveWatcher,
     BindingChange,
+    DirectTLSEndpoint,
     ReplicaKey,
     Requestor,
     RequestorOptions,
@@ -39,7 +40,6 @@ from ..client import (
     mutual_tls_options,
     replica_key,
 )
-from ..client._starttls import DirectTLSEndpoint  # not re-exported by bulklq.client yet
 from ..client.output import NextHop, RoutesWriter, binding_to_json
 from ..model import AddressLease, Binding, PrefixLease
 from ..wire import (

@@ -51,7 +51,13 @@ from ._result import (
     TooManyBindingsError,
     merge_bindings,
 )
-from ._starttls import StartTLSEndpoint, StartTLSError, TLSConnectionRefused, mutual_tls_options
+from ._starttls import (
+    DirectTLSEndpoint,
+    StartTLSEndpoint,
+    StartTLSError,
+    TLSConnectionRefused,
+    mutual_tls_options,
+)
 
 __all__ = [
     "ACTIVE_LQ_IDLE_TIMEOUT",
@@ -69,6 +75,7 @@ __all__ = [
     "BindingChange",
     "BindingMerger",
     "BulkLeasequeryClientProtocol",
+    "DirectTLSEndpoint",
     "LeaseQuery",
     "QueryResult",
     "QueryStatus",
