@@ -17,11 +17,40 @@ import socket
 import struct
 import sys
 import time
-from ipaddress import IPv6Address, IPv6Network
+from ipaddress import IPv6Network
+from pathlib import Path
 from typing import Any
 
-REPLY, DONE, DATA = 15, 16, 17
-RELAY_DUID = bytes.fromhex("0004000102030405060708090a0b0c0d0e0f")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from raw_leasequery import (
+    DATA,
+    DONE,
+    RELAY_DUID,
+    REPLY,
+    encode_query,
+    has_client_data,
+    rss_kib,
+)
+from raw_leasequery import relay_id_query as _relay_id_query
+
+__all__ = [
+    "DATA",
+    "DONE",
+    "LOOPBACK",
+    "REPLY",
+    "ServerProcess",
+    "count_answer",
+    "encode_query",
+    "fd_count",
+    "frames_in",
+    "has_client_data",
+    "legit_query",
+    "peak_rss_kib",
+    "relay_id_query",
+    "rss_kib",
+]
+
 LINK_PREFIX = IPv6Network("2001:db8:1::/64")
 LOOPBACK = ("127.0.0.1", "::1")
 
@@ -29,20 +58,9 @@ LOOPBACK = ("127.0.0.1", "::1")
 # -- wire helpers for attackers and counters -------------------------------------------
 
 
-def encode_query(xid: int, query_type: int, link: IPv6Address, options: bytes = b"") -> bytes:
-    """A framed LEASEQUERY: CLIENTID (DUID-EN) and LQ_QUERY."""
-    requestor = struct.pack("!HI", 2, 32473) + b"torture"
-    body = struct.pack("!HH", 1, len(requestor)) + requestor
-    lq = bytes((query_type,)) + link.packed + options
-    body += struct.pack("!HH", 44, len(lq)) + lq
-    message = struct.pack("!I", (14 << 24) | xid) + body
-    return struct.pack("!H", len(message)) + message
-
-
 def relay_id_query(xid: int) -> bytes:
     """QUERY_BY_RELAY_ID for the shared relay DUID over every link: every binding."""
-    option = struct.pack("!HH", 53, len(RELAY_DUID)) + RELAY_DUID
-    return encode_query(xid, 3, IPv6Address(0), option)
+    return _relay_id_query(xid, requestor=b"torture")
 
 
 def frames_in(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
@@ -57,17 +75,6 @@ def frames_in(buffer: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
         found.append((message[0] if message else -1, message))
         offset += 2 + size
     return found, buffer[offset:]
-
-
-def has_client_data(message: bytes) -> bool:
-    """Whether a message holds a CLIENT_DATA option (45) at top level."""
-    offset = 4
-    while offset + 4 <= len(message):
-        code, length = struct.unpack_from("!HH", message, offset)
-        if code == 45:
-            return True
-        offset += 4 + length
-    return False
 
 
 def count_answer(sock: socket.socket, deadline: float) -> dict[str, Any]:
@@ -108,15 +115,6 @@ def legit_query(host: str, port: int, timeout: float = 60.0) -> dict[str, Any]:
     result["seconds"] = round(time.monotonic() - started, 3)
     result["from"] = host
     return result
-
-
-def rss_kib(pid: int) -> int:
-    """The resident set size of process C{pid}, KiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def peak_rss_kib(pid: int) -> int:
