@@ -699,13 +699,26 @@ class PostgreSQLBindingStore:
             "rduid": resume[1] if resume else b"",
             "rows": rows_wanted,
         }
-        sql = self._page_sql(conn, schema, query, params)
-        if sql is None:
-            return BindingPage((), None)
-        if sql is _SNAPSHOT:
-            return self._snapshot_page(
-                conn, schema, query, params, resume=resume, limit=limit, now=now
-            )
+        keys = None
+        if resume is not None and query.kind in (QueryKind.RELAY_ID, QueryKind.REMOTE_ID):
+            # A query paged by key snapshot goes on with it: no planning queries again.
+            with self._snapshot_lock:
+                keys = self._snapshots.pop(query, None)
+                if keys is not None:
+                    self._snapshots[query] = keys  # most recently used last
+        if keys is None:
+            sql = self._page_sql(conn, schema, query, params)
+            if sql is None:
+                return BindingPage((), None)
+            if sql is _SNAPSHOT:
+                keys = conn.execute(params.pop("keys_sql"), params).fetchall()
+                with self._snapshot_lock:
+                    self._snapshots.pop(query, None)
+                    self._snapshots[query] = keys
+                    while len(self._snapshots) > self.snapshots:
+                        del self._snapshots[next(iter(self._snapshots))]
+        if keys is not None:
+            return self._snapshot_page(conn, schema, query, keys, resume, limit, now)
         rows = conn.execute(sql, params).fetchall()
         groups = _group(rows)
         more = len(rows) >= rows_wanted
@@ -732,36 +745,21 @@ class PostgreSQLBindingStore:
             )
         return BindingPage(bindings, resume_after)
 
-    def _snapshot_page(
+    def _snapshot_page(  # noqa: PLR0917 - private, called once
         self,
         conn: Any,
         schema: _Schema,
         query: BindingQuery,
-        params: dict[str, Any],
-        *,
+        keys: list[tuple[str, bytes]],
         resume: tuple[str, bytes] | None,
         limit: int,
         now: float,
     ) -> BindingPage:
         """
-        A page of a query with many matches: the sorted keys of the matching clients are
-        read when the query starts (C{resume} is C{None}) or when its keys are no longer
-        kept, and each page reads the active leases of its next C{limit} clients.
+        A page of a query with many matches: C{keys} are the sorted keys of the matching
+        clients, read when the query started (or when they were no longer kept); the page
+        reads the active leases of the next C{limit} clients after C{resume}.
         """
-        snapshots = self._snapshots
-        keys = None
-        if resume is not None:
-            with self._snapshot_lock:
-                keys = snapshots.pop(query, None)
-                if keys is not None:
-                    snapshots[query] = keys  # most recently used last
-        if keys is None:
-            keys = conn.execute(params.pop("keys_sql"), params).fetchall()
-            with self._snapshot_lock:
-                snapshots.pop(query, None)
-                snapshots[query] = keys
-                while len(snapshots) > self.snapshots:
-                    del snapshots[next(iter(snapshots))]
         start = 0 if resume is None else bisect_right(keys, resume)
         chosen = keys[start : start + limit]
         if not chosen:
