@@ -29,6 +29,7 @@ from bulklq.client import (
     granted_lifetime,
     merge_bindings,
 )
+from bulklq.client._decode import fast_single_binding_at
 from bulklq.model import AddressLease, Binding, PrefixLease
 from bulklq.testing import make_binding, make_relay_data, make_relay_hop
 from bulklq.wire import (
@@ -279,6 +280,37 @@ class FastPathTests(SynchronousTestCase):
         else:
             self.assertEqual([fast], expected)
         self.assertEqual(fast_data_bindings(octets, NOW, link), expected)
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        _server_ordered(),
+        st.binary(max_size=40),
+        st.binary(max_size=40),
+        st.sampled_from([None, "2001:db8::1"]),
+    )
+    def test_single_binding_in_place(
+        self, item: ClientData, before: bytes, after: bytes, link: str | None
+    ) -> None:
+        """
+        Read in place inside a larger buffer (as the protocol reads a received segment),
+        a frame gives what it gives on its own, whatever surrounds it; a window cut short
+        or running past the frame declines or still agrees with the codec.
+        """
+        octets = data(0x10203, item).encode()
+        buffer = before + octets + after
+        start, end = len(before), len(before) + len(octets)
+        self.assertEqual(
+            fast_single_binding_at(buffer, start, end, NOW, link),
+            fast_single_binding(octets, NOW, link),
+        )
+        for cut in (end - 1, end + min(len(after), 1)):
+            if cut == end:
+                continue
+            window = buffer[start:cut]
+            fast = fast_single_binding_at(buffer, start, cut, NOW, link)
+            self.assertEqual(fast, fast_single_binding(window, NOW, link))
+            if fast is not None:
+                self.assertEqual([fast], _generic(window, link))
 
     @settings(max_examples=150, deadline=None)
     @given(_server_ordered(), st.data())

@@ -522,3 +522,79 @@ class DecodedBindingTests(ProtocolTestCase):
             self.assertEqual((len(binding.addresses), len(binding.prefixes)), (1, 1))
         self.assertIsInstance(results[0].bindings[0].client_id, Duid)
         self.assertIsInstance(ClientData(()), ClientData)
+
+
+class SegmentTests(ProtocolTestCase):
+    """Frames split across segments or packed into one are read the same (S1)."""
+
+    def _answer(self, xid: int) -> bytes:
+        datas = [
+            client_data(n, [f"2001:db8:1::{n:x}"], [f"2001:db8:{n:x}::/56"]) for n in range(1, 30)
+        ]
+        datas.append(client_data(30, ["2001:db8:1::30"]))
+        datas.append(client_data(31, ["2001:db8:1::31"], clt_time=None))  # R12: discarded
+        datas.append(client_data(32, ["2001:db8:1::32", "2001:db8:1::33"], ["2001:db8:ff::/48"]))
+        return frame(*stream(xid, datas))
+
+    def test_any_segmentation(self) -> None:
+        """
+        S1/R8: the bindings, kept or streamed, do not depend on how the stream is cut
+        into segments: whole, octet by octet, or in uneven pieces.
+        """
+        outcomes = []
+        for keep in (False, True):
+            for sizes in ([1 << 20], [1], [7, 3, 250, 1, 90]):
+                protocol = BulkLeasequeryClientProtocol(
+                    REQUESTOR_DUID, self.clock, 300, random.Random(5)
+                )
+                transport = StringTransport()
+                protocol.makeConnection(transport)
+                results: list[ServerResult] = []
+                streamed: list[Binding] = []
+                protocol.query(LeaseQuery.by_relay_id(RELAY), streamed.append, keep).addCallback(
+                    results.append
+                )
+                xid = decode_message(transport.value()[2:]).transaction_id  # type: ignore[union-attr]
+                octets = self._answer(xid)
+                position = 0
+                turn = 0
+                while position < len(octets):
+                    size = sizes[turn % len(sizes)]
+                    protocol.dataReceived(octets[position : position + size])
+                    position += size
+                    turn += 1
+                (result,) = results
+                self.assertEqual(result.status, QueryStatus.SUCCESS)
+                self.assertEqual((result.received, result.discarded), (31, 1))
+                self.assertEqual(protocol._unprocessed, b"")
+                outcomes.append((keep, streamed, result.bindings))
+        for keep, streamed, kept in outcomes:
+            self.assertEqual(streamed, outcomes[0][1])
+            self.assertEqual(len(streamed), 31)
+            self.assertEqual(kept, tuple(streamed) if keep else ())
+
+    def test_stop_mid_segment(self) -> None:
+        """
+        R13: once a streaming callback stops the query, the frames after it in the same
+        segment are not delivered.
+        """
+        from bulklq.client import StopStreaming
+
+        seen: list[Binding] = []
+
+        def stop_at_third(binding: Binding) -> None:
+            seen.append(binding)
+            if len(seen) == 3:
+                raise StopStreaming("three is enough")
+
+        results: list[ServerResult] = []
+        self.protocol.query(LeaseQuery.by_relay_id(RELAY), stop_at_third, False).addCallback(
+            results.append
+        )
+        (query,) = self.sent()
+        self.protocol.dataReceived(self._answer(query.transaction_id))
+        self.assertEqual(len(seen), 3)
+        self.assertEqual(
+            (results[0].status, results[0].error), (QueryStatus.INCOMPLETE, "three is enough")
+        )
+        self.assertTrue(self.transport.disconnecting)

@@ -37,6 +37,7 @@ __all__ = [
     "binding_from_client_data",
     "fast_data_bindings",
     "fast_single_binding",
+    "fast_single_binding_at",
     "granted_lifetime",
     "link_from_relay_data",
 ]
@@ -90,7 +91,9 @@ def _same_as_ipaddress() -> bool:
     return True
 
 
-if not _same_as_ipaddress():  # pragma: no cover - another Python's ipaddress internals
+#: Whether L{_address} and L{_network} may build objects field by field on this Python.
+_IPADDRESS_SHORTCUTS = _same_as_ipaddress()
+if not _IPADDRESS_SHORTCUTS:  # pragma: no cover - another Python's ipaddress internals
     _address = IPv6Address  # type: ignore[assignment]
 
     def _network(value: int, length: int) -> IPv6Network:
@@ -137,9 +140,9 @@ def _plain_binding(
     return Binding(client_id, link_id, cltt, addresses, prefixes, None, (), (), ())
 
 
-_address_lease: Callable[[IPv6Address, int, int], AddressLease] = AddressLease
-_prefix_lease: Callable[[IPv6Network, int, int], PrefixLease] = PrefixLease
-_duid: Callable[[bytes], Duid] = Duid
+#: Whether L{fast_single_binding_at} may build the usual shapes field by field (what
+#: _quick_binding does, inlined); set below once the shortcuts are checked.
+_INLINE = False
 
 if _BINDING_SETTERS and _LEASE_SETTERS and _PREFIX_SETTERS and _DUID_SETTERS:
     # What the attrs constructors do, minus their per-call overhead; checked just below.
@@ -202,10 +205,7 @@ if _BINDING_SETTERS and _LEASE_SETTERS and _PREFIX_SETTERS and _DUID_SETTERS:
     )
     _built = _quick_binding(*_sample)
     if (_built, hash(_built), repr(_built)) == (_reference, hash(_reference), repr(_reference)):
-        _plain_binding = _quick_binding
-        _address_lease = _quick_lease
-        _prefix_lease = _quick_prefix
-        _duid = _quick_duid
+        _INLINE = _IPADDRESS_SHORTCUTS
 
 
 # After type and xid: CLIENT_DATA code and length, CLIENTID code and length, DUID type.
@@ -431,99 +431,112 @@ def fast_single_binding(frame: bytes, received_at: int, query_link: str | None) 
     CLT_TIME, nothing else), read with one C{unpack}; C{None} for any other frame (which
     means "try L{fast_data_bindings}", never "invalid").
     """
-    end = len(frame)
-    if end < 16:
+    return fast_single_binding_at(frame, 0, len(frame), received_at, query_link)
+
+
+def fast_single_binding_at(
+    data: bytes, start: int, end: int, received_at: int, query_link: str | None
+) -> Binding | None:
+    """
+    L{fast_single_binding} of the frame C{data[start:end]}, read in place: a requestor
+    reading a stream of frames need not copy each one out first.
+    """
+    if end - start < 16:
         return None
-    data_code, data_length, id_code, length, duid_type = _DATA_HEAD.unpack_from(frame, 4)
-    if data_code != 45 or data_length != end - 8 or id_code != 1 or not 3 <= length <= 130:
+    data_code, data_length, id_code, length, duid_type = _DATA_HEAD.unpack_from(data, start + 4)
+    if data_code != 45 or data_length != end - start - 8 or id_code != 1 or not 3 <= length <= 130:
         return None
     if duid_type == 4:
         if length != 18:
             return None
     elif length < _DUID_MINIMUM.get(duid_type, 3):
         return None
-    rest = 12 + length
+    rest = start + 12 + length
     shape = _SHAPES.get(end - rest)
     if shape is None:
         return None
     count_addresses, count_prefixes, layout = shape
-    values = layout.unpack_from(frame, rest)
-    ceiling = INFINITE_LIFETIME - 1
+    values = layout.unpack_from(data, rest)
     link = UNKNOWN_LINK if query_link is None else query_link
-    if count_prefixes == 0 and count_addresses == 1:
-        code, size, high, low, preferred, valid, clt_code, clt_size, clt_time = values
-        if (code, size, clt_code, clt_size) != (5, 24, 46, 4):
-            return None
-        return _plain_binding(
-            _duid(frame[12:rest]),
-            link,
-            received_at - clt_time,
-            (_fast_address_lease(high, low, preferred, valid, clt_time),),
-            (),
-        )
-    if count_addresses == 1 and count_prefixes == 1:
-        (
-            code,
-            size,
-            high,
-            low,
-            preferred,
-            valid,
-            prefix_code,
-            prefix_size,
-            prefix_preferred,
-            prefix_valid,
-            prefix_length,
-            prefix_high,
-            prefix_low,
-            clt_code,
-            clt_size,
-            clt_time,
-        ) = values
-        if (code, size, prefix_code, prefix_size, clt_code, clt_size) != (
-            5,
-            24,
-            26,
-            25,
-            46,
-            4,
-        ) or prefix_length > 128:
-            return None
-        prefix_preferred += clt_time
-        prefix_valid += clt_time
-        return _plain_binding(
-            _duid(frame[12:rest]),
-            link,
-            received_at - clt_time,
-            (_fast_address_lease(high, low, preferred, valid, clt_time),),
+    if _INLINE and count_addresses == 1 and count_prefixes <= 1:
+        # The usual shapes, built in one place: no call per object (see _quick_binding).
+        ceiling = INFINITE_LIFETIME - 1
+        if count_prefixes:
             (
-                _prefix_lease(
-                    _network(
-                        ((prefix_high << 64) | prefix_low) & _MASKS[prefix_length], prefix_length
-                    ),
-                    prefix_preferred
-                    if prefix_preferred < ceiling
-                    else _granted_top(prefix_preferred - clt_time),
-                    prefix_valid
-                    if prefix_valid < ceiling
-                    else _granted_top(prefix_valid - clt_time),
-                ),
-            ),
-        )
-    return _shaped_general(frame, rest, values, count_addresses, count_prefixes, received_at, link)
-
-
-def _fast_address_lease(
-    high: int, low: int, preferred: int, valid: int, clt_time: int
-) -> AddressLease:
-    """The lease of an IAADDR read as two 64-bit halves, its lifetimes as granted at CLT_TIME."""
-    ceiling = INFINITE_LIFETIME - 1
-    preferred += clt_time
-    valid += clt_time
-    return _address_lease(
-        _address((high << 64) | low),
-        preferred if preferred < ceiling else _granted_top(preferred - clt_time),
-        valid if valid < ceiling else _granted_top(valid - clt_time),
+                code,
+                size,
+                high,
+                low,
+                preferred,
+                valid,
+                prefix_code,
+                prefix_size,
+                prefix_preferred,
+                prefix_valid,
+                prefix_length,
+                prefix_high,
+                prefix_low,
+                clt_code,
+                clt_size,
+                clt_time,
+            ) = values
+            if prefix_code != 26 or prefix_size != 25 or prefix_length > 128:
+                return None
+        else:
+            code, size, high, low, preferred, valid, clt_code, clt_size, clt_time = values
+        if code != 5 or size != 24 or clt_code != 46 or clt_size != 4:
+            return None
+        duid = _new(Duid)
+        _d0(duid, data[start + 12 : rest])
+        address = _new(IPv6Address)
+        address._ip = (high << 64) | low  # type: ignore[attr-defined]
+        address._scope_id = None  # type: ignore[attr-defined]
+        lease = _new(AddressLease)
+        _l0(lease, address)
+        preferred += clt_time
+        _l1(lease, preferred if preferred < ceiling else _granted_top(preferred - clt_time))
+        valid += clt_time
+        _l2(lease, valid if valid < ceiling else _granted_top(valid - clt_time))
+        binding = _new(Binding)
+        _b0(binding, duid)
+        _b1(binding, link)
+        _b2(binding, received_at - clt_time)
+        _b3(binding, (lease,))
+        if count_prefixes:
+            value = ((prefix_high << 64) | prefix_low) & _MASKS[prefix_length]
+            if prefix_length < 127:
+                network = _new(IPv6Network)
+                network_address = _new(IPv6Address)
+                network_address._ip = value  # type: ignore[attr-defined]
+                network_address._scope_id = None  # type: ignore[attr-defined]
+                network.network_address = network_address
+                network.netmask, network._prefixlen = _NETMASKS[prefix_length]  # type: ignore[attr-defined]
+            else:
+                network = IPv6Network((value, prefix_length))
+            prefix = _new(PrefixLease)
+            _p0(prefix, network)
+            prefix_preferred += clt_time
+            _p1(
+                prefix,
+                prefix_preferred
+                if prefix_preferred < ceiling
+                else _granted_top(prefix_preferred - clt_time),
+            )
+            prefix_valid += clt_time
+            _p2(
+                prefix,
+                prefix_valid if prefix_valid < ceiling else _granted_top(prefix_valid - clt_time),
+            )
+            _b4(binding, (prefix,))
+        else:
+            _b4(binding, ())
+        _b5(binding, None)
+        _b6(binding, ())
+        _b7(binding, ())
+        _b8(binding, ())
+        return binding
+    return _shaped_general(
+        data, start + 12, rest, values, count_addresses, count_prefixes, received_at, link
     )
 
 
@@ -534,6 +547,7 @@ def _granted_top(remaining: int) -> int:
 
 def _shaped_general(  # noqa: PLR0917
     frame: bytes,
+    duid_start: int,
     rest: int,
     values: tuple[int, ...],
     count_addresses: int,
@@ -575,7 +589,7 @@ def _shaped_general(  # noqa: PLR0917
         )
         index += 7
     return Binding(
-        Duid(frame[12:rest]),
+        Duid(frame[duid_start:rest]),
         link,
         received_at - clt_time,
         tuple(addresses),
