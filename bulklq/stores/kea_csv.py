@@ -61,6 +61,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .._trusted import set_duid_raw
 from ..interfaces import IBindingStore
 from ..model import (
     AddressLease,
@@ -73,7 +74,7 @@ from ..model import (
     QueryKind,
 )
 from ..wire import Duid
-from ..wire._fast import ipv6_from_packed, slot_setters
+from ..wire._fast import ipv6_from_packed
 from ..wire._fast import new as _new
 from .kea_config import load_kea_config
 from .kea_leases import (
@@ -107,7 +108,7 @@ __all__ = ["KeaCsvError", "KeaCsvStore", "lease_file_set", "open_store_uri"]
 
 log = Logger()
 
-(_set_duid_raw,) = slot_setters(Duid, "raw")
+_set_duid_raw = set_duid_raw
 
 #: Columns a lease file must have; the others (state, user_context, pool_id ...) are optional.
 REQUIRED_COLUMNS = (

@@ -50,6 +50,16 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from .._trusted import (
+    set_address_lease,
+    set_binding,
+    set_duid_raw,
+    set_prefix_lease,
+    set_relay_data,
+    set_relay_message,
+    set_relay_option_message,
+    set_remote_id,
+)
 from ..model import AddressLease, Binding, Link, PrefixLease
 from ..wire import (
     Duid,
@@ -64,37 +74,20 @@ from ..wire import (
     WireError,
     decode_options,
 )
-from ..wire._fast import ipv6_from_int, slot_setters
+from ..wire._fast import ipv6_from_int
 from ..wire._fast import new as _new
 from ..wire.duid import duid_problem
 
-(_set_duid_raw,) = slot_setters(Duid, "raw")
 # Bindings are built for every lease a query returns: without attrs' __init__ overhead
 # (the values are checked before they get here; see bulklq.wire._fast).
-_BINDING_FIELDS = (
-    "client_id",
-    "link_id",
-    "cltt",
-    "addresses",
-    "prefixes",
-    "relay_data",
-    "relay_ids",
-    "remote_ids",
-    "options",
-)
-_set_binding = slot_setters(Binding, *_BINDING_FIELDS)
-_set_address, _set_preferred, _set_valid = slot_setters(
-    AddressLease, "address", "preferred_lifetime", "valid_lifetime"
-)
-_set_prefix, _set_prefix_preferred, _set_prefix_valid = slot_setters(
-    PrefixLease, "prefix", "preferred_lifetime", "valid_lifetime"
-)
-_set_relay_message = slot_setters(
-    RelayMessage, "msg_type", "hop_count", "link_address", "peer_address", "options"
-)
-_set_relay_data = slot_setters(LQRelayData, "peer_address", "relay_message")
-_set_remote = slot_setters(RemoteId, "enterprise_number", "remote_id")
-_set_relay_option = slot_setters(RelayMessageOption, "message")
+_set_binding = set_binding
+_set_address, _set_preferred, _set_valid = set_address_lease
+_set_prefix, _set_prefix_preferred, _set_prefix_valid = set_prefix_lease
+_set_relay_message = set_relay_message
+_set_relay_data = set_relay_data
+_set_remote = set_remote_id
+_set_relay_option = (set_relay_option_message,)
+_set_duid_raw = set_duid_raw
 _set_lazy_summary: Any = None  # set below, once _LazyRelayData exists
 
 __all__ = [

@@ -36,6 +36,14 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from .._trusted import (
+    set_address_lease,
+    set_binding,
+    set_duid_raw,
+    set_relay_data,
+    set_relay_message,
+    set_remote_id,
+)
 from ..interfaces import IBindingStore
 from ..model import (
     AddressLease,
@@ -60,7 +68,7 @@ from ..wire import (
     decode_options,
     encode_options,
 )
-from ..wire._fast import ipv6_from_packed, new, slot_setters
+from ..wire._fast import ipv6_from_packed, new
 from ._materialise import LazyBindings, ipv6_address, ipv6_network
 
 __all__ = [
@@ -357,25 +365,12 @@ def _row_of(binding: Binding) -> tuple[Any, ...]:
     )
 
 
-_BINDING_FIELDS = (
-    "client_id",
-    "link_id",
-    "cltt",
-    "addresses",
-    "prefixes",
-    "relay_data",
-    "relay_ids",
-    "remote_ids",
-    "options",
-)
-_set_binding = slot_setters(Binding, *_BINDING_FIELDS)
-_set_address_lease = slot_setters(AddressLease, "address", "preferred_lifetime", "valid_lifetime")
-_set_relay = slot_setters(
-    RelayMessage, "msg_type", "hop_count", "link_address", "peer_address", "options"
-)
-_set_relay_data = slot_setters(LQRelayData, "peer_address", "relay_message")
-(_set_duid_raw,) = slot_setters(Duid, "raw")
-_set_remote = slot_setters(RemoteId, "enterprise_number", "remote_id")
+_set_binding = set_binding
+_set_address_lease = set_address_lease
+_set_relay = set_relay_message
+_set_relay_data = set_relay_data
+_set_duid_raw = set_duid_raw
+_set_remote = set_remote_id
 _REMOTE_ID_CODE = RemoteId.code
 _RELAY_ID_CODE = RelayId.code
 _RELAY_FORW = MessageType.RELAY_FORW
