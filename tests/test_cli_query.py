@@ -12,8 +12,10 @@ import json
 import os
 import subprocess
 import sys
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Network
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, threads
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -28,7 +30,7 @@ from bulklq.client.output import (
     format_address,
     next_hop,
 )
-from bulklq.model import AddressLease, Binding
+from bulklq.model import AddressLease, Binding, PrefixLease
 from bulklq.testing import make_binding, make_relay_data, make_relay_hop
 from bulklq.wire import Duid, QueryType, RelayId, RemoteId, StatusCode
 
@@ -366,6 +368,72 @@ class OutputTests(SynchronousTestCase):
             self.assertEqual(
                 out.getvalue(), json.dumps(binding_to_json(binding), separators=(",", ":")) + "\n"
             )
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.builds(
+                Binding,
+                st.binary(min_size=3, max_size=20).map(Duid),
+                st.text(max_size=12),
+                st.integers(0, 2**33),
+                st.lists(
+                    st.builds(
+                        AddressLease,
+                        st.one_of(
+                            st.integers(0, 2**128 - 1),
+                            st.integers(0, 2**32 - 1).map(lambda v: v | 0xFFFF00000000),
+                            st.integers(0, 0xFFFF).map(lambda v: v << 64),
+                        ).map(IPv6Address),
+                        st.sampled_from([0, 1800, 0xFFFFFFFE, 0xFFFFFFFF]),
+                        st.sampled_from([0, 3600, 0xFFFFFFFE, 0xFFFFFFFF]),
+                    ),
+                    max_size=3,
+                ).map(tuple),
+                st.lists(
+                    st.builds(
+                        PrefixLease,
+                        st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 128)).map(
+                            lambda pair: IPv6Network(pair, strict=False)
+                        ),
+                        st.sampled_from([0, 1800, 0xFFFFFFFF]),
+                        st.sampled_from([0, 3600, 0xFFFFFFFF]),
+                    ),
+                    max_size=3,
+                ).map(tuple),
+            ),
+            max_size=7,
+        ),
+        st.sampled_from([1, 2, 3, 512]),
+    )
+    def test_jsonl_writer_is_json_dumps(self, bindings: list[Binding], batch: int) -> None:
+        """
+        The hand-built jsonl lines, written one by one or in batches, are exactly
+        json.dumps of binding_to_json, for any link text, DUID, address and lifetime.
+        """
+        out = io.StringIO()
+        writer = JsonLinesWriter(out, batch)
+        writer.start()
+        for binding in bindings:
+            writer.binding(binding)
+        writer.finish(None)
+        self.assertEqual(
+            out.getvalue(),
+            "".join(
+                json.dumps(binding_to_json(binding), separators=(",", ":")) + "\n"
+                for binding in bindings
+            ),
+        )
+
+    def test_jsonl_batches(self) -> None:
+        """With a batch, lines are written batch by batch, and the rest by finish."""
+        out = io.StringIO()
+        writer = JsonLinesWriter(out, 2)
+        for number in range(3):
+            writer.binding(make_binding(number + 1))
+        self.assertEqual(len(out.getvalue().splitlines()), 2)
+        writer.finish(None)
+        self.assertEqual(len(out.getvalue().splitlines()), 3)
 
     def test_format_address(self) -> None:
         """format_address is str() of the address, also for IPv4-mapped ones."""

@@ -84,6 +84,9 @@ EXIT_CONNECTION_FAILED = 5
 #: a process ended by SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 
+#: How many jsonl lines are written at once when the output is not a terminal.
+_JSONL_BATCH = 512
+
 _CODES = {
     QueryStatus.SUCCESS: EXIT_OK,
     QueryStatus.SERVER_ERROR: EXIT_SERVER_ERROR,
@@ -209,7 +212,8 @@ def _writer(arguments: argparse.Namespace, out: IO[str], now: Callable[[], float
     if name == "json":
         return JsonWriter(out)
     if name == "jsonl":
-        return JsonLinesWriter(out)
+        # Lines to a pipe or a file are buffered anyway: write them many at a time.
+        return JsonLinesWriter(out, 1 if _isatty(out) else _JSONL_BATCH)
     if name == "csv":
         return CsvWriter(out)
     if name == "routes":
@@ -286,11 +290,12 @@ async def run_query(
     progress = _Progress(clock, err, show_progress)
 
     output_closed: list[bool] = []
+    write_binding = writer.binding
 
     def stream(binding: Binding) -> None:
         progress.count += 1
         try:
-            writer.binding(binding)
+            write_binding(binding)
         except BrokenPipeError:
             output_closed.append(True)
             raise StopStreaming("the output was closed") from None

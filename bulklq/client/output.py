@@ -21,7 +21,7 @@ from functools import lru_cache
 from ipaddress import IPv6Address
 from typing import IO
 
-from ..model import Binding
+from ..model import AddressLease, Binding, PrefixLease
 from ._decode import INFINITE_LIFETIME
 from ._result import QueryResult
 
@@ -92,43 +92,60 @@ def binding_to_json(binding: Binding) -> dict[str, object]:
     return value
 
 
+def _address_item(cltt: int, lease: AddressLease) -> str:
+    """One element of a jsonl line's C{addresses} list."""
+    valid = lease.valid_lifetime
+    text = _inet_ntop(_AF_INET6, lease.address._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
+    if "." in text:
+        text = str(lease.address)
+    return (
+        f'{{"address":"{text}","preferred_lifetime":{lease.preferred_lifetime},'
+        f'"valid_lifetime":{valid},'
+        f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
+    )
+
+
+def _prefix_item(cltt: int, lease: PrefixLease) -> str:
+    """One element of a jsonl line's C{prefixes} list."""
+    valid = lease.valid_lifetime
+    network = lease.prefix
+    text = _inet_ntop(_AF_INET6, network.network_address._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
+    if "." in text:
+        text = str(network.network_address)
+    return (
+        f'{{"prefix":"{text}/{network.prefixlen}",'
+        f'"preferred_lifetime":{lease.preferred_lifetime},"valid_lifetime":{valid},'
+        f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
+    )
+
+
 def _jsonl_line(binding: Binding) -> str:
-    """One compact JSON line, built directly: the same text as C{json.dumps} would give."""
+    """
+    One compact JSON line, built directly: the same text as C{json.dumps} of
+    L{binding_to_json} would give. Only the link id can hold arbitrary text: it alone is
+    escaped (by C{json.dumps}, cached); DUIDs, addresses and numbers need no escaping.
+    """
     if binding.relay_data is not None:
         return json.dumps(binding_to_json(binding), separators=(",", ":")) + "\n"
     cltt = binding.cltt
-    parts = [
-        '{"client_id":"',
-        binding.client_id.raw.hex(":"),
-        '","link":',
-        _json_string(binding.link_id),
-        ',"cltt":',
-        str(cltt),
-        ',"addresses":[',
-    ]
-    first = True
-    for lease in binding.addresses:
-        valid = lease.valid_lifetime
-        parts.append(
-            f'{"" if first else ","}{{"address":"{format_address(lease.address)}",'
-            f'"preferred_lifetime":{lease.preferred_lifetime},"valid_lifetime":{valid},'
-            f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
+    addresses = binding.addresses
+    prefixes = binding.prefixes
+    return (
+        f'{{"client_id":"{binding.client_id.raw.hex(":")}",'
+        f'"link":{_json_string(binding.link_id)},"cltt":{cltt},"addresses":['
+        + (
+            _address_item(cltt, addresses[0])
+            if len(addresses) == 1
+            else ",".join([_address_item(cltt, lease) for lease in addresses])
         )
-        first = False
-    parts.append('],"prefixes":[')
-    first = True
-    for prefix in binding.prefixes:
-        valid = prefix.valid_lifetime
-        network = prefix.prefix
-        parts.append(
-            f'{"" if first else ","}{{"prefix":"{format_address(network.network_address)}/'
-            f'{network.prefixlen}","preferred_lifetime":{prefix.preferred_lifetime},'
-            f'"valid_lifetime":{valid},'
-            f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
+        + '],"prefixes":['
+        + (
+            _prefix_item(cltt, prefixes[0])
+            if len(prefixes) == 1
+            else ",".join([_prefix_item(cltt, lease) for lease in prefixes])
         )
-        first = False
-    parts.append("]}\n")
-    return "".join(parts)
+        + "]}\n"
+    )
 
 
 def _servers_json(result: QueryResult) -> list[dict[str, object]]:
@@ -172,11 +189,35 @@ class BindingWriter:
 
 
 class JsonLinesWriter(BindingWriter):
-    """C{jsonl}: one JSON object per binding per line (L{binding_to_json})."""
+    """
+    C{jsonl}: one JSON object per binding per line (L{binding_to_json}).
+
+    With C{batch} above 1, lines are collected and written C{batch} at a time (one
+    C{write} instead of one per binding), and the rest by L{finish}: for output that is
+    buffered anyway (a pipe, a file), not for a terminal someone watches.
+    """
+
+    def __init__(self, out: IO[str], batch: int = 1) -> None:
+        super().__init__(out)
+        self._batch = batch
+        self._lines: list[str] = []
 
     def binding(self, binding: Binding) -> None:
-        """Write the binding's line."""
-        self.out.write(_jsonl_line(binding))
+        """Write the binding's line (or add it to the batch)."""
+        if self._batch <= 1:
+            self.out.write(_jsonl_line(binding))
+            return
+        lines = self._lines
+        lines.append(_jsonl_line(binding))
+        if len(lines) >= self._batch:
+            self._lines = []
+            self.out.write("".join(lines))
+
+    def finish(self, result: QueryResult | None) -> None:
+        """Write the lines still in the batch."""
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self.out.write("".join(lines))
 
 
 class JsonWriter(BindingWriter):
