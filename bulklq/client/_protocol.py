@@ -284,22 +284,28 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
                 if pending is not None and pending.replied:
                     binding = fast_single_binding_at(buffer, start, end, received_at, pending.link)
                     if binding is not None:
-                        if pending.merger is None and pending.on_binding is not None:
-                            # The common case, kept short: nothing kept, a callback.
-                            pending.received += 1
-                            try:
-                                pending.on_binding(binding)
-                            except StopStreaming as stop:
-                                self._abort_query(pending, str(stop) or "the consumer stopped")
-                            except Exception:
-                                self._log.failure("The binding consumer failed")
-                                self._abort_query(pending, "the binding consumer failed")
-                        else:
-                            self._accept(pending, binding)
+                        self._deliver(pending, binding)
                         continue
             self.stringReceived(buffer[start:end])
         self._unprocessed = buffer[offset:]
         self._compatibilityOffset = 0
+
+    def _deliver(self, pending: _Pending, binding: Binding) -> None:
+        """
+        Hand one fast-decoded binding to its query: straight to the callback in the common
+        streaming case (nothing kept), else through L{_accept} (merge, limits).
+        """
+        if pending.merger is None and pending.on_binding is not None:
+            pending.received += 1
+            try:
+                pending.on_binding(binding)
+            except StopStreaming as stop:
+                self._abort_query(pending, str(stop) or "the consumer stopped")
+            except Exception:
+                self._log.failure("The binding consumer failed")
+                self._abort_query(pending, "the binding consumer failed")
+        else:
+            self._accept(pending, binding)
 
     def lengthLimitExceeded(self, length: int) -> None:
         """Cannot happen with a 2-octet size; close rather than buffer, should it."""
@@ -315,18 +321,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             if pending is not None and pending.replied:
                 binding = fast_single_binding(frame, self._received_at, pending.link)
                 if binding is not None:
-                    # The common case, kept short: one binding, nothing kept, a callback.
-                    if pending.merger is None and pending.on_binding is not None:
-                        pending.received += 1
-                        try:
-                            pending.on_binding(binding)
-                        except StopStreaming as stop:
-                            self._abort_query(pending, str(stop) or "the consumer stopped")
-                        except Exception:
-                            self._log.failure("The binding consumer failed")
-                            self._abort_query(pending, "the binding consumer failed")
-                    else:
-                        self._accept(pending, binding)
+                    self._deliver(pending, binding)
                     return
                 bindings = fast_data_bindings(frame, self._received_at, pending.link)
                 if bindings is not None:
