@@ -300,8 +300,16 @@ async def run_query(
             output_closed.append(True)
             raise StopStreaming("the output was closed") from None
 
+    def stream_quietly(binding: Binding) -> None:
+        # stream() without the count, which only the progress line shows.
+        try:
+            write_binding(binding)
+        except BrokenPipeError:
+            output_closed.append(True)
+            raise StopStreaming("the output was closed") from None
+
     if arguments.stream:
-        on_binding: Callable[[Binding], object] | None = stream
+        on_binding: Callable[[Binding], object] | None = stream if show_progress else stream_quietly
     else:
         on_binding = progress.binding if show_progress else None
     writer.start()
