@@ -130,34 +130,6 @@ def _jsonl_line(binding: Binding) -> str:
     cltt = binding.cltt
     addresses = binding.addresses
     prefixes = binding.prefixes
-    if len(addresses) == 1 and len(prefixes) == 1:
-        # The usual binding (one address, one prefix) in one expression: what
-        # _address_item and _prefix_item give, without their calls and repeated lookups.
-        (lease,) = addresses
-        (delegated,) = prefixes
-        address = lease.address
-        text = _inet_ntop(_AF_INET6, address._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
-        if "." in text:
-            text = str(address)
-        network = delegated.prefix
-        prefix = network.network_address
-        length = network._prefixlen  # type: ignore[attr-defined]
-        prefix_text = _inet_ntop(_AF_INET6, prefix._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
-        if "." in prefix_text:
-            prefix_text = str(prefix)
-        valid = lease.valid_lifetime
-        prefix_valid = delegated.valid_lifetime
-        return (
-            f'{{"client_id":"{binding.client_id.raw.hex(":")}",'
-            f'"link":{_json_string(binding.link_id)},"cltt":{cltt},"addresses":['
-            f'{{"address":"{text}","preferred_lifetime":{lease.preferred_lifetime},'
-            f'"valid_lifetime":{valid},'
-            f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
-            f'],"prefixes":[{{"prefix":"{prefix_text}/{length}",'
-            f'"preferred_lifetime":{delegated.preferred_lifetime},'
-            f'"valid_lifetime":{prefix_valid},"expires":'
-            f"{'null' if prefix_valid == INFINITE_LIFETIME else cltt + prefix_valid}}}]}}\n"
-        )
     return (
         f'{{"client_id":"{binding.client_id.raw.hex(":")}",'
         f'"link":{_json_string(binding.link_id)},"cltt":{cltt},"addresses":['
@@ -232,8 +204,41 @@ class JsonLinesWriter(BindingWriter):
 
     def binding(self, binding: Binding) -> None:
         """Write the binding's line (or add it to the batch)."""
+        addresses = binding.addresses
+        prefixes = binding.prefixes
+        if binding.relay_data is None and len(addresses) == 1 and len(prefixes) == 1:
+            cltt = binding.cltt
+            # The usual binding (one address, one prefix) in one expression: what
+            # _address_item and _prefix_item give, without their calls and repeated lookups.
+            (lease,) = addresses
+            (delegated,) = prefixes
+            address = lease.address
+            text = _inet_ntop(_AF_INET6, address._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
+            if "." in text:
+                text = str(address)
+            network = delegated.prefix
+            prefix = network.network_address
+            length = network._prefixlen  # type: ignore[attr-defined]
+            prefix_text = _inet_ntop(_AF_INET6, prefix._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
+            if "." in prefix_text:
+                prefix_text = str(prefix)
+            valid = lease.valid_lifetime
+            prefix_valid = delegated.valid_lifetime
+            line = (
+                f'{{"client_id":"{binding.client_id.raw.hex(":")}",'
+                f'"link":{_json_string(binding.link_id)},"cltt":{cltt},"addresses":['
+                f'{{"address":"{text}","preferred_lifetime":{lease.preferred_lifetime},'
+                f'"valid_lifetime":{valid},'
+                f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
+                f'],"prefixes":[{{"prefix":"{prefix_text}/{length}",'
+                f'"preferred_lifetime":{delegated.preferred_lifetime},'
+                f'"valid_lifetime":{prefix_valid},"expires":'
+                f"{'null' if prefix_valid == INFINITE_LIFETIME else cltt + prefix_valid}}}]}}\n"
+            )
+        else:
+            line = _jsonl_line(binding)
         lines = self._lines
-        lines.append(_jsonl_line(binding))
+        lines.append(line)
         if len(lines) >= self._batch:
             self._lines = []
             self.out.write("".join(lines))
