@@ -201,6 +201,9 @@ class JsonLinesWriter(BindingWriter):
         super().__init__(out)
         self._batch = batch
         self._lines: list[str] = []
+        # The last link id and its JSON text: a query's bindings share one link id object.
+        self._link: str | None = None
+        self._link_text = ""
 
     def binding(self, binding: Binding) -> None:
         """Write the binding's line (or add it to the batch)."""
@@ -224,9 +227,13 @@ class JsonLinesWriter(BindingWriter):
                 prefix_text = str(prefix)
             valid = lease.valid_lifetime
             prefix_valid = delegated.valid_lifetime
+            link = binding.link_id
+            if link is not self._link:
+                self._link = link
+                self._link_text = _json_string(link)
             line = (
                 f'{{"client_id":"{binding.client_id.raw.hex(":")}",'
-                f'"link":{_json_string(binding.link_id)},"cltt":{cltt},"addresses":['
+                f'"link":{self._link_text},"cltt":{cltt},"addresses":['
                 f'{{"address":"{text}","preferred_lifetime":{lease.preferred_lifetime},'
                 f'"valid_lifetime":{valid},'
                 f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
