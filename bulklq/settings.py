@@ -487,10 +487,7 @@ class Settings:
         check_tls_files(self.tls_cert, self.tls_key, self.tls_ca)
         from .server import tls_options  # noqa: PLC0415 - needs pyOpenSSL, keeps --help fast
 
-        try:
-            return tls_options(self.tls_cert, self.tls_key, self.tls_ca)
-        except ValueError as error:
-            raise ConfigError(f"--tls-cert: {error}") from None
+        return tls_options(self.tls_cert, self.tls_key, self.tls_ca)
 
     def active_config(self) -> Any:
         """The server's L{ActiveConfig<bulklq.server.ActiveConfig>} (RFC 7653)."""
@@ -507,61 +504,27 @@ class Settings:
         )
 
 
-def _read_pem(path: Path, option: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{option}: {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{option}: {str(path)!r} is a directory, not a PEM file") from None
-    except OSError as error:
-        raise ConfigError(f"{option}: cannot read {str(path)!r}: {error.strerror}") from None
-    return data
+#: The option that names each TLS file, for one-line errors.
+_TLS_OPTIONS = {"cert": "--tls-cert", "key": "--tls-key", "ca": "--tls-ca"}
 
 
 def check_tls_files(cert: Path, key: Path, ca: Path) -> None:
     """
     Check the three TLS files: readable, PEM, the key matching the certificate, exactly
-    one CA certificate.
+    one CA certificate (L{bulklq.server.load_tls_files} does the checking).
 
     @raise ConfigError: one line naming the option and the problem.
     """
     try:
         import OpenSSL  # noqa: F401, PLC0415 - what Twisted's TLS needs (the tls extra)
-        from cryptography import x509  # noqa: PLC0415 - comes with pyOpenSSL
-        from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
-        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+        from .server import TLSFileError, load_tls_files  # noqa: PLC0415
     except ImportError:
         raise ConfigError("--tls-cert: TLS needs pyOpenSSL: pip install 'bulklq[tls]'") from None
-    cert_pem = _read_pem(cert, "--tls-cert")
-    key_pem = _read_pem(key, "--tls-key")
-    ca_pem = _read_pem(ca, "--tls-ca")
     try:
-        certificate = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
-        raise ConfigError(f"--tls-cert: {str(cert)!r} is not a PEM certificate") from None
-    try:
-        private_key = serialization.load_pem_private_key(key_pem, password=None)
-    except TypeError:
-        raise ConfigError(
-            f"--tls-key: {str(key)!r} is encrypted; give the key without a passphrase"
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise ConfigError(f"--tls-key: {str(key)!r} is not a PEM private key") from None
-    public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if private_key.public_key().public_bytes(*public) != certificate.public_key().public_bytes(
-        *public
-    ):
-        raise ConfigError(f"--tls-key: {str(key)!r} does not match the certificate {str(cert)!r}")
-    try:
-        authorities = x509.load_pem_x509_certificates(ca_pem)
-    except ValueError:
-        raise ConfigError(f"--tls-ca: {str(ca)!r} is not a PEM certificate") from None
-    if len(authorities) != 1:
-        raise ConfigError(
-            f"--tls-ca: {str(ca)!r} holds {len(authorities)} certificates; give the one CA "
-            f"that signs the requestors' certificates"
-        )
+        load_tls_files(cert, key, ca)
+    except TLSFileError as error:
+        raise ConfigError(f"{_TLS_OPTIONS[error.which]}: {error.problem}") from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
