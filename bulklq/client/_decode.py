@@ -11,12 +11,10 @@ gives exactly what L{binding_from_client_data} gives after L{decode_message}.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from ipaddress import IPv6Address, IPv6Network
-from typing import Any
 
-import attrs
-
+from .._trusted import set_address_lease, set_binding, set_duid_raw, set_prefix_lease
 from ..model import AddressLease, Binding, PrefixLease, relay_identities
 from ..wire import (
     ClientData,
@@ -100,33 +98,12 @@ if not _IPADDRESS_SHORTCUTS:  # pragma: no cover - another Python's ipaddress in
         return IPv6Network((value, length))
 
 
-def _slot_setters(cls: type, names: tuple[str, ...]) -> list[Callable[[Any, Any], None]] | None:
-    """The slot descriptors' setters of a frozen attrs class whose fields are plain."""
-    fields = attrs.fields(cls)
-    if tuple(field.name for field in fields) != names or any(
-        field.validator is not None or field.converter is not None for field in fields
-    ):
-        return None  # pragma: no cover - the model changed: use the constructors
-    return [getattr(cls, name).__set__ for name in names]
-
-
-_BINDING_SETTERS = _slot_setters(
-    Binding,
-    (
-        "client_id",
-        "link_id",
-        "cltt",
-        "addresses",
-        "prefixes",
-        "relay_data",
-        "relay_ids",
-        "remote_ids",
-        "options",
-    ),
-)
-_LEASE_SETTERS = _slot_setters(AddressLease, ("address", "preferred_lifetime", "valid_lifetime"))
-_PREFIX_SETTERS = _slot_setters(PrefixLease, ("prefix", "preferred_lifetime", "valid_lifetime"))
-_DUID_SETTERS = _slot_setters(Duid, ("raw",))
+# The slot setters every fast path shares (bulklq._trusted): the attrs constructors minus
+# their per-call overhead.
+_BINDING_SETTERS = set_binding
+_LEASE_SETTERS = set_address_lease
+_PREFIX_SETTERS = set_prefix_lease
+_DUID_SETTERS = (set_duid_raw,)
 
 
 def _plain_binding(
