@@ -23,6 +23,18 @@ the whole file set; the new state replaces the old at once, and a query in fligh
 after its last key in it, so it keeps the paging contract of
 L{bulklq.interfaces.IBindingStore}.
 
+B{Changes (Active Leasequery, RFC 7653).} The store is an L{IBindingChangeFeed}: once
+somebody watches (the server calls L{KeaCsvStore.keep_history} when Active Leasequery is
+enabled), each poll publishes, timestamped by the injected clock, the new state of every
+binding whose leases the rows read changed, or the binding it was, as removed, when its
+last lease went (valid lifetime 0, a state other than 0, an expiry in the past). A row that
+leaves a binding's leases as they were (Kea rewriting a lease unchanged) is not a change;
+the initial load publishes nothing, and a reload publishes only the bindings that differ
+between the old and the new state. A binding whose last lease runs out while no row
+changes it is published as removed by the next poll (at most C{interval} late, RFC 7653
+section 9.3), from a heap of expiry times built when watching starts; Kea's later
+reclamation row (state 2) for it publishes nothing more.
+
 B{Links.} With Kea's configuration (C{kea-config=}), each subnet is a link with the subnet's
 prefix (L{bulklq.stores.kea_config}). Without it, a subnet's link is known only through its
 leases: the link-address Kea selected the subnet by (the relay nearest the client whose
@@ -42,9 +54,10 @@ from __future__ import annotations
 
 import csv
 import gc
+import heapq
 import os
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from ipaddress import IPv6Address, IPv6Network
 from itertools import takewhile
 from operator import itemgetter
@@ -62,7 +75,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .._trusted import set_duid_raw
-from ..interfaces import IBindingStore
+from ..changes import BindingChange, ChangeHistory
+from ..interfaces import IBindingChangeFeed, IBindingStore
 from ..model import (
     AddressLease,
     Binding,
@@ -290,9 +304,20 @@ class _LeaseTable:
         self.by_client: _Sparse = {}
         self.by_relay: _Sparse = {}
         self.by_remote: _Sparse = {}
+        #: While changes are published: each group touched since the last flush -> its
+        #: leases (address -> record) as they were at that flush; else C{None}.
+        self.before: dict[_Group, dict[bytes, _Record]] | None = None
 
     def __len__(self) -> int:
         return len(self.leases)
+
+    def _touch(self, group: _Group) -> None:
+        """Remember C{group}'s leases as they were at the last flush (first touch only)."""
+        before = self.before
+        if before is not None and group not in before:
+            members = self.members.get(group)
+            leases = self.leases
+            before[group] = {} if members is None else {a: leases[a] for a in members[1:]}
 
     def read(self, lines: list[str], columns: _Columns, now: float) -> Iterator[tuple[int, str]]:
         """
@@ -385,6 +410,10 @@ class _LeaseTable:
             else:
                 group = members[0]
             old = leases.get(key)
+            if self.before is not None:
+                self._touch(group)
+                if old is not None:
+                    self._touch(old[0])
             shape = (lease_type, prefix_len, pref, valid)
             leases[key] = (group, shape_of(shape, shape), expire, relay)
             if old is None:
@@ -401,9 +430,11 @@ class _LeaseTable:
                 derive(subnet, relay.link_address, key if lease_type != LEASE_TYPE_PD else None)
 
     def _remove(self, key: bytes) -> None:
-        old = self.leases.pop(key, None)
+        old = self.leases.get(key)
         if old is not None:
             group = old[0]
+            self._touch(group)
+            del self.leases[key]
             self.members[group].remove(key)
             self.dirty.add(group)
 
@@ -445,11 +476,37 @@ class _LeaseTable:
             tuple(dict.fromkeys(value for relay in relays.values() for value in relay.remote_ids)),
         )
 
-    def flush(self, links: MemoryBindingStore) -> None:
+    def flush(
+        self, links: MemoryBindingStore, now: float | None = None
+    ) -> list[tuple[Binding, bool]]:
         """
         Bring the index up to date with the changed groups; add the derived links that
         changed to C{links}.
+
+        @return: while L{before} is kept, the binding changes since the last flush, in the
+            order their groups were first touched: (the new binding, C{False}) for a group
+            whose leases differ, (the binding it had, C{True}) for one left with none, unless
+            that binding had expired by C{now} (its expiry was published when it came).
         """
+        before = self.before
+        pending: list[tuple[BindingKey, Binding | None]] = []
+        if before:
+            leases = self.leases
+            entries = self.entries
+            for group, old in before.items():
+                members = self.members.get(group)
+                new = {} if members is None else {a: leases[a] for a in members[1:]}
+                if new == old:
+                    continue
+                key: BindingKey = (self.link_id(group[0]), group[1])
+                if new:
+                    pending.append((key, None))
+                    continue
+                entry = entries.get(key)
+                if entry is not None and (now is None or entry[1] > now):
+                    gone = entry[4] or self._build(key, list(old), list(old.values()))
+                    pending.append((key, gone))
+            self.before = {}
         if not self.entries and len(self.dirty) >= _BULK:
             self._bulk_index()
         else:
@@ -459,6 +516,11 @@ class _LeaseTable:
         for subnet in self.links_dirty:
             links.add_link(Link(self.link_id(subnet), tuple(sorted(self.derived[subnet]))))
         self.links_dirty.clear()
+        entries = self.entries
+        return [
+            (self.binding(key, entries[key]), False) if gone is None else (gone, True)
+            for key, gone in pending
+        ]
 
     def _reindex(self, group: _Group) -> None:
         key: BindingKey = (self.link_id(group[0]), group[1])
@@ -554,7 +616,12 @@ class _LeaseTable:
             return binding
         leases = self.leases
         addresses = self.members[entry[0]][1:]
-        records = [leases[address] for address in addresses]
+        built = self._build(key, addresses, [leases[address] for address in addresses])
+        entry[4] = built
+        return built
+
+    def _build(self, key: BindingKey, addresses: list[bytes], records: list[_Record]) -> Binding:
+        """The binding of a group's leases (C{addresses} and their records; not empty)."""
         first = records[0]
         cltt = first[2] - first[1][3]
         relay = first[3]
@@ -597,7 +664,6 @@ class _LeaseTable:
                 ],
             )
             assert built is not None
-        entry[4] = built
         return built
 
     def candidates(self, query: BindingQuery, lower: BindingKey | None) -> Iterator[BindingKey]:
@@ -686,6 +752,32 @@ class _LeaseTable:
         for key in self.keys:
             yield self.binding(key, entries[key])
 
+    def differences(self, old: _LeaseTable, now: float) -> list[tuple[Binding, bool]]:
+        """
+        The binding changes from C{old} (flushed) to this table (a reload): as L{flush}
+        returns them, in key order, the removals last. A binding whose leases are the same
+        in both is not a change, so rewriting a file without changing it publishes nothing.
+        """
+        changes: list[tuple[Binding, bool]] = []
+        entries, old_entries = self.entries, old.entries
+        leases, old_leases = self.leases, old.leases
+        members_of, old_members_of = self.members, old.members
+        for key in self.keys:
+            entry = entries[key]
+            previous = old_entries.get(key)
+            if previous is not None:
+                members = members_of[entry[0]]
+                if len(members) == len(old_members_of[previous[0]]) and all(
+                    leases[address] == old_leases.get(address) for address in members[1:]
+                ):
+                    continue
+            changes.append((self.binding(key, entry), False))
+        for key in old.keys:
+            previous = old_entries[key]
+            if key not in entries and previous[1] > now:
+                changes.append((old.binding(key, previous), True))
+        return changes
+
 
 def _by_address(lease: AddressLease) -> IPv6Address:
     return lease.address
@@ -767,13 +859,19 @@ class _FollowedFile:
         yield first, lines
 
 
-@implementer(IBindingStore)
+@implementer(IBindingStore, IBindingChangeFeed)
 class KeaCsvStore:
     """
     Bindings from Kea's memfile lease file, kept in a L{MemoryBindingStore} and followed
     live (see the module docstring for the rules).
 
     Call L{load} once, then L{start} to follow the file; L{open_store_uri} does both.
+
+    It is an L{IBindingChangeFeed} (Active Leasequery, RFC 7653): each poll publishes to
+    L{changes} every binding that the rows read changed, and every binding whose last
+    lease ran out since the last poll, as a removal (see the module docstring). It is
+    deliberately not a L{SweepableStore<bulklq.changes.SweepableStore>}: that sweep would
+    build every binding; the store sweeps its own index of expiry times.
 
     @param path: Kea's lease file (C{kea-leases6.csv}); it may not exist yet.
     @param reactor: the clock for the poll and for "now" (Unix seconds).
@@ -808,6 +906,15 @@ class KeaCsvStore:
         self._warned_subnets: set[int] = set()
         #: Number of full reloads done since L{load} (LFC rotations do not count).
         self.reloads = 0
+        #: The change history (Active Leasequery); see L{IBindingChangeFeed}.
+        self.changes = ChangeHistory(reactor)
+        #: Whether L{start} asked to follow the file (the timer may also only sweep).
+        self._following = False
+        self._loaded = False
+        #: (expiry, key) of the bindings held, a heap; C{None} until changes are watched.
+        self._expiries: list[tuple[int, BindingKey]] | None = None
+        #: Bindings published as expired so far.
+        self.expired = 0
 
     # Loading and following
 
@@ -926,6 +1033,12 @@ class KeaCsvStore:
                 self._links.remove_link(self._link_id(subnet))
             # Swapped whole: a query in flight resumes after its last key in the new state.
             self._table = table
+            if self._loaded and self.changes.active:
+                # A reload: only what differs is a change (never the initial load).
+                self._publish(table.differences(previous, self._now()))
+            self._loaded = True
+            if self._expiries is not None:
+                self._index_expiries()
         finally:
             if collecting:
                 gc.enable()
@@ -943,17 +1056,25 @@ class KeaCsvStore:
 
     def start(self) -> None:
         """Poll the lease file every C{interval} seconds until L{close}."""
+        self._following = True
+        self._run_timer()
+
+    def _run_timer(self) -> None:
+        """Run L{_tick} every C{interval} seconds until L{close} (if not running yet)."""
         if self._poller is None and not self._closed:
-            self._poller = LoopingCall(self._poll_logged)
+            self._poller = LoopingCall(self._tick)
             self._poller.clock = self._reactor
             self._poller.start(self._interval, now=False).addErrback(
                 lambda failure: log.failure("{name}: following stopped", failure, name=self.name)
             )
 
-    def _poll_logged(self) -> None:
+    def _tick(self) -> None:
         # One failed poll (an unreadable file, a disk error) must not stop the following.
         try:
-            self.poll()
+            if self._following:
+                self.poll()
+            else:
+                self.sweep()
         except Exception:
             log.failure("{name}: reading the lease file failed; retrying", name=self.name)
 
@@ -979,14 +1100,93 @@ class KeaCsvStore:
         return False
 
     def poll(self) -> None:
-        """Apply what changed in the lease file since the last poll (the live follow)."""
+        """
+        Apply what changed in the lease file since the last poll (the live follow); while
+        changes are watched, publish the expiries due (L{sweep}), then the changes.
+        """
         if self._closed:
             return
+        self.sweep()
+        self._table.before = {} if self.changes.active else None
         try:
             self._apply_changes()
         finally:
             # Even after a read error: the index must agree with the rows applied.
-            self._table.flush(self._links)
+            self._publish(self._table.flush(self._links, self._now()))
+
+    # Changes (Active Leasequery)
+
+    def _publish(self, changes: list[tuple[Binding, bool]]) -> None:
+        """Publish C{changes}; remember when each binding written expires."""
+        history = self.changes
+        heap = self._expiries
+        entries = self._table.entries
+        for binding, removed in changes:
+            history.publish(binding, removed)
+            if heap is not None and not removed:
+                key = binding.key
+                entry = entries.get(key)
+                if entry is not None:
+                    heapq.heappush(heap, (entry[1], key))
+        if heap is not None and len(heap) > 2 * len(entries) + 1024:
+            self._index_expiries()
+
+    def _index_expiries(self) -> None:
+        """The expiry heap, from every binding held that has not expired yet."""
+        now = self._now()
+        heap = [(entry[1], key) for key, entry in self._table.entries.items() if entry[1] > now]
+        heapq.heapify(heap)
+        self._expiries = heap
+
+    def _watch(self) -> None:
+        """Changes are watched from now on: index the expiries and run the timer."""
+        if self._expiries is None:
+            self._index_expiries()
+        self._run_timer()
+
+    def sweep(self) -> int:
+        """
+        Publish, as a removal, every binding whose last lease ran out since the last sweep
+        while no row changed it (RFC 7653 section 9.3: an expired binding is a change);
+        return how many. Bindings that had expired before changes were watched are not
+        published. Called by every poll, and by the timer of a store not following its file.
+        """
+        heap = self._expiries
+        if not heap:
+            return 0
+        now = self._now()
+        table = self._table
+        entries = table.entries
+        published = 0
+        previous: tuple[int, BindingKey] | None = None
+        while heap and heap[0][0] <= now:
+            due = heapq.heappop(heap)
+            if due == previous:
+                continue  # the same binding written twice with the same expiry
+            previous = due
+            expiry, key = due
+            entry = entries.get(key)
+            if entry is None or entry[1] != expiry:
+                continue  # removed (published then) or rewritten (has its own entry)
+            self.changes.publish(table.binding(key, entry), removed=True)
+            published += 1
+        self.expired += published
+        return published
+
+    def subscribe(self, callback: Callable[[BindingChange], None]) -> Callable[[], None]:
+        """Call C{callback} with every change from now on; returns the unsubscriber."""
+        unsubscribe = self.changes.subscribe(callback)
+        self._watch()
+        return unsubscribe
+
+    def changes_since(self, time: float) -> Deferred[Sequence[BindingChange] | None]:
+        """The latest change per binding since C{time}, or C{None} (history too short)."""
+        return self.changes.changes_since(time)
+
+    def keep_history(self) -> None:
+        """Start keeping change history for catch-up, and publishing expiries."""
+        self.changes.keep_history()
+        self._watch()
 
     def _apply_changes(self) -> None:
         table = self._table
@@ -1020,6 +1220,8 @@ class KeaCsvStore:
             self._read_file(table, followed, now, final=False)
 
     def _reload(self) -> None:
+        # Rows read from the old file before it was found replaced are changes too.
+        self._publish(self._table.flush(self._links, self._now()))
         self.reloads += 1
         log.info("{path} was replaced or rewritten: reloading", path=str(self.path))
         self.load()
