@@ -103,6 +103,14 @@ def _positive_seconds(value: Any) -> float:
     return float(value)
 
 
+def _requestor_pattern(value: Any) -> str:
+    from .server import RequestorAllowList  # noqa: PLC0415 - keeps --help fast
+
+    pattern = _text(value)
+    RequestorAllowList.parse([pattern])
+    return pattern
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"must be true or false, not {value!r}")
@@ -337,6 +345,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
         rfc="RFC 7653 9.1, RFC 7525",
     ),
     OptionSpec(
+        "tls-requestor",
+        "Accept only requestor certificates naming this DNS name (subjectAltName or CN), IP "
+        "address (subjectAltName) or sha256:FINGERPRINT (repeatable; needs --tls-ca).",
+        "any certificate signed by --tls-ca",
+        _requestor_pattern,
+        "list",
+        "RFC 7653 9.1",
+    ),
+    OptionSpec(
         "active-leasequery",
         "Serve Active Leasequery (ACTIVELEASEQUERY): a live stream of binding changes; over "
         "TLS only, unless --active-without-tls.",
@@ -437,6 +454,7 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    tls_requestor: tuple[str, ...] = ()
     active_leasequery: bool = False
     active_without_tls: bool = False
     history_window: float | None = None
@@ -487,7 +505,7 @@ class Settings:
         check_tls_files(self.tls_cert, self.tls_key, self.tls_ca)
         from .server import tls_options  # noqa: PLC0415 - needs pyOpenSSL, keeps --help fast
 
-        return tls_options(self.tls_cert, self.tls_key, self.tls_ca)
+        return tls_options(self.tls_cert, self.tls_key, self.tls_ca, self.tls_requestor)
 
     def active_config(self) -> Any:
         """The server's L{ActiveConfig<bulklq.server.ActiveConfig>} (RFC 7653)."""
@@ -614,6 +632,8 @@ def _check_tls(settings: Settings) -> None:
         )
     if settings.tls_cert is not None and settings.tls_key and settings.tls_ca:
         check_tls_files(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    if settings.tls_requestor and not settings.tls:
+        raise ConfigError("--tls-requestor: needs --tls-cert, --tls-key and --tls-ca")
     for endpoint in settings.listen:
         if tls_listen_description(endpoint) is not None and not settings.tls:
             raise ConfigError(f"--listen: {endpoint!r} needs --tls-cert, --tls-key and --tls-ca")

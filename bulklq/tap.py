@@ -68,6 +68,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["allow"] = []
+        self["tls-requestor"] = []
         self.settings: Settings | None = None
 
     def opt_listen(self, description: str) -> None:
@@ -81,6 +82,13 @@ class Options(usage.Options):
         [default: ::1/128 and 127.0.0.0/8, this host only]
         """
         self["allow"].append(rule)
+
+    def opt_tls_requestor(self, pattern: str) -> None:
+        """Accept only requestor certificates naming this DNS name (subjectAltName or CN), IP
+        address (subjectAltName) or sha256:FINGERPRINT (repeatable; needs --tls-ca).
+        [default: any certificate signed by --tls-ca]
+        """
+        self["tls-requestor"].append(pattern)
 
     def postOptions(self) -> None:
         """Validate everything now, so that twistd reports a bad value before starting."""

@@ -144,6 +144,7 @@ class ResolveTests(SynchronousTestCase):
             tls-cert = "CERTS/server.pem"
             tls-key = "CERTS/server.key"
             tls-ca = "CERTS/ca.pem"
+            tls-requestor = ["relay-1", "2001:db8::1"]
             active-leasequery = true
             active-without-tls = false
             history-window = 60
@@ -159,6 +160,7 @@ class ResolveTests(SynchronousTestCase):
         self.assertEqual(settings.log_level, LogLevel.debug)
         self.assertEqual(settings.log_json, "/tmp/bulklq.jsonl")
         self.assertEqual(settings.tls_ca, self.certs.ca)
+        self.assertEqual(settings.tls_requestor, ("relay-1", "2001:db8::1"))
         self.assertTrue(settings.active_leasequery)
         self.assertFalse(settings.active_without_tls)
         self.assertEqual((settings.history_window, settings.active_backlog), (60.0, 7))
@@ -196,6 +198,7 @@ class ResolveTests(SynchronousTestCase):
             "tls-cert": "/nonexistent/server.pem",
             "tls-key": "/nonexistent/server.key",
             "tls-ca": "",
+            "tls-requestor": ["*.example.net"],
             "active-leasequery": True,
             "active-without-tls": True,
             "history-window": "0",

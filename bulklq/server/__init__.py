@@ -16,13 +16,14 @@ from ._active import ActiveConfig
 from ._encode import ClientDataEncoder, client_data
 from ._factory import BulkLeasequeryFactory
 from ._protocol import BulkLeasequeryProtocol
-from ._tls import TLSFileError, TLSFiles, load_tls_files, tls_options
+from ._tls import RequestorAllowList, TLSFileError, TLSFiles, load_tls_files, tls_options
 
 __all__ = [
     "ActiveConfig",
     "BulkLeasequeryFactory",
     "BulkLeasequeryProtocol",
     "ClientDataEncoder",
+    "RequestorAllowList",
     "TLSFileError",
     "TLSFiles",
     "client_data",

@@ -1,14 +1,30 @@
 """
 TLS server options for STARTTLS and C{ssl:} listeners (RFC 7653 sections 8.2 and 9.1):
-mutual authentication against a configured CA, TLS 1.2 or later (RFC 7525).
+mutual authentication against a configured CA, TLS 1.2 or later (RFC 7525), and optionally
+an allow-list of the requestor certificates accepted (RFC 7653 section 9.1: "DHCPv6 servers
+MUST be configurable with regard to which requestors they will communicate").
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["TLSFileError", "TLSFiles", "load_tls_files", "tls_options"]
+import attrs
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+__all__ = [
+    "RequestorAllowList",
+    "TLSFileError",
+    "TLSFiles",
+    "load_tls_files",
+    "tls_options",
+]
 
 
 class TLSFileError(ValueError):
@@ -89,10 +105,149 @@ def load_tls_files(cert: Path | str, key: Path | str, ca: Path | str) -> TLSFile
     return TLSFiles(own, chain, private_key, authorities[0])
 
 
-def tls_options(cert: Path | str, key: Path | str, ca: Path | str) -> Any:
+_FINGERPRINT = re.compile(r"sha256:((?:[0-9a-f]{2}:?){31}[0-9a-f]{2})", re.IGNORECASE)
+_DNS_NAME = re.compile(r"[A-Za-z0-9_*](?:[A-Za-z0-9_.*-]{0,251}[A-Za-z0-9_])?")
+
+
+@attrs.frozen
+class RequestorAllowList:
+    """
+    Which requestor certificates are accepted, beyond being signed by the configured CA.
+
+    A certificate is accepted when one of its identities is listed: its SHA-256
+    fingerprint (of the DER certificate), an IP address in its subjectAltName, or a DNS
+    name in its subjectAltName or the common name of its subject (names compare without
+    regard to case; no wildcards). An empty list accepts every certificate from the CA.
+
+    @ivar fingerprints: SHA-256 digests of accepted certificates.
+    @ivar addresses: accepted subjectAltName IP addresses.
+    @ivar names: accepted DNS names and common names, lower case.
+    """
+
+    fingerprints: frozenset[bytes] = frozenset()
+    addresses: frozenset[IPv4Address | IPv6Address] = frozenset()
+    names: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, patterns: Iterable[str]) -> RequestorAllowList:
+        """
+        Read C{sha256:HEX} fingerprints (colons between octets allowed), IP addresses and
+        DNS or common names.
+
+        @raise ValueError: a pattern that is none of those, named in one line.
+        """
+        fingerprints: set[bytes] = set()
+        addresses: set[IPv4Address | IPv6Address] = set()
+        names: set[str] = set()
+        for raw in patterns:
+            pattern = raw.strip()
+            if pattern.lower().startswith("sha256:"):
+                match = _FINGERPRINT.fullmatch(pattern)
+                if match is None:
+                    raise ValueError(
+                        f"{raw!r}: a fingerprint is sha256: and 32 octets in hex "
+                        f"(openssl x509 -noout -fingerprint -sha256)"
+                    )
+                fingerprints.add(bytes.fromhex(match.group(1).replace(":", "")))
+                continue
+            try:
+                addresses.add(ip_address(pattern))
+                continue
+            except ValueError:
+                pass
+            if not _DNS_NAME.fullmatch(pattern) or "*" in pattern:
+                raise ValueError(
+                    f"{raw!r} is not a sha256: fingerprint, an IP address or a DNS name "
+                    f"(wildcards are not accepted)"
+                )
+            names.add(pattern.lower())
+        return cls(frozenset(fingerprints), frozenset(addresses), frozenset(names))
+
+    def __bool__(self) -> bool:
+        return bool(self.fingerprints or self.addresses or self.names)
+
+    def allows(self, certificate: Any) -> bool:
+        """Whether the C{cryptography} certificate C{certificate} is listed."""
+        from cryptography import x509  # noqa: PLC0415 - needs the tls extra
+        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+        from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+        if certificate.fingerprint(hashes.SHA256()) in self.fingerprints:
+            return True
+        names = {
+            str(attribute.value).lower()
+            for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        }
+        addresses: set[Any] = set()
+        try:
+            extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            pass
+        else:
+            names.update(name.lower() for name in extension.value.get_values_for_type(x509.DNSName))
+            addresses.update(extension.value.get_values_for_type(x509.IPAddress))
+        return not names.isdisjoint(self.names) or not addresses.isdisjoint(self.addresses)
+
+
+def describe_certificate(certificate: Any) -> str:
+    """The subject and SHA-256 fingerprint of a C{cryptography} certificate, for logs."""
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+
+    digest = certificate.fingerprint(hashes.SHA256()).hex(":")
+    return f"subject {certificate.subject.rfc4514_string()!r}, sha256:{digest}"
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _AllowListedServerOptions:
+    """
+    Server TLS options that, on top of the CA check of C{options}, refuse during the
+    handshake a requestor certificate that C{allow} does not list (RFC 7653 section 9.1:
+    the server MUST abort the creation of the TLS connection).
+    """
+
+    log = Logger()
+
+    def __init__(self, options: Any, allow: RequestorAllowList) -> None:
+        self._options = options
+        self.allow = allow
+
+    def serverConnectionForTLS(self, protocol: Any) -> Any:
+        """The OpenSSL connection, checking the requestor's certificate against C{allow}."""
+        from OpenSSL import SSL  # noqa: PLC0415 - needs the tls extra
+
+        connection = self._options.serverConnectionForTLS(protocol)
+        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        return connection
+
+    def _verify(self, connection: Any, certificate: Any, error: int, depth: int, ok: int) -> bool:
+        if not ok:
+            return False  # OpenSSL's own chain check against the CA failed
+        if depth != 0:
+            return True  # the CA and any intermediates: the allow-list names the requestor
+        try:
+            peer = certificate.to_cryptography()
+            if self.allow.allows(peer):
+                return True
+            described = describe_certificate(peer)
+        except Exception as failure:  # an exception must not escape into OpenSSL
+            described = f"unreadable certificate ({failure})"
+        self.log.warn(
+            "TLS: refused requestor certificate not in --tls-requestor: {certificate}",
+            certificate=described,
+        )
+        return False
+
+
+def tls_options(
+    cert: Path | str,
+    key: Path | str,
+    ca: Path | str,
+    requestors: RequestorAllowList | Iterable[str] = (),
+) -> Any:
     """
     Server TLS options: this server's certificate and key (PEM files), and the CA (PEM)
-    whose certificates requestors must present (a client certificate is required).
+    whose certificates requestors must present (a client certificate is required); with
+    C{requestors} (a L{RequestorAllowList} or its patterns), only the certificates it lists.
 
     The certificate file may hold intermediate CA certificates after the server's own;
     they are sent in the handshake. The key and certificates are given to Twisted as
@@ -100,14 +255,20 @@ def tls_options(cert: Path | str, key: Path | str, ca: Path | str) -> Any:
 
     @raise TLSFileError: (a C{ValueError}) a file that cannot be read or parsed, or a key
         that is not the certificate's, named in a one-line message.
+    @raise ValueError: a requestor pattern that cannot be read.
     """
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from twisted.internet import ssl  # noqa: PLC0415 - needs pyOpenSSL (the tls extra)
 
+    allow = (
+        requestors
+        if isinstance(requestors, RequestorAllowList)
+        else RequestorAllowList.parse(requestors)
+    )
     files = load_tls_files(cert, key, ca)
     authority = ssl.Certificate.loadPEM(files.authority.public_bytes(serialization.Encoding.PEM))
     own, chain, private_key = files.certificate, files.chain, files.private_key
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         # pyOpenSSL (and so Twisted) takes cryptography objects; Twisted's hints still
         # name the deprecated pyOpenSSL types (TLSFiles holds them as Any).
         privateKey=private_key,
@@ -116,3 +277,4 @@ def tls_options(cert: Path | str, key: Path | str, ca: Path | str) -> Any:
         trustRoot=ssl.trustRootFromCertificates([authority]),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+    return _AllowListedServerOptions(options, allow) if allow else options
