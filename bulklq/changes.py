@@ -38,7 +38,9 @@ __all__ = [
     "DEFAULT_HISTORY_WINDOW",
     "BindingChange",
     "ChangeHistory",
+    "ExpiryPublisher",
     "ExpirySweep",
+    "PublishesExpiry",
     "SweepableStore",
 ]
 
@@ -223,6 +225,44 @@ class SweepableStore(Protocol):
 
     def __len__(self) -> int:
         """How many bindings are held."""
+
+
+@runtime_checkable
+class ExpiryPublisher(Protocol):
+    """
+    Something that publishes expiries as removals while started (RFC 7653 section 9.3):
+    L{ExpirySweep} for stores that keep their bindings in memory, or a store's own (see
+    L{PublishesExpiry}). L{BulkLeasequeryService<bulklq.service.BulkLeasequeryService>}
+    starts and stops it with the service.
+    """
+
+    #: Expiries published so far.
+    published: int
+
+    @property
+    def running(self) -> bool:
+        """Whether it is started."""
+
+    def start(self) -> None:
+        """Start publishing expiries (idempotent)."""
+
+    def stop(self) -> None:
+        """Stop publishing expiries (idempotent); leaves no timer."""
+
+
+@runtime_checkable
+class PublishesExpiry(Protocol):
+    """
+    A store that finds its expired bindings itself (with an indexed query, say) instead of
+    being swept in memory by L{ExpirySweep}; L{SQLiteBindingStore
+    <bulklq.stores.sqlite.SQLiteBindingStore>} is one.
+    """
+
+    def expiry_publisher(self, interval: float) -> ExpiryPublisher:
+        """
+        A publisher, not started, that publishes every C{interval} seconds the bindings
+        whose last lease ran out since the previous time as removals on the store's feed.
+        """
 
 
 class ExpirySweep:

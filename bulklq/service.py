@@ -9,9 +9,11 @@ C{twistd bulklq} runs one; an application embeds one with C{setServiceParent}::
 
 With C{active=ActiveConfig(enabled=True, tls=...)} it also serves Active Leasequery
 (RFC 7653) and STARTTLS; C{ssl:} endpoints without their own C{privateKey} then run TLS
-with the same options (mutual authentication), and the expiry of bindings in a
-L{MemoryBindingStore<bulklq.stores.memory.MemoryBindingStore>} is published as a change
-(L{ExpirySweep<bulklq.changes.ExpirySweep>}).
+with the same options (mutual authentication), and the expiry of bindings is published as a
+change: by an L{ExpirySweep<bulklq.changes.ExpirySweep>} for a store that keeps its
+bindings in memory (L{MemoryBindingStore<bulklq.stores.memory.MemoryBindingStore>}), by the
+store's own publisher for one that finds them itself
+(L{PublishesExpiry<bulklq.changes.PublishesExpiry>}: the SQLite store).
 
 Starting it listens on every endpoint (and UDP and the metrics endpoint when asked);
 stopping it is graceful: stop accepting, let the queries in progress finish within
@@ -31,7 +33,14 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .changes import DEFAULT_EXPIRY_INTERVAL, ChangeHistory, ExpirySweep, SweepableStore
+from .changes import (
+    DEFAULT_EXPIRY_INTERVAL,
+    ChangeHistory,
+    ExpiryPublisher,
+    ExpirySweep,
+    PublishesExpiry,
+    SweepableStore,
+)
 from .config import ConfigError, ServerConfig
 from .interfaces import IBindingChangeFeed, IBindingStore
 from .server import ActiveConfig, BulkLeasequeryFactory
@@ -49,8 +58,9 @@ class BulkLeasequeryService(MultiService):
     @ivar listening: fires with the listening ports once every endpoint listens, or fails
         with the first endpoint that could not (set by C{startService}).
     @ivar ports: the ports listening now (TCP, UDP, metrics).
-    @ivar expiry: the L{ExpirySweep} publishing expiries (Active Leasequery on a store that
-        keeps its bindings in memory), or C{None}.
+    @ivar expiry: what publishes expiries while the service runs (Active Leasequery): an
+        L{ExpirySweep} for a store that keeps its bindings in memory, the store's own
+        publisher for a L{PublishesExpiry} store; or C{None}.
     """
 
     _log = Logger()
@@ -84,7 +94,8 @@ class BulkLeasequeryService(MultiService):
             C{active.tls} also serves C{ssl:} endpoints that name no key of their own.
         @param history_window: seconds of change history kept for catch-up, for a store
             whose change feed is a L{ChangeHistory} (its C{changes}); its default otherwise.
-        @param expiry_interval: seconds between expiry sweeps (see L{ExpirySweep}).
+        @param expiry_interval: seconds between expiry sweeps (see L{ExpirySweep} and
+            L{PublishesExpiry}).
         @raise ValueError: Active Leasequery enabled on a store without a change feed.
         """
         super().__init__()
@@ -100,18 +111,20 @@ class BulkLeasequeryService(MultiService):
         self.metrics = metrics
         self._close_store = close_store
         self.active = ActiveConfig() if active is None else active
-        self.expiry: ExpirySweep | None = None
+        self.expiry: ExpiryPublisher | None = None
         if self.active.enabled:
             if not IBindingChangeFeed.providedBy(store):
                 raise ValueError(
                     f"Active Leasequery needs a store that publishes its binding changes; "
-                    f"the {store.name} store does not (memory: does)"
+                    f"the {store.name} store does not (memory and sqlite do)"
                 )
             history = getattr(store, "changes", None)
             if history_window is not None and isinstance(history, ChangeHistory):
                 history.window = history_window
             if isinstance(store, SweepableStore):
                 self.expiry = ExpirySweep(store, reactor, expiry_interval)
+            elif isinstance(store, PublishesExpiry):
+                self.expiry = store.expiry_publisher(expiry_interval)
         self.factory = BulkLeasequeryFactory(store, config, reactor=reactor, active=self.active)
         self.ports: list[IListeningPort] = []
         self.listening: Deferred[list[IListeningPort]] = fail(RuntimeError("not started"))

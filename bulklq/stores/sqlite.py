@@ -18,6 +18,17 @@ is encoded and the garbage collector never sees a whole page of them.
 
 The schema is versioned (table C{schema_version}); L{SQLiteDatabase} migrates older databases
 forward and refuses one written by a newer bulklq.
+
+Active Leasequery (RFC 7653): L{SQLiteBindingStore} is an
+L{IBindingChangeFeed<bulklq.interfaces.IBindingChangeFeed>}. Its writes (C{put}, C{put_many},
+C{remove}) run one at a time and publish each binding written, or removed (as it was, read in
+the removing transaction), to its L{ChangeHistory<bulklq.changes.ChangeHistory>} once the
+transaction has committed, in commit order; a write that rolls back publishes nothing.
+Bindings whose last lease runs out are published as removals (RFC 7653 section 9.3) by an
+L{SQLiteExpirySweep}: every interval, one indexed range query (C{bindings_by_expires}) for
+the bindings whose expiry time fell since the previous sweep. Writes made by other processes
+to the same file (C{bulklq store import}, another application) are not published: they are
+seen by queries, not by active requestors.
 """
 
 from __future__ import annotations
@@ -26,11 +37,13 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from ipaddress import IPv6Address, IPv6Network
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -44,7 +57,8 @@ from .._trusted import (
     set_relay_message,
     set_remote_id,
 )
-from ..interfaces import IBindingStore
+from ..changes import DEFAULT_EXPIRY_INTERVAL, BindingChange, ChangeHistory
+from ..interfaces import IBindingChangeFeed, IBindingStore
 from ..model import (
     AddressLease,
     Binding,
@@ -75,6 +89,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SQLiteBindingStore",
     "SQLiteDatabase",
+    "SQLiteExpirySweep",
     "SQLiteStoreError",
     "open_store_uri",
 ]
@@ -83,7 +98,7 @@ _log = Logger()
 _T = TypeVar("_T")
 
 #: The schema version this bulklq writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: What brings a database from version N-1 to N, by N: statements, or functions of the
 #: connection (run in the same transaction) for data that must be rewritten. Version 2 is
@@ -323,6 +338,13 @@ def _rebuild_bindings_v2(connection: sqlite3.Connection) -> None:
 
 
 _MIGRATIONS[2] = (_rebuild_bindings_v2,)
+#: Version 3: bindings by expiry time (the rows' primary key comes with each entry), so that
+#: the expiry sweep of Active Leasequery finds the bindings that ran out since its previous
+#: run with one index range scan.
+_MIGRATIONS[3] = ("""CREATE INDEX bindings_by_expires ON bindings (expires)""",)
+
+#: Bindings read per expiry query: a sweep that finds more reads them page by page.
+EXPIRY_BATCH = 10_000
 
 
 def _row_of(binding: Binding) -> tuple[Any, ...]:
@@ -829,13 +851,14 @@ class SQLiteDatabase:
 
         return self._transaction(work)
 
-    def _unindex(self, connection: sqlite3.Connection, key: BindingKey) -> bool:
+    def _unindex(self, connection: sqlite3.Connection, key: BindingKey) -> Binding | None:
+        """Delete the binding with C{key} and its index rows; the binding deleted, or C{None}."""
         row = connection.execute(
             f"SELECT {_COLUMNS} FROM bindings WHERE link_id = ? AND duid = ?",  # noqa: S608
             key,
         ).fetchone()
         if row is None:
-            return False
+            return None
         old = self._decoder.binding(row)
         link_id, duid = key
         connection.executemany(
@@ -858,7 +881,7 @@ class SQLiteDatabase:
             [(_remote_id_bytes(remote_id), link_id, duid) for remote_id in set(old.remote_ids)],
         )
         connection.execute("DELETE FROM bindings WHERE link_id = ? AND duid = ?", key)
-        return True
+        return old
 
     @staticmethod
     def _insert(connection: sqlite3.Connection, bindings: Iterable[Binding]) -> int:
@@ -902,10 +925,18 @@ class SQLiteDatabase:
         )
         return len(rows)
 
-    def put_many(self, bindings: Iterable[Binding], batch: int = 10_000) -> int:
+    def put_many(
+        self,
+        bindings: Iterable[Binding],
+        batch: int = 10_000,
+        committed: Callable[[list[Binding]], object] | None = None,
+    ) -> int:
         """
         Insert or replace each binding (the last wins for a repeated key), committing every
         C{batch} bindings; returns how many were written.
+
+        @param committed: called with the bindings of each transaction once it committed
+            (so, if a later batch fails, with those that were written).
         """
         total = 0
         pending: dict[BindingKey, Binding] = {}
@@ -919,9 +950,13 @@ class SQLiteDatabase:
             pending[binding.key] = binding
             if len(pending) >= batch:
                 total += self._transaction(flush)
+                if committed is not None:
+                    committed(list(pending.values()))
                 pending = {}
         if pending:
             total += self._transaction(flush)
+            if committed is not None:
+                committed(list(pending.values()))
         return total
 
     def put(self, binding: Binding) -> None:
@@ -930,7 +965,40 @@ class SQLiteDatabase:
 
     def remove(self, key: BindingKey) -> bool:
         """Delete the binding with C{key}; whether there was one."""
+        return self.pop(key) is not None
+
+    def pop(self, key: BindingKey) -> Binding | None:
+        """
+        Delete the binding with C{key}; the binding deleted (read in the deleting
+        transaction), or C{None} if there was none.
+        """
         return self._transaction(lambda connection: self._unindex(connection, key))
+
+    def expired(
+        self,
+        after: int,
+        until: int,
+        limit: int = EXPIRY_BATCH,
+        resume: tuple[int, str, bytes] | None = None,
+    ) -> tuple[list[Binding], tuple[int, str, bytes] | None]:
+        """
+        The bindings whose last lease ends in (C{after}, C{until}] (Unix seconds), ordered
+        by that time then key: one page of at most C{limit}, read by one range scan of the
+        C{bindings_by_expires} index, and where the next page starts (pass it as
+        C{resume}), or C{None} after the last.
+        """
+        start = (after + 1, "", b"") if resume is None else resume
+        rows = self._connection.execute(
+            f"SELECT expires, {_COLUMNS} FROM bindings "  # noqa: S608 - module constants only
+            "WHERE (expires, link_id, duid) > (?, ?, ?) AND expires <= ? "
+            "ORDER BY expires, link_id, duid LIMIT ?",
+            (*start, until, limit),
+        ).fetchall()
+        found = self._decoder.bindings([row[1:] for row in rows])
+        if len(rows) < limit:
+            return found, None
+        last = rows[-1]
+        return found, (last[0], last[1], last[2])
 
     # Reads
 
@@ -1137,13 +1205,23 @@ class SQLiteDatabase:
         return rows
 
 
-@implementer(IBindingStore)
+@implementer(IBindingStore, IBindingChangeFeed)
 class SQLiteBindingStore:
     """
     An L{IBindingStore} over an SQLite database, every statement run in a thread pool the
     store owns (each pool thread has its own connection), so the reactor never waits on the
     disk. The write methods (C{put}, C{put_many}, C{remove}, C{add_link}, C{remove_link})
-    also run in the pool and return Deferreds.
+    also run in the pool and return Deferreds; they run one at a time (SQLite has one writer
+    at a time anyway), in the order they were called, while queries run beside them.
+
+    It is also an L{IBindingChangeFeed} (Active Leasequery, RFC 7653): C{put}, C{put_many}
+    and C{remove} publish every binding written, or removed (as it was), to L{changes} after
+    the transaction committed and before the write's Deferred fires; a write that fails
+    publishes only the transactions that committed (C{put_many} commits in batches). The
+    time of a change is the clock's when it is published. Publishing costs nothing until
+    somebody subscribes or history is kept. Expiry is published by the publisher of
+    L{expiry_publisher} (L{SQLiteExpirySweep}), which the service runs. Writes made by
+    other processes to the same file are not published.
 
     @param path: the database file (created with the schema if missing).
     @param reactor: runs the thread pool's results back on the reactor thread.
@@ -1151,6 +1229,9 @@ class SQLiteBindingStore:
         when C{None}.
     @param threads: the most threads (connections) used at once.
     @raise SQLiteStoreError: if the database cannot be used.
+
+    @ivar changes: the change history (L{ChangeHistory}); set its C{window} /
+        C{max_changes} to configure it.
     """
 
     name = "sqlite"
@@ -1172,6 +1253,9 @@ class SQLiteBindingStore:
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=f"bulklq-sqlite {path}")
         self._pool.start()
         self._closed = False
+        self.changes = ChangeHistory(self._clock)
+        # Writes (and expiry sweeps) one at a time: changes are published in commit order.
+        self._writes = DeferredLock()
         # Builds the bindings of the pages handed out, in the thread that reads them (the
         # reactor's): the pool threads' connections have their own decoders.
         self._decoder = _Decoder()
@@ -1194,6 +1278,28 @@ class SQLiteBindingStore:
 
             return defer.fail(SQLiteStoreError(f"sqlite store {self.path} is closed"))
         return deferToThreadPool(self._reactor, self._pool, lambda: work(self._database()))
+
+    def _write(
+        self, work: Callable[[SQLiteDatabase], _T], publish: Callable[[_T], object]
+    ) -> Deferred[_T]:
+        """
+        Run C{work} in the pool once the writes before it are done; call C{publish} with its
+        result (on the reactor thread, after it committed) before the next write starts.
+        """
+
+        def locked() -> Deferred[_T]:
+            def published(result: _T) -> _T:
+                publish(result)
+                return result
+
+            return self._run(work).addCallback(published)
+
+        return self._writes.run(locked)
+
+    @property
+    def closed(self) -> bool:
+        """Whether L{close} was called."""
+        return self._closed
 
     # IBindingStore
 
@@ -1248,17 +1354,111 @@ class SQLiteBindingStore:
     # Writes
 
     def put(self, binding: Binding) -> Deferred[None]:
-        """Insert C{binding} or replace the binding with its key."""
-        return self._run(lambda database: database.put(binding))
+        """Insert C{binding} or replace the binding with its key; published once committed."""
+        changes = self.changes
+
+        def publish(_: None) -> None:
+            if changes.active:
+                changes.publish(binding)
+
+        return self._write(lambda database: database.put(binding), publish)
 
     def put_many(self, bindings: Iterable[Binding]) -> Deferred[int]:
-        """Insert or replace every binding; fires with how many were written."""
+        """
+        Insert or replace every binding (the last wins for a repeated key); fires with how
+        many were written. Each binding written is published once its batch committed,
+        those of the batches that committed even when a later one fails.
+        """
         items = list(bindings)
-        return self._run(lambda database: database.put_many(items))
+        changes = self.changes
+        # Filled in the pool thread, read on the reactor thread once the work is done.
+        committed: list[Binding] = []
+
+        def publish(_: object = None) -> None:
+            if changes.active:
+                changes.publish_many(committed)
+            committed.clear()
+
+        def work(database: SQLiteDatabase) -> int:
+            return database.put_many(items, committed=committed.extend)
+
+        def failed(failure: Any) -> Any:
+            publish()
+            return failure
+
+        def succeeded(count: int) -> int:
+            publish()
+            return count
+
+        def locked() -> Deferred[int]:
+            return self._run(work).addCallbacks(succeeded, failed)
+
+        return self._writes.run(locked)
 
     def remove(self, key: BindingKey) -> Deferred[bool]:
-        """Delete the binding with C{key}; fires with whether there was one."""
-        return self._run(lambda database: database.remove(key))
+        """
+        Delete the binding with C{key}; fires with whether there was one. The binding
+        removed, as it was, is published once the deletion committed.
+        """
+        changes = self.changes
+
+        def publish(old: Binding | None) -> None:
+            if old is not None and changes.active:
+                changes.publish(old, removed=True)
+
+        return self._write(lambda database: database.pop(key), publish).addCallback(
+            lambda old: old is not None
+        )
+
+    # IBindingChangeFeed (delegated to L{changes})
+
+    def subscribe(self, callback: Callable[[BindingChange], None]) -> Callable[[], None]:
+        """Call C{callback} with every change from now on; returns the unsubscriber."""
+        return self.changes.subscribe(callback)
+
+    def changes_since(self, time: float) -> Deferred[Sequence[BindingChange] | None]:
+        """The latest change of each binding since C{time}, or C{None} (DataMissing)."""
+        return self.changes.changes_since(time)
+
+    def keep_history(self) -> None:
+        """Start keeping history for catch-up (RFC 7653 section 9.3)."""
+        self.changes.keep_history()
+
+    # Expiry (RFC 7653 section 9.3)
+
+    def expiry_publisher(self, interval: float = DEFAULT_EXPIRY_INTERVAL) -> SQLiteExpirySweep:
+        """
+        An L{SQLiteExpirySweep} (not started) publishing, every C{interval} seconds of the
+        store's clock, the bindings that expired since its previous sweep as removals.
+        """
+        return SQLiteExpirySweep(self, self._clock, interval)
+
+    def publish_expired(self, after: int, until: int, batch: int = EXPIRY_BATCH) -> Deferred[int]:
+        """
+        Publish as removals the bindings whose last lease ends in (C{after}, C{until}] (Unix
+        seconds), read page by page (C{batch} a page) with the writes held off, so that a
+        write and an expiry of one binding are published in the order they happened; fires
+        with how many were published.
+        """
+        changes = self.changes
+
+        async def sweep() -> int:
+            count = 0
+            resume: tuple[int, str, bytes] | None = None
+            while True:
+                found, resume = await self._run(
+                    partial(
+                        SQLiteDatabase.expired, after=after, until=until, limit=batch, resume=resume
+                    )
+                )
+                if changes.active:
+                    for binding in found:
+                        changes.publish(binding, removed=True)
+                count += len(found)
+                if resume is None:
+                    return count
+
+        return self._writes.run(lambda: Deferred.fromCoroutine(sweep()))
 
     def add_link(self, link: Link) -> Deferred[None]:
         """Insert C{link} or replace the link with its id."""
@@ -1267,6 +1467,94 @@ class SQLiteBindingStore:
     def remove_link(self, link_id: str) -> Deferred[bool]:
         """Delete the link C{link_id} (its bindings stay)."""
         return self._run(lambda database: database.remove_link(link_id))
+
+
+class SQLiteExpirySweep:
+    """
+    Publishes, as removals, the bindings of an L{SQLiteBindingStore} whose last lease runs
+    out while nothing writes them (RFC 7653 section 9.3: an expired binding is sent to
+    active requestors like a removed one), every C{interval} seconds of C{clock}.
+
+    Each sweep asks the database for the bindings whose expiry time (whole seconds) fell in
+    (previous sweep, now]: one range scan of the C{bindings_by_expires} index in a pool
+    thread, nothing held in memory between sweeps, nothing read when nobody listens. The
+    first sweep covers the time since L{start} (bindings expired before were not in the
+    history either). An expiry is published at most C{interval} seconds (plus the query)
+    late; its change time is the sweep's. A sweep that fails is logged and its window is
+    tried again by the next one.
+
+    It satisfies L{ExpiryPublisher<bulklq.changes.ExpiryPublisher>}:
+    L{BulkLeasequeryService<bulklq.service.BulkLeasequeryService>} starts and stops it.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: SQLiteBindingStore,
+        clock: IReactorTime,
+        interval: float = DEFAULT_EXPIRY_INTERVAL,
+        batch: int = EXPIRY_BATCH,
+    ) -> None:
+        if not interval > 0:
+            raise ValueError("the expiry sweep interval must be positive")
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        self.batch = batch
+        self._loop: LoopingCall | None = None
+        #: Unix second up to which expiries were published (set by L{start}).
+        self.swept_until: int | None = None
+        #: Expiries published so far.
+        self.published = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the sweep is started."""
+        return self._loop is not None
+
+    def start(self) -> None:
+        """Sweep every C{interval} seconds from now on; idempotent."""
+        if self._loop is not None:
+            return
+        self.swept_until = int(self.clock.seconds())
+        loop = LoopingCall(self.sweep)
+        loop.clock = self.clock
+        self._loop = loop
+        loop.start(self.interval, now=False).addErrback(
+            lambda failure: self.log.failure("the expiry sweep failed", failure)
+        )
+
+    def stop(self) -> None:
+        """Stop sweeping (a sweep under way still publishes what it reads); idempotent."""
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    def sweep(self) -> Deferred[int]:
+        """Publish the bindings that expired since the previous sweep; fires with how many."""
+        now = int(self.clock.seconds())
+        after = self.swept_until
+        if after is None:  # never started: nothing before now is promised
+            self.swept_until = now
+            return succeed(0)
+        if now <= after or self.store.closed:
+            return succeed(0)
+        self.swept_until = now
+        if not self.store.changes.active:
+            return succeed(0)  # nobody listens and no history is kept
+
+        def done(count: int) -> int:
+            self.published += count
+            return count
+
+        def failed(failure: Any) -> int:
+            self.log.failure("the expiry sweep of {path} failed", failure, path=self.store.path)
+            if self.swept_until == now:
+                self.swept_until = after  # the next sweep tries this window again
+            return 0
+
+        return self.store.publish_expired(after, now, self.batch).addCallbacks(done, failed)
 
 
 def open_store_uri(uri: str, reactor: Any) -> SQLiteBindingStore:
