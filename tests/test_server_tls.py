@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import struct
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,15 @@ def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _issue(subject: str, issuer: tuple[Any, x509.Name] | None, ca: bool = False) -> tuple[Any, Any]:
+def _issue(
+    subject: str,
+    issuer: tuple[Any, x509.Name] | None,
+    ca: bool = False,
+    dns: tuple[str, ...] = ("localhost",),
+    ips: tuple[str, ...] = (),
+) -> tuple[Any, Any]:
+    """A key and a certificate for C{subject}, self-signed or signed by C{issuer} (its key
+    and name); a non-CA certificate names C{dns} and C{ips} in its subjectAltName."""
     key = ec.generate_private_key(ec.SECP256R1())
     signer, issuer_name = issuer if issuer is not None else (key, _name(subject))
     now = datetime.datetime.now(datetime.UTC)
@@ -48,10 +57,10 @@ def _issue(subject: str, issuer: tuple[Any, x509.Name] | None, ca: bool = False)
         .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-        )
+    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns]
+    names += [x509.IPAddress(ip_address(address)) for address in ips]
+    if not ca and names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return key, builder.sign(signer, hashes.SHA256())
 
 

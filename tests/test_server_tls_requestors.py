@@ -8,14 +8,11 @@ the creation of the TLS connection".
 
 from __future__ import annotations
 
-import datetime
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import defer, endpoints
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -30,36 +27,9 @@ from bulklq.wire import MessageType
 
 from .test_active_glue import write_certificates
 from .test_server import SERVER_DUID
-from .test_server_tls import _issue, _name, _pem, _Requestor
+from .test_server_tls import _issue, _pem, _Requestor
 
 ENV = {"STATE_DIRECTORY": "/nonexistent/state"}
-
-
-def _leaf(
-    subject: str,
-    issuer: tuple[Any, x509.Name],
-    dns: tuple[str, ...] = (),
-    ips: tuple[str, ...] = (),
-) -> tuple[Any, Any]:
-    """A requestor key and certificate signed by C{issuer}, with these subjectAltNames."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    signer, issuer_name = issuer
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    )
-    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns]
-    names += [x509.IPAddress(ip_address(address)) for address in ips]
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return key, builder.sign(signer, hashes.SHA256())
 
 
 class AllowListTests(SynchronousTestCase):
@@ -68,8 +38,8 @@ class AllowListTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.ca = _issue("bulklq test CA", None, ca=True)
         issuer = (self.ca[0], self.ca[1].subject)
-        self.edge = _leaf("edge-1", issuer, dns=("Edge-1.example.net",), ips=("2001:db8::1",))
-        self.bare = _leaf("edge-2.example.net", issuer)
+        self.edge = _issue("edge-1", issuer, dns=("Edge-1.example.net",), ips=("2001:db8::1",))
+        self.bare = _issue("edge-2.example.net", issuer, dns=())
 
     def test_parse_kinds(self) -> None:
         """A sha256: fingerprint (with or without colons), an IP address and a DNS name
@@ -126,8 +96,8 @@ class AllowListHandshakeTests(TestCase):
         ca_key, ca_cert = _issue("bulklq test CA", None, ca=True)
         issuer = (ca_key, ca_cert.subject)
         server_key, server_cert = _issue("localhost", issuer)
-        self.listed = _leaf("edge-1", issuer, dns=("edge-1.example.net",))
-        self.unlisted = _leaf("edge-9", issuer, dns=("edge-9.example.net",))
+        self.listed = _issue("edge-1", issuer, dns=("edge-1.example.net",))
+        self.unlisted = _issue("edge-9", issuer, dns=("edge-9.example.net",))
         self.ca_cert = ca_cert
         for name, obj in (
             ("ca.pem", ca_cert),
