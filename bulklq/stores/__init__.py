@@ -9,7 +9,8 @@ Built-in schemes (each module is imported only when its scheme is used):
   - C{kea-csv:PATH}: L{bulklq.stores.kea_csv}, ISC Kea's memfile lease file
     (C{kea-csv:/var/lib/kea/kea-leases6.csv?kea-config=/etc/kea/kea-dhcp6.conf}).
   - C{postgresql://...} (or C{postgres://...}): L{bulklq.stores.postgresql}, Kea's lease
-    database.
+    database, wrapped by L{bulklq.stores.postgresql_changes} to publish its changes for
+    Active Leasequery (C{?changes=off}: the plain store).
 
 Options ride in the URI's query string (C{?name=value&...}); each scheme documents its own.
 
@@ -55,8 +56,8 @@ SCHEMES: dict[str, str | StoreOpener] = {
     "memory": "bulklq.stores.memory:open_store_uri",
     "sqlite": "bulklq.stores.sqlite:open_store_uri",
     "kea-csv": "bulklq.stores.kea_csv:open_store_uri",
-    "postgresql": "bulklq.stores.postgresql:open_store_uri",
-    "postgres": "bulklq.stores.postgresql:open_store_uri",
+    "postgresql": "bulklq.stores.postgresql_changes:open_store_uri",
+    "postgres": "bulklq.stores.postgresql_changes:open_store_uri",
 }
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")

@@ -365,7 +365,11 @@ class PostgreSQLChangeFeedStore:
         before the first connection).
     @ivar connections: connections made by the listener (reconnections included).
     @ivar published: changes published so far.
+    @ivar sweeps: expiry sweeps run so far (counted by the listener thread).
+    @ivar trigger_check_interval: seconds between two looks for a missing trigger.
     """
+
+    trigger_check_interval = TRIGGER_CHECK_INTERVAL
 
     def __init__(
         self,
@@ -417,6 +421,7 @@ class PostgreSQLChangeFeedStore:
         self.trigger_installed: bool | None = None
         self.connections = 0
         self.published = 0
+        self.sweeps = 0
         # Unix time from which no notification was lost (None: not listening now).
         self._complete_from: float | None = None
         self._wanted = False
@@ -660,7 +665,7 @@ class PostgreSQLChangeFeedStore:
         assert self._wake is not None
         wake = self._wake[0]
         next_sweep = time.monotonic() + self.expiry_interval
-        next_check = time.monotonic() + TRIGGER_CHECK_INTERVAL
+        next_check = time.monotonic() + self.trigger_check_interval
         while not self._stopping.is_set():
             notes = list(conn.notifies(timeout=0, stop_after=MAX_BATCH))
             if notes:
@@ -687,7 +692,7 @@ class PostgreSQLChangeFeedStore:
                 self._sweep(conn, schema, state)
                 next_sweep = monotonic + self.expiry_interval
             if not installed and monotonic >= next_check:
-                next_check = monotonic + TRIGGER_CHECK_INTERVAL
+                next_check = monotonic + self.trigger_check_interval
                 if notify_installed(conn):
                     installed = True
                     self._call(self._trigger_found)
@@ -705,6 +710,7 @@ class PostgreSQLChangeFeedStore:
 
     def _sweep(self, conn: Any, schema: Any, state: _SweepState) -> None:
         """RFC 7653 section 9.3: the bindings whose leases expired since the last sweep."""
+        self.sweeps += 1
         now = self._now()
         since = state.swept
         if now <= since:
