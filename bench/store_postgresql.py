@@ -127,7 +127,8 @@ async def stream(
     started = time.perf_counter()
     while True:
         result = await store.fetch(query, resume, page)
-        count += len(result.bindings)
+        for _binding in result.bindings:  # builds each binding, as the server's encoder does
+            count += 1
         if result.resume_after is None:
             return count, time.perf_counter() - started
         resume = result.resume_after
@@ -166,13 +167,16 @@ def main(reactor: Any, options: argparse.Namespace) -> defer.Deferred[None]:
             ):
                 cpu = time.process_time()
                 count, seconds = await stream(store, query, options.page)
+                cpu = time.process_time() - cpu
                 results[label] = {
                     "bindings": count,
                     "seconds": round(seconds, 2),
                     "bindings_per_second": round(count / seconds),
                     # bulklq's own CPU time (all threads): the rest is PostgreSQL's, or waiting
                     # for a core on a busy machine.
-                    "cpu_seconds": round(time.process_time() - cpu, 2),
+                    "cpu_seconds": round(cpu, 2),
+                    "cpu_us_per_binding": round(cpu / count * 1e6, 2) if count else None,
+                    "bindings_per_cpu_second": round(count / cpu) if cpu else None,
                 }
             results["load_average"] = os.getloadavg()[0]
         finally:

@@ -119,31 +119,56 @@ class LazyBindings(Sequence[Binding]):
     the same objects). Equal to a list, a tuple or another C{LazyBindings} holding equal
     bindings in the same order.
 
+    A page whose rows may turn out not to be bindings (a row found malformed, or not
+    matching the query, only when its binding is built) is made with C{filtered=True}:
+    iterating then builds each binding when reached and leaves such rows out, and
+    C{len}, indexing and C{reversed} build the whole page once and keep it.
+
     @param rows: the page's rows, in key order.
     @param iterate: builds the bindings of some rows, lazily, in order (a generator
-        function); it must accept any iterable of rows.
+        function); it must accept any iterable of rows. Unless C{filtered}, it builds
+        exactly one binding per row.
+    @param filtered: whether C{iterate} may leave rows out.
     """
 
-    __slots__ = ("_iterate", "_rows")
+    __slots__ = ("_built", "_iterate", "_rows")
     __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
     def __init__(
-        self, rows: Sequence[Any], iterate: Callable[[Iterable[Any]], Iterator[Binding]]
+        self,
+        rows: Sequence[Any],
+        iterate: Callable[[Iterable[Any]], Iterator[Binding]],
+        filtered: bool = False,
     ) -> None:
         self._rows = rows
         self._iterate = iterate
+        # The page built (filtered pages, once something needs more than one pass).
+        self._built: list[Binding] | None = None if filtered else _EXACT
+
+    def _all(self) -> list[Binding]:
+        built = self._built
+        if built is None:
+            built = self._built = list(self._iterate(self._rows))
+        return built
 
     def __len__(self) -> int:
         """How many bindings the page holds."""
-        return len(self._rows)
+        if self._built is _EXACT:
+            return len(self._rows)
+        return len(self._all())
 
     def __iter__(self) -> Iterator[Binding]:
         """The bindings in order, each built when reached."""
-        return self._iterate(self._rows)
+        built = self._built
+        if built is None or built is _EXACT:
+            return self._iterate(self._rows)
+        return iter(built)
 
     def __reversed__(self) -> Iterator[Binding]:
         """The bindings in reverse order, each built when reached."""
-        return self._iterate(reversed(self._rows))
+        if self._built is _EXACT:
+            return self._iterate(reversed(self._rows))
+        return reversed(self._all())
 
     @overload
     def __getitem__(self, index: int) -> Binding: ...
@@ -153,6 +178,8 @@ class LazyBindings(Sequence[Binding]):
 
     def __getitem__(self, index: int | slice) -> Binding | list[Binding]:
         """One binding, or a list of those in a slice."""
+        if self._built is not _EXACT:
+            return self._all()[index]
         if isinstance(index, slice):
             return list(self._iterate(self._rows[index]))
         return next(self._iterate((self._rows[index],)))
@@ -168,3 +195,7 @@ class LazyBindings(Sequence[Binding]):
     def __repr__(self) -> str:
         """The bindings, built."""
         return f"LazyBindings({list(self)!r})"
+
+
+#: The C{_built} of a page whose rows are exactly its bindings (never built as a whole).
+_EXACT: list[Binding] = []

@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from ipaddress import IPv6Address, IPv6Network
 from socket import AF_INET6, inet_pton
 from typing import Any
@@ -47,10 +48,13 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from .._trusted import set_address_lease, set_binding, set_duid_raw
 from ..interfaces import IBindingStore
-from ..model import Binding, BindingKey, BindingPage, BindingQuery, Link, QueryKind
+from ..model import AddressLease, Binding, BindingKey, BindingPage, BindingQuery, Link, QueryKind
 from ..wire import Duid
-from ..wire._fast import ipv6_from_packed
+from ..wire._fast import ipv6_from_packed, new
+from ..wire.duid import duid_problem
+from ._materialise import LazyBindings
 from .kea_config import load_kea_config
 from .kea_leases import (
     KeaLease6,
@@ -365,6 +369,101 @@ def _row_bindings(rows: Iterable[Sequence[Any]], now: float) -> tuple[list[Bindi
     return bindings, count
 
 
+def _group_binding(rows: Sequence[Sequence[Any]], now: float) -> Binding | None:
+    """The binding of the rows of one client (L{_row_bindings}), or C{None} if none is left."""
+    bindings, _ = _row_bindings(rows, now)
+    return bindings[0] if bindings else None
+
+
+def _iterate_bindings(
+    groups: Iterable[Sequence[Sequence[Any]]],
+    now: float,
+    check: Callable[[Binding], bool] | None,
+) -> Iterator[Binding]:
+    """
+    The bindings of C{groups} (each the rows of one client, L{_Schema.columns} first), in
+    order, each built when reached (a L{LazyBindings} page's C{iterate}): exactly what
+    L{_row_bindings} builds, less those C{check} rejects. The usual row, one active address
+    lease, is built here without the intermediate objects; every other group (several
+    leases, a prefix, a malformed row to skip with a warning) goes through
+    L{_row_bindings}.
+    """
+    links: dict[int, str] = {}
+    relay_info = cached_relay_info
+    pton = inet_pton
+    family = AF_INET6
+    from_packed = ipv6_from_packed
+    problem = duid_problem
+    new_ = new
+    set_client, set_link, set_cltt, set_addresses, set_prefixes = set_binding[:5]
+    set_relay_data, set_relay_ids, set_remote_ids, set_options = set_binding[5:]
+    set_address, set_preferred, set_valid = set_address_lease
+    set_raw = set_duid_raw
+    for group in groups:
+        if len(group) == 1:
+            row = group[0]
+            subnet_id, duid, address, valid, expire, preferred, lease_type, _, _, state, ctx = row[
+                :11
+            ]
+            if (
+                lease_type == 0
+                and state == 0
+                and type(valid) is int
+                and valid > 0
+                and type(expire) is int
+                and expire > now
+                and type(duid) is bytes
+                and type(address) is str
+                and problem(duid) is None
+            ):
+                try:
+                    packed = pton(family, address)
+                    info = relay_info(ctx)
+                except (OSError, ValueError):  # KeaLeaseError is a ValueError
+                    pass  # the general path warns and skips
+                else:
+                    lease = new_(AddressLease)
+                    set_address(lease, from_packed(packed))
+                    set_preferred(lease, preferred or 0)
+                    set_valid(lease, valid)
+                    client = new_(Duid)
+                    set_raw(client, duid)
+                    link_id = links.get(subnet_id)
+                    if link_id is None:
+                        link_id = links[subnet_id] = subnet_link_id(subnet_id)
+                    binding = new_(Binding)
+                    set_client(binding, client)
+                    set_link(binding, link_id)
+                    set_cltt(binding, expire - valid)
+                    set_addresses(binding, (lease,))
+                    set_prefixes(binding, ())
+                    set_relay_data(binding, info.relay_data)
+                    set_relay_ids(binding, info.relay_ids)
+                    set_remote_ids(binding, info.remote_ids)
+                    set_options(binding, ())
+                    if check is None or check(binding):
+                        yield binding
+                    continue
+        found = _group_binding(group, now)
+        if found is not None and (check is None or check(found)):
+            yield found
+
+
+def _lazy_page(
+    groups: Sequence[Sequence[Sequence[Any]]],
+    query: BindingQuery,
+    now: float,
+) -> LazyBindings:
+    """
+    The bindings of C{groups} (one client's rows each, in key order) as a lazy page: the
+    worker thread only reads the rows, and the thread that consumes the page builds each
+    binding when it reaches it (while the next page is being read).
+    """
+    # A link query's SQL selects exactly the link's clients: every binding matches.
+    check = None if query.kind is QueryKind.LINK else query.matches
+    return LazyBindings(groups, partial(_iterate_bindings, now=now, check=check), filtered=True)
+
+
 def subnet_of_link(link_id: str) -> int | None:
     """Kea's subnet id for link id C{"subnet-N"}, or C{None} for another link id."""
     if not link_id.startswith(LINK_PREFIX):
@@ -508,8 +607,10 @@ class PostgreSQLBindingStore:
         # Sorted client keys of the queries with many matches, least recently used first.
         self._snapshots: dict[BindingQuery, list[tuple[str, bytes]]] = {}
         self._snapshot_lock = threading.Lock()
-        # The page read ahead for each (query, limit) being streamed (reactor thread only).
+        # The page read ahead for each (query, limit) being streamed, under its lock (the
+        # workers start them, the reactor thread takes them).
         self._ahead: dict[tuple[BindingQuery, int], _Ahead] = {}
+        self._ahead_lock = threading.Lock()
         self._closed = False
         self._shutdown_trigger = reactor.addSystemEventTrigger(
             "during", "shutdown", self._stop_threads
@@ -582,11 +683,14 @@ class PostgreSQLBindingStore:
             return defer.succeed(BindingPage((), None))
         now = self._clock.seconds()
         stream = (query, limit)
-        ahead = self._ahead.get(stream)
-        if ahead is not None and ahead.resume_after == resume_after:
-            del self._ahead[stream]
-            if now - ahead.started <= AHEAD_MAX_AGE:
-                return ahead.take(self)
+        with self._ahead_lock:
+            ahead = self._ahead.get(stream)
+            if ahead is not None and ahead.resume_after == resume_after:
+                del self._ahead[stream]
+            else:
+                ahead = None
+        if ahead is not None and now - ahead.started <= AHEAD_MAX_AGE:
+            return ahead.take(self)
         return self._page_deferred(query, resume, limit, now)
 
     def _page_deferred(
@@ -600,25 +704,39 @@ class PostgreSQLBindingStore:
 
     def _read_ahead(self, query: BindingQuery, resume_after: BindingKey, limit: int) -> None:
         """
-        Start reading the page after C{resume_after} (reactor thread): a worker calls this
-        as soon as it knows where its page ends, so the next page's SQL runs while this
-        one is converted and consumed. One page ahead per query at most.
+        Start reading the page after C{resume_after}, from any thread: the worker reading a
+        page calls this as soon as it knows where that page ends, so the next page's SQL
+        runs while this one is consumed (and its bindings built). The worker hands the job
+        to the thread pool itself: through the reactor thread, the job would wait for the
+        consumer to let go of the interpreter lock. One page ahead per query at most.
         """
+        if not self._threads.started:
+            return
         stream = (query, limit)
-        if self._closed or stream in self._ahead:
-            return
-        now = self._clock.seconds()
-        for key, stale in list(self._ahead.items()):
-            if now - stale.started > AHEAD_MAX_AGE:
-                del self._ahead[key]
-        if len(self._ahead) >= self.read_ahead:
-            return
         try:
             resume = _resume_text(resume_after)
         except StopIteration:
             return
-        ahead = self._ahead[stream] = _Ahead(query, limit, resume_after, now)
-        self._page_deferred(query, resume, limit, now).addBoth(ahead.finished, self)
+        now = self._clock.seconds()
+        with self._ahead_lock:
+            if self._closed or stream in self._ahead:
+                return
+            for key, stale in list(self._ahead.items()):
+                if now - stale.started > AHEAD_MAX_AGE:
+                    del self._ahead[key]
+            if len(self._ahead) >= self.read_ahead:
+                return
+            ahead = self._ahead[stream] = _Ahead(query, limit, resume_after, now)
+        call_from_thread = self._reactor.callFromThread
+
+        def read(context: tuple[Any, _Schema]) -> BindingPage:
+            conn, schema = context
+            return self._fetch_page(conn, schema, query, resume=resume, limit=limit, now=now)
+
+        def done(success: bool, result: object) -> None:
+            call_from_thread(ahead.finished, result, self)
+
+        self._threads.callInThreadWithCallback(done, self._with_connection, read)
 
     def find_link(self, address: IPv6Address) -> Deferred[Link | None]:
         """
@@ -734,16 +852,14 @@ class PostgreSQLBindingStore:
         if more and groups:
             subnet_id, duid = groups[-1][0]
             resume_after = (subnet_link_id(subnet_id), bytes(duid))
-            self._reactor.callFromThread(self._read_ahead, query, resume_after, limit)
-        found, leases = _row_bindings((row for _, members in groups for row in members), now)
-        found.sort(key=_binding_key)
-        bindings = [binding for binding in found if query.matches(binding)]
-        if groups:
-            ratio = leases / len(groups)
+            self._read_ahead(query, resume_after, limit)
+        members = [rows for _, rows in groups]
+        if members:
+            ratio = sum(map(len, members)) / len(members)
             self._leases_per_binding = min(
                 8.0, max(1.0, 0.8 * self._leases_per_binding + 0.2 * ratio)
             )
-        return BindingPage(bindings, resume_after)
+        return BindingPage(_lazy_page(members, query, now), resume_after)
 
     def _snapshot_page(  # noqa: PLR0917 - private, called once
         self,
@@ -769,9 +885,9 @@ class PostgreSQLBindingStore:
         rows = conn.execute(
             f"SELECT {schema.columns('l')} FROM unnest("  # noqa: S608
             "string_to_array(%(subnets)s, ',')::bigint[], "
-            "string_to_array(%(duids)s, ',')) c(subnet_id, duid) "
+            "string_to_array(%(duids)s, ',')) WITH ORDINALITY c(subnet_id, duid, n) "
             "JOIN lease6 l ON l.subnet_id = c.subnet_id AND l.duid = decode(c.duid, 'hex') "
-            f"WHERE {_active('l')}",
+            f"WHERE {_active('l')} ORDER BY c.n",
             {
                 "subnets": ",".join([subnet for subnet, _ in chosen]),
                 "duids": ",".join([duid.hex() for _, duid in chosen]),
@@ -783,11 +899,9 @@ class PostgreSQLBindingStore:
         if start + limit < len(keys):
             subnet_text, duid = chosen[-1]
             resume_after = (LINK_PREFIX + subnet_text, bytes(duid))
-            self._reactor.callFromThread(self._read_ahead, query, resume_after, limit)
-        found, _ = _row_bindings(rows, now)
-        found.sort(key=_binding_key)
-        bindings = [binding for binding in found if query.matches(binding)]
-        return BindingPage(bindings, resume_after)
+            self._read_ahead(query, resume_after, limit)
+        members = [rows for _, rows in _group(rows)]
+        return BindingPage(_lazy_page(members, query, now), resume_after)
 
     def _whole_client(
         self, conn: Any, schema: _Schema, client: tuple[int, bytes], now: float
@@ -943,10 +1057,6 @@ def _scan_sql(schema: _Schema, hit: str | None, with_link: bool, join: str = "")
         f"SELECT * FROM (SELECT {schema.columns('l')}, bool_or({hit}) OVER "  # noqa: S608
         f"(PARTITION BY {_sk('l')}, l.duid) AS hit {scan}) s WHERE s.hit LIMIT %(rows)s"
     )
-
-
-def _binding_key(binding: Binding) -> BindingKey:
-    return binding.key
 
 
 def _group(rows: Sequence[Sequence[Any]]) -> list[tuple[tuple[int, bytes], list[Sequence[Any]]]]:
