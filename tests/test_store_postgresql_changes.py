@@ -10,7 +10,9 @@ failing instead when C{BULKLQ_REQUIRE_SERVICES=1}.
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +26,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from bulklq.changes import BindingChange
+from bulklq.cli import main
+from bulklq.cli.store import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from bulklq.client import ActiveQuery, ActiveWatcher, Requestor, RequestorOptions
 from bulklq.config import ServerConfig, parse_access_rule
 from bulklq.interfaces import IBindingChangeFeed, IBindingStore
@@ -601,3 +605,58 @@ class EndToEndTests(_FeedTestCase):
             await watcher.stop()
 
         return self.run_scenario(scenario)
+
+
+class InstallCommandTests(SynchronousTestCase):
+    """C{bulklq store install-notify}."""
+
+    def setUp(self) -> None:
+        self.stdout = io.StringIO()
+        self.stderr = io.StringIO()
+        self.patch(sys, "stdout", self.stdout)
+        self.patch(sys, "stderr", self.stderr)
+
+    def run_command(self, *argv: str) -> int:
+        """Run C{bulklq ARGV}; a usage error's SystemExit becomes its status."""
+        try:
+            return main(list(argv))
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+
+    def test_sql(self) -> None:
+        """--sql prints the installation SQL without connecting anywhere."""
+        self.assertEqual(self.run_command("store", "install-notify", "--sql"), EXIT_OK)
+        self.assertEqual(self.stdout.getvalue(), INSTALL_SQL.lstrip())
+
+    def test_bad_arguments(self) -> None:
+        """No store (exit 2), another scheme or --sql with a store (exit 1): one line each."""
+        self.assertEqual(self.run_command("store", "install-notify"), EXIT_USAGE)
+        status = self.run_command("store", "install-notify", "--store", "sqlite:x.db")
+        self.assertEqual(status, EXIT_FAILURE)
+        status = self.run_command(
+            "store", "install-notify", "--sql", "--store", "postgresql:///kea"
+        )
+        self.assertEqual(status, EXIT_FAILURE)
+        lines = self.stderr.getvalue().splitlines()
+        self.assertEqual(len(lines), 3)
+        self.assertIn("only a postgresql:// store", lines[1])
+
+    def test_install_and_remove(self) -> None:
+        """Against a scratch database: installed, then removed; an unreachable database
+        is one line and exit 1."""
+        database = ScratchDatabase(V17)
+        self.addCleanup(database.drop)
+        uri = database.uri + "&changes=notify"
+        self.assertEqual(self.run_command("store", "install-notify", "--store", uri), EXIT_OK)
+        with _connect(database.dsn) as conn:
+            self.assertTrue(notify_installed(conn))
+        status = self.run_command("store", "install-notify", "--store", uri, "--remove")
+        self.assertEqual(status, EXIT_OK)
+        with _connect(database.dsn) as conn:
+            self.assertFalse(notify_installed(conn))
+        missing = database.uri.replace(database.name, database.name + "_missing")
+        status = self.run_command("store", "install-notify", "--store", missing)
+        self.assertEqual(status, EXIT_FAILURE)
+        last = self.stderr.getvalue().splitlines()[-1]
+        self.assertIn("database error", last)
+        self.assertIn("does not exist", last)

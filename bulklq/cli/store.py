@@ -9,6 +9,10 @@ C{bulklq store}: fill, dump and inspect binding stores.
     included) and link of a store as JSON lines, to stdout by default. Works for
     C{sqlite:}, C{memory:} and C{kea-csv:} stores.
   - C{bulklq store stats --store URI [--json]}: counts of bindings, links and index rows.
+  - C{bulklq store install-notify --store postgresql://... [--remove | --sql]}: install (or
+    remove) the C{lease6} trigger through which a PostgreSQL store publishes changes for
+    Active Leasequery (L{bulklq.stores.postgresql_changes}); C{--sql} prints the SQL for a
+    DBA to run instead, without connecting.
 
 Exit codes: 0 success, 1 the store or input could not be used (one line on stderr naming the
 file and, for bad input, the line), 2 bad arguments.
@@ -40,7 +44,10 @@ class _CommandError(Exception):
 
 
 def register(subparsers: Any) -> None:
-    """Add the C{store} subcommand and its C{import}, C{export} and C{stats} actions."""
+    """
+    Add the C{store} subcommand and its C{import}, C{export}, C{stats} and
+    C{install-notify} actions.
+    """
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "store",
         help="import, export and inspect binding stores",
@@ -92,6 +99,24 @@ def register(subparsers: Any) -> None:
     stats.add_argument("--store", required=True, metavar="URI", help="the store")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.set_defaults(run=_run_stats)
+
+    notify = actions.add_parser(
+        "install-notify",
+        help="install the lease6 trigger a PostgreSQL store's change feed needs",
+        description=(
+            "Install (or with --remove, remove) the trigger on Kea's lease6 table that "
+            "notifies bulklq of every lease written, for Active Leasequery. Needs a role "
+            "that may create triggers on lease6; --sql prints the SQL instead."
+        ),
+    )
+    one_line_errors(notify)
+    notify.add_argument(
+        "--store", metavar="postgresql://...", help="the lease database (not with --sql)"
+    )
+    what = notify.add_mutually_exclusive_group()
+    what.add_argument("--remove", action="store_true", help="remove the trigger instead")
+    what.add_argument("--sql", action="store_true", help="print the SQL, connect nowhere")
+    notify.set_defaults(run=_run_install_notify)
 
 
 def _guarded(action: Callable[[argparse.Namespace], None], arguments: argparse.Namespace) -> int:
@@ -279,3 +304,42 @@ def _stats(arguments: argparse.Namespace) -> None:
 
 def _run_stats(arguments: argparse.Namespace) -> int:
     return _guarded(_stats, arguments)
+
+
+# install-notify
+
+
+def _install_notify(arguments: argparse.Namespace) -> None:
+    from ..stores import postgresql_changes as changes  # noqa: PLC0415
+    from ..stores import store_scheme  # noqa: PLC0415
+
+    if arguments.sql:
+        if arguments.store is not None:
+            raise _CommandError("--sql prints the SQL and takes no --store")
+        sys.stdout.write(changes.INSTALL_SQL.lstrip())
+        return
+    uri = arguments.store
+    if store_scheme(uri) not in ("postgresql", "postgres"):
+        raise _CommandError(f"{uri!r}: only a postgresql:// store has a trigger to install")
+    from ..stores.postgresql import parse_postgresql_uri  # noqa: PLC0415
+
+    conninfo = parse_postgresql_uri(changes.split_changes_options(uri)[0]).conninfo
+    import psycopg  # noqa: PLC0415
+
+    try:
+        if arguments.remove:
+            changes.uninstall_notify(conninfo)
+        else:
+            changes.install_notify(conninfo)
+    except psycopg.Error as error:
+        text = " ".join(str(error).split()) or type(error).__name__
+        raise _CommandError(f"database error: {text}") from None
+    done = "removed from" if arguments.remove else "installed on"
+    print(f"trigger {changes.TRIGGER} {done} lease6", file=sys.stderr)
+
+
+def _run_install_notify(arguments: argparse.Namespace) -> int:
+    if arguments.store is None and not arguments.sql:
+        print("bulklq store install-notify: --store postgresql://... or --sql", file=sys.stderr)
+        return EXIT_USAGE
+    return _guarded(_install_notify, arguments)
