@@ -19,13 +19,14 @@ from collections.abc import Callable
 from ipaddress import IPv6Address
 from typing import Any
 
+from psycopg.conninfo import conninfo_to_dict
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from bulklq.changes import BindingChange
+from bulklq.changes import BindingChange, SweepableStore
 from bulklq.cli import main
 from bulklq.cli.store import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from bulklq.client import ActiveQuery, ActiveWatcher, Requestor, RequestorOptions
@@ -38,6 +39,7 @@ from bulklq.stores.postgresql import PostgreSQLBindingStore, PostgreSQLSettings
 from bulklq.stores.postgresql_changes import (
     CHANNEL,
     INSTALL_SQL,
+    ChangeFeedOptions,
     LeaseEvent,
     PostgreSQLChangeFeedStore,
     changes_of,
@@ -191,12 +193,30 @@ class OpenerTests(SynchronousTestCase):
 
     def test_options_taken_out(self) -> None:
         """changes= and expiry-interval= are this module's; the rest stays for the store."""
-        uri, mode, interval = split_changes_options(
+        uri, options = split_changes_options(
             "postgresql:///kea?host=/tmp&changes=off&pool-size=2&expiry-interval=0.5"
         )
         self.assertEqual(uri, "postgresql:///kea?host=%2Ftmp&pool-size=2")
-        self.assertEqual((mode, interval), ("off", 0.5))
-        self.assertEqual(split_changes_options("postgres://h/kea")[1:], ("notify", 1.0))
+        self.assertEqual(options, ChangeFeedOptions("off", 0.5))
+        self.assertEqual(split_changes_options("postgres://h/kea")[1], ChangeFeedOptions())
+
+    def test_listener_on_the_primary(self) -> None:
+        """NOTIFY is not replicated: where the store reads from standbys the listener asks
+        for the primary of the same hosts, or connects to C{changes-host}."""
+        _, options = split_changes_options("postgresql://u@r1,r2/kea")
+        conninfo = "host=r1,r2 dbname=kea target_session_attrs=standby"
+        listener = conninfo_to_dict(options.listener_conninfo(conninfo))
+        self.assertEqual(listener["target_session_attrs"], "primary")
+        self.assertEqual(listener["host"], "r1,r2")
+        self.assertEqual(options.listener_conninfo("host=db dbname=kea"), "host=db dbname=kea")
+        _, options = split_changes_options(
+            "postgresql://u@r1/kea?changes-host=primary.example&changes-port=5433"
+        )
+        listener = conninfo_to_dict(options.listener_conninfo(conninfo))
+        self.assertEqual(
+            (listener["host"], listener["port"], listener["target_session_attrs"]),
+            ("primary.example", "5433", "any"),
+        )
 
     def test_bad_options(self) -> None:
         """A bad value is a one-line ValueError."""
@@ -204,6 +224,8 @@ class OpenerTests(SynchronousTestCase):
             "postgresql:///kea?changes=yes",
             "postgresql:///kea?expiry-interval=0",
             "postgresql:///kea?expiry-interval=x",
+            "postgresql:///kea?changes-host=",
+            "postgresql:///kea?changes-port=5432",
         ):
             with self.subTest(uri=uri):
                 self.assertRaises(ValueError, split_changes_options, uri)
@@ -219,6 +241,8 @@ class OpenerTests(SynchronousTestCase):
         verifyObject(IBindingStore, store)
         verifyObject(IBindingChangeFeed, store)
         self.assertEqual(store.name, "postgresql:kea")
+        # Not swept by the service's ExpirySweep: the feed sweeps the database itself.
+        self.assertNotIsInstance(store, SweepableStore)
         self.successResultOf(store.close())
         plain = open_store_uri("postgresql://nobody@127.0.0.1:1/kea?changes=off", clock)
         self.assertIsInstance(plain, PostgreSQLBindingStore)

@@ -323,7 +323,9 @@ def _install_notify(arguments: argparse.Namespace) -> None:
         raise _CommandError(f"{uri!r}: only a postgresql:// store has a trigger to install")
     from ..stores.postgresql import parse_postgresql_uri  # noqa: PLC0415
 
-    conninfo = parse_postgresql_uri(changes.split_changes_options(uri)[0]).conninfo
+    # Where the listener connects: the primary (a standby cannot have triggers created).
+    stripped, options = changes.split_changes_options(uri)
+    conninfo = options.listener_conninfo(parse_postgresql_uri(stripped).conninfo)
     import psycopg  # noqa: PLC0415
 
     try:

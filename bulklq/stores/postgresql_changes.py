@@ -49,6 +49,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -75,6 +76,7 @@ __all__ = [
     "INSTALL_SQL",
     "TRIGGER",
     "UNINSTALL_SQL",
+    "ChangeFeedOptions",
     "LeaseEvent",
     "PostgreSQLChangeFeedStore",
     "install_notify",
@@ -158,9 +160,6 @@ RECONNECT_DELAYS = (0.5, 30.0)
 MAX_BATCH = 1000
 #: Seconds between two checks for the trigger while it is missing.
 TRIGGER_CHECK_INTERVAL = 30.0
-
-# Parameters of the URI this module consumes (the rest goes to the store).
-_OWN_PARAMETERS = frozenset({"changes", "expiry-interval"})
 
 _log = Logger()
 
@@ -765,24 +764,58 @@ class _SweepState:
 # -- the registry's opener -----------------------------------------------------------------
 
 
-def split_changes_options(uri: str) -> tuple[str, str, float]:
+@attrs.frozen
+class ChangeFeedOptions:
     """
-    Take this module's options out of a C{postgresql://} URI: C{changes} (C{notify}, the
-    default: publish changes when Active Leasequery is enabled; C{off}: a plain store) and
-    C{expiry-interval} (seconds, default 1).
+    The options of a C{postgresql://} URI that concern the change feed.
 
-    @return: the URI without them, the C{changes} mode, the expiry interval.
+    @ivar changes: C{"notify"} (the default: publish changes when Active Leasequery is
+        enabled) or C{"off"} (a plain store).
+    @ivar expiry_interval: seconds between two expiry sweeps.
+    @ivar host: the libpq host(s) the listener connects to instead of the URI's (the
+        primary, when the store reads from standbys: NOTIFY is not replicated).
+    @ivar port: the port(s) for C{host}.
+    """
+
+    changes: str = "notify"
+    expiry_interval: float = DEFAULT_EXPIRY_INTERVAL
+    host: str | None = None
+    port: str | None = None
+
+    def listener_conninfo(self, conninfo: str) -> str:
+        """
+        The connection string of the listener: C{conninfo} with C{host}/C{port} when
+        given, and C{target_session_attrs=primary} where the store asks for a standby.
+        """
+        changes: dict[str, Any] = {}
+        if self.host is not None:
+            changes["host"] = self.host
+            changes["port"] = self.port or ""
+            changes["target_session_attrs"] = "any"
+        else:
+            wanted = str(conninfo_to_dict(conninfo).get("target_session_attrs") or "")
+            if wanted in ("standby", "prefer-standby", "read-only"):
+                changes["target_session_attrs"] = "primary"
+        return make_conninfo(conninfo, **changes) if changes else conninfo
+
+
+def split_changes_options(uri: str) -> tuple[str, ChangeFeedOptions]:
+    """
+    Take this module's options out of a C{postgresql://} URI: C{changes} (C{notify} or
+    C{off}), C{expiry-interval} (seconds, default 1), C{changes-host} and C{changes-port}
+    (see L{ChangeFeedOptions}).
+
+    @return: the URI without them, and the options.
     @raise ValueError: for a bad value.
     """
     parts = urlsplit(uri)
-    mode = "notify"
-    interval = DEFAULT_EXPIRY_INTERVAL
+    found: dict[str, Any] = {}
     rest: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name == "changes":
             if value not in ("notify", "off"):
                 raise ValueError(f"changes={value!r} is not notify or off")
-            mode = value
+            found["changes"] = value
         elif name == "expiry-interval":
             try:
                 interval = float(value)
@@ -790,12 +823,19 @@ def split_changes_options(uri: str) -> tuple[str, str, float]:
                 raise ValueError(f"expiry-interval={value!r} is not a number") from None
             if not 0 < interval <= 3600:
                 raise ValueError(f"expiry-interval={value} is not in (0, 3600]")
+            found["expiry_interval"] = interval
+        elif name in ("changes-host", "changes-port"):
+            if not value:
+                raise ValueError(f"{name} is empty")
+            found[name[len("changes-") :]] = value
         else:
             rest.append((name, value))
+    if "port" in found and "host" not in found:
+        raise ValueError("changes-port needs changes-host")
     query = urlencode(rest)
     # By hand, as the store does: urlunsplit drops the empty authority of postgresql:///db.
     stripped = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
-    return stripped, mode, interval
+    return stripped, ChangeFeedOptions(**found)
 
 
 def open_store_uri(uri: str, reactor: Any = None) -> IBindingStore:
@@ -806,16 +846,20 @@ def open_store_uri(uri: str, reactor: Any = None) -> IBindingStore:
 
     @raise ValueError: for a malformed URI, a bad option or an unreadable Kea configuration.
     """
-    stripped, mode, interval = split_changes_options(uri)
+    stripped, options = split_changes_options(uri)
     store = _pg.open_store_uri(stripped, reactor)
-    if mode == "off":
+    if options.changes == "off":
         return store
     settings = _pg.parse_postgresql_uri(stripped)
+    try:
+        conninfo = options.listener_conninfo(settings.conninfo)
+    except psycopg.ProgrammingError as error:
+        raise ValueError(f"postgresql: {error}") from None
     return PostgreSQLChangeFeedStore(
         store,
-        settings.conninfo,
+        conninfo,
         reactor,
-        expiry_interval=interval,
+        expiry_interval=options.expiry_interval,
         statement_timeout=settings.statement_timeout,
         connect_timeout=settings.connect_timeout,
     )
