@@ -37,8 +37,8 @@ from bulklq.stores.sqlite import (
     SCHEMA_VERSION,
     SQLiteBindingStore,
     SQLiteDatabase,
-    SQLiteExpirySweep,
     SQLiteStoreError,
+    SQLiteSweep,
 )
 from bulklq.testing import DEFAULT_CLTT, make_binding, make_duid
 from bulklq.wire import LQBaseTime, MessageType, RemoteId, StatusCode
@@ -77,6 +77,10 @@ class _SyncPool:
             self.held.append(work)
         else:
             work()
+
+    def callInThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
+        """Run C{f} now."""
+        f(*a, **kw)
 
     def run(self) -> int:
         """Run the work held so far (and work it queues); how many pieces ran."""
@@ -293,9 +297,11 @@ class WriteTests(SyncStoreCase):
 class ExpiryTests(SyncStoreCase):
     """RFC 7653 section 9.3: a binding whose last lease runs out is published as removed."""
 
-    def sweep(self, **kwargs: Any) -> SQLiteExpirySweep:
-        """A started sweep every second; stopped, and no timer left, at cleanup."""
-        sweep = SQLiteExpirySweep(self.store, self.reactor, 1.0, **kwargs)
+    def sweep(self, **kwargs: Any) -> SQLiteSweep:
+        """A started sweep every second (of expiries only, unless told); stopped, and no
+        timer left, at cleanup."""
+        kwargs.setdefault("other_writers", False)
+        sweep = SQLiteSweep(self.store, self.reactor, 1.0, **kwargs)
         sweep.start()
 
         def stop() -> None:
@@ -439,6 +445,160 @@ class ExpiryTests(SyncStoreCase):
         self.assertRaises(ValueError, self.store.expiry_publisher, 0)
 
 
+class OtherWriterTests(SyncStoreCase):
+    """
+    Writes by other processes (another connection to the file: C{bulklq store import}, an
+    application, the C{sqlite3} shell) are logged by triggers while the store listens and
+    published by the sweep (RFC 7653 section 8.4: every change of a binding is sent).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.other = SQLiteDatabase(self.path)
+        self.addCleanup(self.other.close)
+
+    def sweep(self, **kwargs: Any) -> SQLiteSweep:
+        """A started sweep every second; stopped, and no timer left, at cleanup."""
+        sweep = self.store.expiry_publisher(1.0)
+        sweep.start()
+
+        def stop() -> None:
+            sweep.stop()
+            self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+        self.addCleanup(stop)
+        return sweep
+
+    def logged(self) -> int:
+        """How many entries the change log holds."""
+        return int(self.other._connection.execute("SELECT COUNT(*) FROM change_log").fetchone()[0])
+
+    def listeners(self) -> list[str]:
+        """The listeners registered in the file."""
+        rows = self.other._connection.execute("SELECT listener FROM change_listeners")
+        return [row[0] for row in rows]
+
+    def test_put_and_remove_published(self) -> None:
+        """A binding another process writes is published at the next sweep; one it
+        removes is published as removed, as it was; a replacement is one change."""
+        sweep = self.sweep()
+        binding = make_binding(1, relay_id=make_duid(900), remote_id=RemoteId(9, b"port-1"))
+        self.other.put(binding)
+        self.assertEqual(self.recorder.changes, [])
+        self.reactor.advance(1)
+        self.assertEqual(self.recorder.take(), [(binding, False)])
+        replaced = make_binding(1, relay_id=make_duid(900), remote_id=RemoteId(9, b"port-2"))
+        self.other.put(replaced)
+        self.reactor.advance(1)
+        self.assertEqual(self.recorder.take(), [(replaced, False)])
+        self.other.remove(binding.key)
+        self.reactor.advance(1)
+        self.assertEqual(self.recorder.take(), [(replaced, True)])
+        self.assertEqual(sweep.published_logged, 3)
+        self.reactor.advance(1)
+        self.assertEqual(self.recorder.changes, [])
+
+    def test_own_writes_not_again(self) -> None:
+        """The store's own writes, published when they committed, are not published again
+        by the sweep; a binding both wrote ends with its state now as the last change."""
+        self.sweep()
+        mine = make_binding(1)
+        self.successResultOf(self.store.put(mine))
+        self.successResultOf(self.store.put_many([make_binding(2), make_binding(3)]))
+        self.successResultOf(self.store.remove(make_binding(3).key))
+        self.recorder.take()
+        self.reactor.advance(1)
+        self.assertEqual(self.recorder.changes, [])
+        theirs = make_binding(4, valid_lifetime=10)
+        self.other.put(theirs)
+        ours = make_binding(4, valid_lifetime=20)
+        self.successResultOf(self.store.put(ours))
+        gone = make_binding(5)
+        self.other.put(gone)
+        self.successResultOf(self.store.remove(gone.key))
+        self.assertEqual(self.recorder.take(), [(ours, False), (gone, True)])
+        self.reactor.advance(1)
+        self.assertEqual(self.recorder.take(), [(ours, False)])
+
+    def test_update_by_hand(self) -> None:
+        """An UPDATE of the bindings table (by hand, say) is published as a write."""
+        self.sweep()
+        binding = make_binding(1)
+        self.other.put(binding)
+        self.reactor.advance(1)
+        self.recorder.take()
+        self.other._connection.execute("UPDATE bindings SET expires = expires")
+        self.reactor.advance(1)
+        self.assertEqual(self.recorder.take(), [(binding, False)])
+
+    def test_many_in_pages(self) -> None:
+        """Log entries read in several pages are all published, in the order written."""
+        self.sweep()
+        bindings = [make_binding(n) for n in range(1, 8)]
+        for binding in bindings:
+            self.other.put(binding)
+        self.assertEqual(self.successResultOf(self.store.publish_logged(batch=2)), 7)
+        self.assertEqual(self.recorder.take(), [(b, False) for b in bindings])
+
+    def test_logged_only_while_listening(self) -> None:
+        """Writes are logged only while a server listens: nothing before the sweep
+        starts, nothing after it stops (its listener row is removed)."""
+        self.other.put(make_binding(1))
+        self.assertEqual((self.logged(), self.listeners()), (0, []))
+        sweep = self.sweep()
+        self.assertEqual(len(self.listeners()), 1)
+        self.other.put(make_binding(2))
+        self.assertEqual(self.logged(), 1)
+        sweep.stop()
+        self.assertEqual(self.listeners(), [])
+        self.other.put(make_binding(3))
+        self.assertEqual(self.logged(), 1)
+        self.reactor.advance(2)
+        self.assertEqual(self.recorder.take(), [])
+
+    def test_close_stops_listening(self) -> None:
+        """Closing the store removes its listener row, so writes stop being logged."""
+        self.sweep()
+        self.assertEqual(len(self.listeners()), 1)
+        self.successResultOf(self.store.close())
+        self.assertEqual(self.listeners(), [])
+        self.assertFalse(self.store.listening)
+
+    def test_refreshed(self) -> None:
+        """The listener row is refreshed while the sweep runs (and written again if another
+        process forgot it as stale)."""
+        self.sweep()
+        self.other._connection.execute("DELETE FROM change_listeners")
+        self.reactor.pump([1.0] * 61)
+        self.assertEqual(len(self.listeners()), 1)
+
+    def test_log_bounded_and_stale_listeners_forgotten(self) -> None:
+        """Every 1024th entry prunes the log to its last CHANGE_LOG_KEPT entries and
+        forgets listeners not refreshed for LISTENER_STALE seconds; a listener whose
+        unread entries were pruned logs an error naming them."""
+        self.assertEqual((sqlite.CHANGE_LOG_KEPT, sqlite.LISTENER_STALE), (200_000, 600))
+        self.sweep()
+        connection = self.other._connection
+        connection.execute("INSERT INTO change_listeners VALUES ('crashed', 0)")
+        connection.execute("INSERT INTO change_log (serial, link_id, duid) VALUES (5, 'x', x'01')")
+        connection.execute(
+            "INSERT INTO change_log (serial, link_id, duid) VALUES (204798, 'x', x'01')"
+        )
+        self.other.put(make_binding(1))  # serial 204799
+        self.assertEqual(self.logged(), 3)
+        self.other.put(make_binding(2))  # serial 204800: prunes
+        serials = [row[0] for row in connection.execute("SELECT serial FROM change_log")]
+        self.assertEqual(serials, [204798, 204799, 204800])
+        self.assertEqual(len(self.listeners()), 1)
+        self.assertNotIn("crashed", self.listeners())
+        events: list[dict[str, Any]] = []
+        self.patch(sqlite._log, "observer", events.append)
+        self.reactor.advance(1)
+        (event,) = events
+        self.assertEqual((event["first"], event["last"]), (1, 204797))
+        self.assertEqual(self.recorder.take(), [(make_binding(1), False), (make_binding(2), False)])
+
+
 class MigrationTests(SynchronousTestCase):
     """Schema version 3 adds the expiry index (and older databases get it)."""
 
@@ -452,6 +612,10 @@ class MigrationTests(SynchronousTestCase):
         database.close()
         connection = sqlite3.connect(path)
         connection.execute("DROP INDEX bindings_by_expires")
+        for trigger in ("insert", "delete", "update"):
+            connection.execute(f"DROP TRIGGER bindings_log_{trigger}")
+        connection.execute("DROP TABLE change_log")
+        connection.execute("DROP TABLE change_listeners")
         connection.execute("DELETE FROM schema_version WHERE version = 3")
         connection.commit()
         connection.close()
@@ -522,16 +686,16 @@ class ServiceTests(SyncStoreCase):
         service = self.service(history_window=120, expiry_interval=2)
         self.assertEqual(self.store.changes.window, 120)
         self.assertEqual(self.store.changes.complete_from, self.reactor.seconds())
-        self.assertIsInstance(service.expiry, SQLiteExpirySweep)
-        assert isinstance(service.expiry, SQLiteExpirySweep)
+        self.assertIsInstance(service.expiry, SQLiteSweep)
+        assert isinstance(service.expiry, SQLiteSweep)
         self.assertEqual(service.expiry.interval, 2)
         self.assertTrue(service.expiry.running)
 
     def test_watcher_sees_put_remove_expiry(self) -> None:
         """RFC 7653 sections 8.4 and 9.3: an active requestor gets a LEASEQUERY-DATA for a
         binding written, one with lifetimes 0 when it is removed and when another expires
-        with no write; at shutdown DONE(QueryTerminated) (RFC 7653 section 8.4), and the
-        sweep is stopped."""
+        with no write, one for a binding another process writes to the file; at shutdown
+        DONE(QueryTerminated) (RFC 7653 section 8.4), and the sweep is stopped."""
         service = self.service()
         server = service.factory.buildProtocol(TwistedIPv6Address("TCP", "::1", 40000))
         assert server is not None
@@ -562,6 +726,15 @@ class ServiceTests(SyncStoreCase):
         self.assertEqual(expired.msg_type, MessageType.LEASEQUERY_DATA)
         self.assertEqual(lifetimes(expired), [(0, 0)])
         self.assertIsNotNone(expired.option(LQBaseTime))
+
+        other = SQLiteDatabase(self.path)  # another process: bulklq store import, say
+        self.addCleanup(other.close)
+        other.put(make_binding(3, cltt=now, preferred_lifetime=40, valid_lifetime=400))
+        self.assertEqual(take(transport), [])
+        self.reactor.advance(1)
+        (imported,) = take(transport)
+        elapsed = int(self.reactor.seconds()) - now
+        self.assertEqual(lifetimes(imported), [(40 - elapsed, 400 - elapsed)])
 
         stopped = service.stopService()
         (done,) = take(transport)
@@ -605,7 +778,7 @@ class TapTests(SynchronousTestCase):
         self.assertIsInstance(server.store, SQLiteBindingStore)
         self.assertTrue(server.active.enabled)
         self.assertEqual(server.store.changes.window, 90)
-        self.assertIsInstance(server.expiry, SQLiteExpirySweep)
+        self.assertIsInstance(server.expiry, SQLiteSweep)
 
 
 class LoopbackTests(TestCase):
@@ -632,7 +805,8 @@ class LoopbackTests(TestCase):
     def test_watcher_sees_put_remove_expiry(self) -> None:
         """RFC 7653 sections 8.4 and 9.3, end to end: a requestor with an active query
         gets a DATA for a binding written to the SQLite store, one with lifetimes 0 when it
-        is removed, and one with lifetimes 0 when another binding expires unwritten."""
+        is removed, one with lifetimes 0 when another binding expires unwritten, and one for
+        a binding another connection to the file writes."""
 
         async def run() -> None:
             requestor = _Requestor(active_query())
@@ -659,5 +833,10 @@ class LoopbackTests(TestCase):
             self.assertEqual(valid[:2], [600, 0])  # written, removed
             self.assertGreater(valid[2], 0)  # written, expiring soon
             self.assertEqual(valid[3], 0)  # expired
+            other = SQLiteDatabase(self.store.path)  # another process, as it were
+            self.addCleanup(other.close)
+            other.put(make_binding(3, cltt=int(time.time()), valid_lifetime=700))
+            await requestor.received(6)
+            self.assertEqual(lifetimes(requestor.messages[5])[0][1], 700)
 
         return defer.Deferred.fromCoroutine(run())  # type: ignore[return-value]

@@ -24,15 +24,16 @@ L{IBindingChangeFeed<bulklq.interfaces.IBindingChangeFeed>}. Its writes (C{put},
 C{remove}) run one at a time and publish each binding written, or removed (as it was, read in
 the removing transaction), to its L{ChangeHistory<bulklq.changes.ChangeHistory>} once the
 transaction has committed, in commit order; a write that rolls back publishes nothing.
-Bindings whose last lease runs out are published as removals (RFC 7653 section 9.3) by an
-L{SQLiteExpirySweep}: every interval, one indexed range query (C{bindings_by_expires}) for
-the bindings whose expiry time fell since the previous sweep. Writes made by other processes
-to the same file (C{bulklq store import}, another application) are not published: they are
-seen by queries, not by active requestors.
+An L{SQLiteSweep} (which the service runs) does the rest every interval: the writes other
+processes made to the same file (C{bulklq store import}, another application, the
+C{sqlite3} shell), logged by triggers into C{change_log} while a server listens
+(C{change_listeners}), then the bindings whose last lease ran out, as removals (RFC 7653
+section 9.3), found by one range query of the C{bindings_by_expires} index.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
 import threading
@@ -40,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from ipaddress import IPv6Address, IPv6Network
 from typing import Any, TypeVar
+from uuid import uuid4
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
@@ -89,8 +91,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SQLiteBindingStore",
     "SQLiteDatabase",
-    "SQLiteExpirySweep",
     "SQLiteStoreError",
+    "SQLiteSweep",
     "open_store_uri",
 ]
 
@@ -338,13 +340,66 @@ def _rebuild_bindings_v2(connection: sqlite3.Connection) -> None:
 
 
 _MIGRATIONS[2] = (_rebuild_bindings_v2,)
-#: Version 3: bindings by expiry time (the rows' primary key comes with each entry), so that
-#: the expiry sweep of Active Leasequery finds the bindings that ran out since its previous
-#: run with one index range scan.
-_MIGRATIONS[3] = ("""CREATE INDEX bindings_by_expires ON bindings (expires)""",)
+#: Entries kept in C{change_log}: every 1024th entry deletes those this far behind it (the
+#: figure is written in the trigger of schema version 3).
+CHANGE_LOG_KEPT = 200_000
+#: Seconds after which a listener that stopped refreshing its C{change_listeners} row (a
+#: server that crashed) is forgotten, so that writes stop being logged for it (likewise).
+LISTENER_STALE = 600
+#: The database's Unix time, in SQL (the triggers' clock, whichever process writes).
+_NOW = "CAST(strftime('%s', 'now') AS INTEGER)"
+
+#: Version 3, for Active Leasequery (RFC 7653):
+#:  - bindings by expiry time (the rows' primary key comes with each entry), so that the
+#:    expiry sweep finds the bindings that ran out since its previous run with one index
+#:    range scan;
+#:  - C{change_log}, written by triggers on C{bindings} while C{change_listeners} has a row
+#:    (a server with Active Leasequery runs), whoever writes (another process, the
+#:    C{sqlite3} shell): the key of each row inserted, or deleted with its columns as they
+#:    were; bounded to about C{CHANGE_LOG_KEPT} entries by a trigger that also forgets
+#:    stale listeners. When nobody listens each write costs one lookup in an empty table.
+_MIGRATIONS[3] = (
+    """CREATE INDEX bindings_by_expires ON bindings (expires)""",
+    """CREATE TABLE change_listeners (
+        listener TEXT PRIMARY KEY, seen INTEGER NOT NULL) WITHOUT ROWID""",
+    """CREATE TABLE change_log (
+        serial INTEGER PRIMARY KEY AUTOINCREMENT, link_id TEXT NOT NULL, duid BLOB NOT NULL,
+        old_leases BLOB, old_relay BLOB, old_relay_remote BLOB, old_extra BLOB)""",
+    """CREATE TRIGGER bindings_log_insert AFTER INSERT ON bindings
+        WHEN EXISTS (SELECT 1 FROM change_listeners)
+        BEGIN
+            INSERT INTO change_log (link_id, duid) VALUES (NEW.link_id, NEW.duid);
+        END""",
+    """CREATE TRIGGER bindings_log_delete AFTER DELETE ON bindings
+        WHEN EXISTS (SELECT 1 FROM change_listeners)
+        BEGIN
+            INSERT INTO change_log (link_id, duid, old_leases, old_relay, old_relay_remote,
+                old_extra)
+            VALUES (OLD.link_id, OLD.duid, OLD.leases, OLD.relay, OLD.relay_remote,
+                OLD.extra);
+        END""",
+    """CREATE TRIGGER bindings_log_update AFTER UPDATE ON bindings
+        WHEN EXISTS (SELECT 1 FROM change_listeners)
+        BEGIN
+            INSERT INTO change_log (link_id, duid, old_leases, old_relay, old_relay_remote,
+                old_extra)
+            SELECT OLD.link_id, OLD.duid, OLD.leases, OLD.relay, OLD.relay_remote, OLD.extra
+            WHERE OLD.link_id IS NOT NEW.link_id OR OLD.duid IS NOT NEW.duid;
+            INSERT INTO change_log (link_id, duid) VALUES (NEW.link_id, NEW.duid);
+        END""",
+    """CREATE TRIGGER change_log_pruned AFTER INSERT ON change_log
+        WHEN NEW.serial % 1024 = 0
+        BEGIN
+            DELETE FROM change_log WHERE serial <= NEW.serial - 200000;
+            DELETE FROM change_listeners
+            WHERE seen < CAST(strftime('%s', 'now') AS INTEGER) - 600;
+        END""",
+)
 
 #: Bindings read per expiry query: a sweep that finds more reads them page by page.
 EXPIRY_BATCH = 10_000
+#: Entries of C{change_log} read per query.
+CHANGE_LOG_BATCH = 10_000
 
 
 def _row_of(binding: Binding) -> tuple[Any, ...]:
@@ -756,6 +811,9 @@ class SQLiteDatabase:
         except sqlite3.Error as error:
             raise SQLiteStoreError(f"sqlite database {path}: {error}") from None
         self._decoder = _Decoder()
+        #: Whether write transactions note the C{change_log} serials they produce.
+        self.track_serials = False
+        self._own_serials: list[tuple[int, int]] = []
 
     # Schema
 
@@ -812,13 +870,96 @@ class SQLiteDatabase:
     def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
+        track = self.track_serials
         try:
+            before = self._log_serial() if track else 0
             result = work(connection)
+            after = self._log_serial() if track else 0
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
+        if after > before:
+            self._own_serials.append((before, after))
         return result
+
+    # The change log (Active Leasequery: writes by other processes)
+
+    def _log_serial(self) -> int:
+        """The last serial C{change_log} gave (0 if none)."""
+        row = self._connection.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'change_log'"
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def take_own_serials(self) -> list[tuple[int, int]]:
+        """
+        The C{change_log} serials this connection's committed writes produced since the
+        previous call, as ranges (after, last] (only while L{track_serials} is set).
+        """
+        found, self._own_serials = self._own_serials, []
+        return found
+
+    def listen(self, listener: str) -> int:
+        """
+        Register (or refresh) C{listener} in C{change_listeners}, so that every write to
+        the bindings is logged from now on; the last serial logged before.
+        """
+
+        def work(connection: sqlite3.Connection) -> int:
+            connection.execute(
+                f"INSERT OR REPLACE INTO change_listeners (listener, seen) VALUES (?, {_NOW})",  # noqa: S608
+                (listener,),
+            )
+            return self._log_serial()
+
+        return self._transaction(work)
+
+    def unlisten(self, listener: str) -> None:
+        """Forget C{listener}: with no listener left, writes are no longer logged."""
+        self._transaction(
+            lambda connection: connection.execute(
+                "DELETE FROM change_listeners WHERE listener = ?", (listener,)
+            )
+        )
+
+    def logged_changes(
+        self, after: int, limit: int = CHANGE_LOG_BATCH
+    ) -> tuple[list[tuple[int, BindingKey, Binding | None, Binding | None]], int | None]:
+        """
+        The C{change_log} entries after serial C{after} (at most C{limit}), in order: each
+        its serial, key, the binding deleted (C{None} for an insertion) and the binding now
+        under the key (C{None} if none), read in one statement (one snapshot); and the
+        first serial still logged when entries after C{after} were pruned before being
+        read (C{None} otherwise).
+        """
+        connection = self._connection
+        rows = connection.execute(
+            "SELECT c.serial, c.link_id, c.duid, c.old_leases, c.old_relay, "
+            "c.old_relay_remote, c.old_extra, b.leases, b.relay, b.relay_remote, b.extra "
+            "FROM change_log c LEFT JOIN bindings b "
+            "ON b.link_id = c.link_id AND b.duid = c.duid "
+            "WHERE c.serial > ? ORDER BY c.serial LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        missing: int | None = None
+        if rows and rows[0][0] > after + 1:
+            # Serials are consecutive unless entries were pruned (or a statement failed
+            # after the trigger ran, which rolls the serial back too): check the head.
+            head = connection.execute("SELECT MIN(serial) FROM change_log").fetchone()[0]
+            if head is not None and head > after + 1 and after < self._log_serial():
+                missing = int(head)
+        binding = self._decoder.binding
+        found: list[tuple[int, BindingKey, Binding | None, Binding | None]] = []
+        for serial, link_id, duid, o_leases, o_relay, o_remote, o_extra, *now in rows:
+            old = (
+                None
+                if o_leases is None
+                else binding((link_id, duid, o_leases, o_relay, o_remote, o_extra))
+            )
+            current = None if now[0] is None else binding((link_id, duid, *now))
+            found.append((serial, (link_id, duid), old, current))
+        return found, missing
 
     def add_links(self, links: Iterable[Link]) -> None:
         """Insert or replace C{links} (and their prefixes)."""
@@ -1219,9 +1360,9 @@ class SQLiteBindingStore:
     the transaction committed and before the write's Deferred fires; a write that fails
     publishes only the transactions that committed (C{put_many} commits in batches). The
     time of a change is the clock's when it is published. Publishing costs nothing until
-    somebody subscribes or history is kept. Expiry is published by the publisher of
-    L{expiry_publisher} (L{SQLiteExpirySweep}), which the service runs. Writes made by
-    other processes to the same file are not published.
+    somebody subscribes or history is kept. Expiries, and the writes other processes make
+    to the file, are published by the L{SQLiteSweep} of L{expiry_publisher}, which the
+    service runs (see L{listen} and L{publish_logged}).
 
     @param path: the database file (created with the schema if missing).
     @param reactor: runs the thread pool's results back on the reactor thread.
@@ -1256,6 +1397,11 @@ class SQLiteBindingStore:
         self.changes = ChangeHistory(self._clock)
         # Writes (and expiry sweeps) one at a time: changes are published in commit order.
         self._writes = DeferredLock()
+        # The change log (writes by other processes): this store's listener id while it
+        # listens, the last serial read, and the serials of its own writes not yet read.
+        self._listener: str | None = None
+        self._log_after = 0
+        self._own_serials: list[tuple[int, int]] = []
         # Builds the bindings of the pages handed out, in the thread that reads them (the
         # reactor's): the pool threads' connections have their own decoders.
         self._decoder = _Decoder()
@@ -1292,9 +1438,26 @@ class SQLiteBindingStore:
                 publish(result)
                 return result
 
-            return self._run(work).addCallback(published)
+            return self._run(self._tracked(work)).addCallback(published)
 
         return self._writes.run(locked)
+
+    def _tracked(self, work: Callable[[SQLiteDatabase], _T]) -> Callable[[SQLiteDatabase], _T]:
+        """
+        C{work} (a write, in a pool thread) noting, while this store listens to the change
+        log, the log serials its transactions produced: the poll skips them (they were
+        published when the write finished). Writes hold the write lock, as does the poll,
+        so the list is never used by two threads at once.
+        """
+
+        def tracked(database: SQLiteDatabase) -> _T:
+            database.track_serials = self._listener is not None
+            try:
+                return work(database)
+            finally:
+                self._own_serials.extend(database.take_own_serials())
+
+        return tracked
 
     @property
     def closed(self) -> bool:
@@ -1344,6 +1507,9 @@ class SQLiteBindingStore:
         if self._trigger is not None:
             self._reactor.removeSystemEventTrigger(self._trigger)  # type: ignore[attr-defined]
             self._trigger = None
+        listener, self._listener = self._listener, None
+        if listener is not None:  # other processes' writes need no longer be logged
+            self._pool.callInThread(self._unlisten_now, listener)
         self._pool.stop()
         with self._lock:
             for database in self._databases:
@@ -1379,6 +1545,7 @@ class SQLiteBindingStore:
                 changes.publish_many(committed)
             committed.clear()
 
+        @self._tracked
         def work(database: SQLiteDatabase) -> int:
             return database.put_many(items, committed=committed.extend)
 
@@ -1424,14 +1591,136 @@ class SQLiteBindingStore:
         """Start keeping history for catch-up (RFC 7653 section 9.3)."""
         self.changes.keep_history()
 
+    # Writes by other processes (the change log)
+
+    @property
+    def listening(self) -> bool:
+        """Whether writes to the file are logged for this store (L{listen})."""
+        return self._listener is not None
+
+    def listen(self) -> Deferred[None]:
+        """
+        Have every write to the file logged (by the triggers of C{change_log}), whichever
+        process makes it, from now on, for L{publish_logged}; idempotent. Other processes'
+        writes are published only while listening.
+        """
+
+        def locked() -> Deferred[None]:
+            if self._listener is not None:
+                return succeed(None)
+            listener = f"{os.getpid()}-{uuid4().hex[:12]}"
+
+            def listening(serial: int) -> None:
+                self._listener = listener
+                self._log_after = serial
+                self._own_serials = []
+
+            return self._run(lambda database: database.listen(listener)).addCallback(listening)
+
+        return self._writes.run(locked)
+
+    def refresh(self) -> Deferred[None]:
+        """
+        Tell other processes this store still listens (a listener not refreshed for
+        C{LISTENER_STALE} seconds is forgotten); re-register if it was forgotten.
+        """
+
+        def locked() -> Deferred[None]:
+            listener = self._listener
+            if listener is None or self._closed:
+                return succeed(None)
+            return self._run(lambda database: database.listen(listener)).addCallback(lambda _: None)
+
+        return self._writes.run(locked)
+
+    def unlisten(self) -> Deferred[None]:
+        """Stop having writes logged for this store (L{listen}); idempotent."""
+
+        def locked() -> Deferred[None]:
+            listener, self._listener = self._listener, None
+            self._own_serials = []
+            if listener is None or self._closed:
+                return succeed(None)
+            return self._run(lambda database: self._unlisten_now(listener, database))
+
+        return self._writes.run(locked)
+
+    def _unlisten_now(self, listener: str, database: SQLiteDatabase | None = None) -> None:
+        try:
+            (database or self._database()).unlisten(listener)
+        except sqlite3.Error as error:
+            _log.warn(
+                "sqlite store {path}: cannot remove change listener {listener}: {error}",
+                path=self.path,
+                listener=listener,
+                error=error,
+            )
+
+    def publish_logged(self, batch: int = CHANGE_LOG_BATCH) -> Deferred[int]:
+        """
+        Publish the writes other processes made since the previous call (read from
+        C{change_log}, C{batch} entries a query, with this store's writes held off): for
+        each binding they wrote, its state now (written, or removed as it was); fires with
+        how many changes were published. Nothing while not L{listening}.
+
+        Entries of this store's own writes are skipped (published when they committed).
+        A binding written by both is published as it is now, after this store's change:
+        the last change a requestor sees is the binding's state.
+        """
+        changes = self.changes
+
+        async def poll() -> int:
+            published = 0
+            while self._listener is not None:
+                after = self._log_after
+                found, missing = await self._run(
+                    partial(SQLiteDatabase.logged_changes, after=after, limit=batch)
+                )
+                if missing is not None:
+                    _log.error(
+                        "sqlite store {path}: change log entries {first} to {last} were "
+                        "pruned before they were read; those writes by other processes "
+                        "were not published to active requestors",
+                        path=self.path,
+                        first=after + 1,
+                        last=missing - 1,
+                    )
+                if not found:
+                    return published
+                own = self._own_serials
+                latest: dict[BindingKey, tuple[int, Binding | None, Binding | None]] = {}
+                for serial, key, old, current in found:
+                    while own and own[0][1] < serial:
+                        own.pop(0)
+                    if own and own[0][0] < serial:
+                        continue  # this store's write: published already
+                    previous = latest.pop(key, None)
+                    removed = old if old is not None or previous is None else previous[1]
+                    latest[key] = (serial, removed, current)
+                self._log_after = found[-1][0]
+                if changes.active:
+                    for _, old, current in latest.values():
+                        if current is not None:
+                            changes.publish(current)
+                            published += 1
+                        elif old is not None:
+                            changes.publish(old, removed=True)
+                            published += 1
+                if len(found) < batch:
+                    return published
+            return published
+
+        return self._writes.run(lambda: Deferred.fromCoroutine(poll()))
+
     # Expiry (RFC 7653 section 9.3)
 
-    def expiry_publisher(self, interval: float = DEFAULT_EXPIRY_INTERVAL) -> SQLiteExpirySweep:
+    def expiry_publisher(self, interval: float = DEFAULT_EXPIRY_INTERVAL) -> SQLiteSweep:
         """
-        An L{SQLiteExpirySweep} (not started) publishing, every C{interval} seconds of the
-        store's clock, the bindings that expired since its previous sweep as removals.
+        An L{SQLiteSweep} (not started) publishing, every C{interval} seconds of the
+        store's clock, the writes of other processes and the bindings that expired since
+        its previous sweep (as removals).
         """
-        return SQLiteExpirySweep(self, self._clock, interval)
+        return SQLiteSweep(self, self._clock, interval)
 
     def publish_expired(self, after: int, until: int, batch: int = EXPIRY_BATCH) -> Deferred[int]:
         """
@@ -1469,25 +1758,33 @@ class SQLiteBindingStore:
         return self._run(lambda database: database.remove_link(link_id))
 
 
-class SQLiteExpirySweep:
+class SQLiteSweep:
     """
-    Publishes, as removals, the bindings of an L{SQLiteBindingStore} whose last lease runs
-    out while nothing writes them (RFC 7653 section 9.3: an expired binding is sent to
-    active requestors like a removed one), every C{interval} seconds of C{clock}.
+    The periodic half of an L{SQLiteBindingStore}'s change feed, every C{interval} seconds
+    of C{clock}: publishes the writes other processes made to the file (from the change
+    log, L{SQLiteBindingStore.publish_logged}), then, as removals, the bindings whose last
+    lease ran out while nothing wrote them (RFC 7653 section 9.3: an expired binding is
+    sent to active requestors like a removed one).
 
-    Each sweep asks the database for the bindings whose expiry time (whole seconds) fell in
-    (previous sweep, now]: one range scan of the C{bindings_by_expires} index in a pool
-    thread, nothing held in memory between sweeps, nothing read when nobody listens. The
-    first sweep covers the time since L{start} (bindings expired before were not in the
-    history either). An expiry is published at most C{interval} seconds (plus the query)
-    late; its change time is the sweep's. A sweep that fails is logged and its window is
-    tried again by the next one.
+    The expiry part asks the database for the bindings whose expiry time (whole seconds)
+    fell in (previous sweep, now]: one range scan of the C{bindings_by_expires} index in a
+    pool thread, nothing held in memory between sweeps, nothing read when nobody listens.
+    The first sweep covers the time since L{start} (bindings expired before were not in the
+    history either). A change is published at most C{interval} seconds (plus the query)
+    late; its time is the sweep's. A sweep that fails is logged and what it should have
+    published is tried again by the next one.
 
     It satisfies L{ExpiryPublisher<bulklq.changes.ExpiryPublisher>}:
-    L{BulkLeasequeryService<bulklq.service.BulkLeasequeryService>} starts and stops it.
+    L{BulkLeasequeryService<bulklq.service.BulkLeasequeryService>} starts and stops it
+    (starting registers the store as a listener of the change log, stopping removes it).
+
+    @param other_writers: whether to publish the writes of other processes too.
     """
 
     log = Logger()
+
+    #: Seconds between two refreshes of the store's C{change_listeners} row.
+    REFRESH = 60.0
 
     def __init__(
         self,
@@ -1495,6 +1792,8 @@ class SQLiteExpirySweep:
         clock: IReactorTime,
         interval: float = DEFAULT_EXPIRY_INTERVAL,
         batch: int = EXPIRY_BATCH,
+        *,
+        other_writers: bool = True,
     ) -> None:
         if not interval > 0:
             raise ValueError("the expiry sweep interval must be positive")
@@ -1502,11 +1801,15 @@ class SQLiteExpirySweep:
         self.clock = clock
         self.interval = interval
         self.batch = batch
+        self.other_writers = other_writers
         self._loop: LoopingCall | None = None
+        self._refreshed = 0.0
         #: Unix second up to which expiries were published (set by L{start}).
         self.swept_until: int | None = None
         #: Expiries published so far.
         self.published = 0
+        #: Changes made by other processes published so far.
+        self.published_logged = 0
 
     @property
     def running(self) -> bool:
@@ -1514,25 +1817,60 @@ class SQLiteExpirySweep:
         return self._loop is not None
 
     def start(self) -> None:
-        """Sweep every C{interval} seconds from now on; idempotent."""
+        """Listen to the change log, sweep every C{interval} seconds from now on; idempotent."""
         if self._loop is not None:
             return
         self.swept_until = int(self.clock.seconds())
+        if self.other_writers:
+            self._refreshed = self.clock.seconds()
+            self.store.listen().addErrback(self._failed, "listening to the change log")
         loop = LoopingCall(self.sweep)
         loop.clock = self.clock
         self._loop = loop
-        loop.start(self.interval, now=False).addErrback(
-            lambda failure: self.log.failure("the expiry sweep failed", failure)
-        )
+        loop.start(self.interval, now=False).addErrback(self._failed, "the sweep")
 
     def stop(self) -> None:
-        """Stop sweeping (a sweep under way still publishes what it reads); idempotent."""
+        """
+        Stop sweeping (a sweep under way still publishes what it reads) and stop listening
+        to the change log; idempotent.
+        """
         loop, self._loop = self._loop, None
         if loop is not None and loop.running:
             loop.stop()
+        if loop is not None and self.other_writers:
+            self.store.unlisten().addErrback(self._failed, "leaving the change log")
+
+    def _failed(self, failure: Any, what: str) -> None:
+        self.log.failure(
+            "sqlite store {path}: {what} failed", failure, path=self.store.path, what=what
+        )
 
     def sweep(self) -> Deferred[int]:
-        """Publish the bindings that expired since the previous sweep; fires with how many."""
+        """
+        Publish the other processes' writes, then the bindings that expired since the
+        previous sweep; fires with how many changes were published.
+        """
+        store = self.store
+        if store.closed:
+            return succeed(0)
+        if not self.other_writers or not store.listening:
+            return self._expire()
+        if self.clock.seconds() - self._refreshed >= self.REFRESH:
+            self._refreshed = self.clock.seconds()
+            store.refresh().addErrback(self._failed, "refreshing the change listener")
+
+        def logged(count: int) -> Deferred[int]:
+            self.published_logged += count
+            return self._expire().addCallback(lambda expired: count + expired)
+
+        def failed(failure: Any) -> Deferred[int]:
+            self._failed(failure, "reading the change log")
+            return self._expire()
+
+        return store.publish_logged().addCallbacks(logged, failed)
+
+    def _expire(self) -> Deferred[int]:
+        """Publish the bindings that expired since the previous sweep; how many."""
         now = int(self.clock.seconds())
         after = self.swept_until
         if after is None:  # never started: nothing before now is promised
@@ -1549,7 +1887,7 @@ class SQLiteExpirySweep:
             return count
 
         def failed(failure: Any) -> int:
-            self.log.failure("the expiry sweep of {path} failed", failure, path=self.store.path)
+            self._failed(failure, "the expiry sweep")
             if self.swept_until == now:
                 self.swept_until = after  # the next sweep tries this window again
             return 0
