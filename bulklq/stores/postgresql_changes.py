@@ -622,9 +622,14 @@ class PostgreSQLChangeFeedStore:
                 try:
                     self._session(state)
                     delay = first  # a clean end: stopping
-                except (psycopg.Error, _pg.PostgreSQLStoreError, OSError) as error:
-                    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                    reason = reason or type(error).__name__
+                except Exception as error:
+                    if self._stopping.is_set():
+                        break
+                    if isinstance(error, (psycopg.Error, _pg.PostgreSQLStoreError, OSError)):
+                        reason = " ".join(str(error).split()) or type(error).__name__
+                    else:  # a bug: reported, and the listener carries on
+                        _log.failure("the change listener failed")
+                        reason = f"internal error {type(error).__name__}"
                     if state.connected:
                         state.lost_at = self._now()
                         state.connected = False
@@ -632,9 +637,6 @@ class PostgreSQLChangeFeedStore:
                     self._call(self._disconnected, reason, delay)
                     self._sleep(delay)
                     delay = min(longest, delay * 2)
-                except Exception:  # pragma: no cover - a bug: keep the thread alive
-                    _log.failure("the change listener failed")
-                    self._sleep(longest)
         finally:
             self._call(self._thread_ended)
 
