@@ -86,3 +86,41 @@ class LazyBindingsTests(SynchronousTestCase):
         self.assertNotEqual(self.bindings, self.expected[::-1])
         self.assertNotEqual(self.bindings, set(self.expected))
         self.assertFalse(self.bindings == object())
+
+
+class FilteredLazyBindingsTests(SynchronousTestCase):
+    """A C{filtered} L{LazyBindings} may leave rows out, and still counts exactly."""
+
+    def setUp(self) -> None:
+        self.expected = [make_binding(n) for n in range(1, 5)]
+        self.built: list[int] = []
+
+        def iterate(rows):  # type: ignore[no-untyped-def]
+            for row in rows:
+                self.built.append(row)
+                if row % 2 == 0:  # even rows are kept, odd ones left out
+                    yield self.expected[row]
+
+        self.bindings = LazyBindings([0, 1, 2, 3], iterate, filtered=True)
+
+    def test_iteration_builds_when_reached(self) -> None:
+        """Iterating builds each binding when reached and leaves rows out."""
+        iterator = iter(self.bindings)
+        self.assertEqual(next(iterator), self.expected[0])
+        self.assertEqual(self.built, [0])
+        self.assertEqual(list(iterator), [self.expected[2]])
+        self.assertEqual(self.built, [0, 1, 2, 3])
+
+    def test_length_and_indexing_build_once(self) -> None:
+        """C{len}, indexing and C{reversed} build the page once and count what is kept."""
+        self.assertEqual(len(self.bindings), 2)
+        self.assertEqual(self.bindings[-1], self.expected[2])
+        self.assertEqual(self.bindings[0:1], [self.expected[0]])
+        self.assertEqual(list(reversed(self.bindings)), [self.expected[2], self.expected[0]])
+        self.assertEqual(list(self.bindings), [self.expected[0], self.expected[2]])
+        self.assertEqual(self.built, [0, 1, 2, 3])
+        self.assertEqual(self.bindings, [self.expected[0], self.expected[2]])
+
+    def test_unfiltered_default(self) -> None:
+        """Without C{filtered}, the length is the rows' (the SQLite store's pages)."""
+        self.assertEqual(len(LazyBindings([0, 1, 2], lambda rows: iter(()))), 3)
