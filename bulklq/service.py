@@ -116,7 +116,7 @@ class BulkLeasequeryService(MultiService):
             if not IBindingChangeFeed.providedBy(store):
                 raise ValueError(
                     f"Active Leasequery needs a store that publishes its binding changes; "
-                    f"the {store.name} store does not (memory and sqlite do)"
+                    f"the {store.name} store does not"
                 )
             history = getattr(store, "changes", None)
             if history_window is not None and isinstance(history, ChangeHistory):

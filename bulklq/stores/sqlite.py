@@ -916,12 +916,17 @@ class SQLiteDatabase:
         return self._transaction(work)
 
     def unlisten(self, listener: str) -> None:
-        """Forget C{listener}: with no listener left, writes are no longer logged."""
-        self._transaction(
-            lambda connection: connection.execute(
-                "DELETE FROM change_listeners WHERE listener = ?", (listener,)
-            )
-        )
+        """
+        Forget C{listener}: with no listener left, writes are no longer logged (and the
+        log is emptied: a listener starts from the last serial when it registers).
+        """
+
+        def work(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM change_listeners WHERE listener = ?", (listener,))
+            if connection.execute("SELECT 1 FROM change_listeners LIMIT 1").fetchone() is None:
+                connection.execute("DELETE FROM change_log")
+
+        self._transaction(work)
 
     def logged_changes(
         self, after: int, limit: int = CHANGE_LOG_BATCH
