@@ -1,15 +1,31 @@
 """
 Consistency under writes at full size, for C{bench/torture.py consistency}.
 
-One process, one reactor: the server (listening on 127.0.0.1 only), a writer adding,
-updating and removing bindings at a steady rate, and requestors (L{bulklq.client.Requestor})
-streaming the whole link over TCP at once. Every write and every query is stamped with the
-same sequence counter (L{WriteLog} of tests/test_hardening_consistency.py), which then
-judges each query: bindings unchanged for the whole query returned exactly once, none
-twice, every returned state one the key had during the query.
+Three parties, as in a deployment:
 
-C{run_consistency} runs it in a subprocess (a reactor runs once per process) and returns
-the JSON it prints.
+  - the server (this process): the store and L{BulkLeasequeryFactory} on 127.0.0.1;
+  - the writer (Kea's part): for SQLite and PostgreSQL a process of its own writing the
+    database on a connection of its own (SQLite's WAL lets it write the file the server
+    reads; for PostgreSQL it is one more client, writing Kea's C{lease6} with SQL); for the
+    memory store, which lives in the server, a loop in the server's reactor;
+  - the requestors (L{bulklq.client.Requestor}): a process of their own, streaming the
+    whole link at once over TCP.
+
+The writer adds, updates and removes bindings at a steady rate, one transaction per tick
+(at least 10 ms and at most 50 ms of writes: L{WriteLoop}), and logs each batch with the
+clock read just before its transaction began and just after it committed. The requestors
+read the same clock (C{time.time()}: one wall clock for every process on the host) before
+sending a query and after its DONE. L{WriteLog} (tests/test_hardening_consistency.py) then
+judges each query against those intervals: every binding present and unchanged for the
+whole query returned exactly once, none twice, every returned state one the key had at
+some moment of the query. A step of the wall clock during the run (the parent compares it
+with the monotonic clock) voids the verdict.
+
+The write rate reported is the rate achieved: writes committed per second, over the
+writer's whole run and over the queries' span.
+
+C{run_consistency} runs one store's scenario in a subprocess (a reactor runs once per
+process) and returns the JSON it prints.
 """
 
 from __future__ import annotations
@@ -18,17 +34,22 @@ import argparse
 import json
 import os
 import pickle
+import selectors
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+#: The clock every process stamps writes and queries with.
+clock = time.time
 
 
 def run_consistency(
@@ -59,149 +80,259 @@ def run_consistency(
     return result
 
 
-def open_store(kind: str, initial: list[Any], reactor: Any, cleanups: list[Any]) -> Any:
+class WriteLoop:
     """
-    The store, and a function applying a batch of writes (bindings to put, keys to
-    remove): synchronously for the memory store, else in a writer thread of its own with
-    its own connection (so writes do not queue behind the server's reads), returning a
-    Deferred.
+    Paces a L{Writer<tests.test_hardening_consistency.Writer>} at C{rate} writes per second
+    from L{start}: each L{step} applies one batch in one call of C{apply(puts, removes)}
+    (one transaction) once at least C{min_seconds} of writes are owed, at most
+    C{max_seconds} of them, and logs it as (clock before, clock after, writes).
     """
-    from twisted.internet.threads import deferToThreadPool
-    from twisted.python.threadpool import ThreadPool
 
-    from tests.test_hardening_consistency import LINK
+    def __init__(
+        self,
+        writer: Any,
+        apply: Callable[[list[Any], list[Any]], None],
+        rate: int,
+        *,
+        min_seconds: float = 0.01,
+        max_seconds: float = 0.05,
+    ) -> None:
+        self.writer = writer
+        self.apply = apply
+        self.rate = rate
+        self.smallest = max(1, round(rate * min_seconds))
+        self.largest = max(1, round(rate * max_seconds))
+        self.batches: list[tuple[float, float, list[tuple[int, int]]]] = []
+        self.started = 0.0
+        self.stopped = 0.0
+
+    def start(self) -> None:
+        """Writes are owed from now."""
+        self.started = clock()
+
+    def step(self) -> float:
+        """Apply one batch if one is due; the seconds until the next is due (0: behind)."""
+        from tests.test_hardening_consistency import write_of
+
+        owed = int((clock() - self.started) * self.rate) - self.writer.operations
+        if owed < self.smallest:
+            return (self.smallest - owed) / self.rate
+        writes = self.writer.batch(min(owed, self.largest))
+        puts: list[Any] = []
+        removes: list[Any] = []
+        base_time = self.writer.base_time
+        for client, version in writes:
+            key, binding = write_of(client, version, base_time)
+            if binding is None:
+                removes.append(key)
+            else:
+                puts.append(binding)
+        began = clock()
+        self.apply(puts, removes)
+        committed = clock()
+        self.batches.append((began, committed, writes))
+        self.writer.operations += len(writes)
+        return 0.0
+
+    def stop(self) -> None:
+        """Writes are no longer owed."""
+        self.stopped = clock()
+
+    def summary(self) -> dict[str, Any]:
+        """What the loop achieved: writes committed, their rate, transactions."""
+        writes = sum(len(batch[2]) for batch in self.batches)
+        seconds = max(self.stopped - self.started, 1e-9)
+        busy = [batch[1] - batch[0] for batch in self.batches]
+        return {
+            "writes": writes,
+            "write_seconds": round(seconds, 2),
+            "write_rate_achieved": round(writes / seconds),
+            "transactions": len(self.batches),
+            "writes_per_transaction_mean": round(writes / max(len(self.batches), 1), 1),
+            "transaction_ms_mean": round(1000 * sum(busy) / max(len(busy), 1), 2),
+            "transaction_ms_max": round(1000 * max(busy, default=0.0), 2),
+            "writer_busy_fraction": round(sum(busy) / seconds, 3),
+        }
+
+
+def new_writer(bindings: int, base_time: int, seed: int = 1) -> Any:
+    """The random writer over clients 1..C{bindings}, all present at version 0."""
+    from tests.test_hardening_consistency import WriteLog, Writer
+
+    return Writer(
+        WriteLog(),
+        present=dict.fromkeys(range(1, bindings + 1), 0),
+        put=None,
+        remove=None,
+        base_time=base_time,
+        seed=seed,
+    )
+
+
+def writer_process(args: argparse.Namespace) -> None:
+    """
+    The writer's process: writes C{args.target} (an SQLite path or a PostgreSQL DSN) at
+    C{args.rate} until its stdin ends (or says anything), then pickles its batches and
+    summary to C{args.output}. Prints one JSON line when it starts writing.
+    """
+    from tests.test_hardening_consistency import KeaBatchWriter, SQLiteBatchWriter
+
+    sink: Any = (
+        SQLiteBatchWriter(args.target) if args.writer == "sqlite" else KeaBatchWriter(args.target)
+    )
+    loop = WriteLoop(new_writer(args.bindings, args.base_time), sink.apply, args.rate)
+    watch = selectors.DefaultSelector()
+    watch.register(sys.stdin, selectors.EVENT_READ)
+    # The CPU the writes cost: this process's, and its PostgreSQL backend's (same host).
+    backend = None
+    if args.writer == "postgresql":
+        backend = sink.connection.execute("SELECT pg_backend_pid()").fetchone()[0]
+    cpu = [process_cpu_seconds(None), process_cpu_seconds(backend)]
+    loop.start()
+    print(json.dumps({"started": loop.started, "pid": os.getpid()}), flush=True)
+    while not watch.select(loop.step()):
+        pass
+    loop.stop()
+    summary = loop.summary()
+    summary["writer_cpu_seconds"] = round(process_cpu_seconds(None) - cpu[0], 1)
+    if backend is not None:
+        summary["writer_backend_cpu_seconds"] = round(process_cpu_seconds(backend) - cpu[1], 1)
+    sink.close()
+    with open(args.output, "wb") as output:
+        pickle.dump({"batches": loop.batches, "summary": summary}, output)
+
+
+def backends_cpu_seconds(dsn: str) -> float:
+    """
+    CPU seconds used so far by the other PostgreSQL backends connected to C{dsn}'s
+    database (once the writer has gone: the store's pool, which serves the queries).
+    """
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        pids = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return round(sum(process_cpu_seconds(pid) for (pid,) in pids), 1)
+
+
+def process_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user and system) used so far by process C{pid} (C{None}: this one)."""
+    if pid is None:
+        return time.process_time()
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def prepare_store(kind: str, initial: list[Any], reactor: Any, cleanups: list[Any]) -> Any:
+    """
+    The store holding C{initial}, and what the writer writes: C{None} for the memory store
+    (the writer runs in this reactor), else the SQLite path or PostgreSQL DSN.
+    """
+    from tests.test_hardening_consistency import LINK, KeaBatchWriter
 
     if kind == "memory":
         from bulklq.stores.memory import MemoryBindingStore
 
         memory = MemoryBindingStore([LINK], clock=reactor)
         memory.put_many(initial)
-
-        def write_memory(puts: list[Any], removes: list[Any]) -> None:
-            for binding in puts:
-                memory.put(binding)
-            for key in removes:
-                memory.remove(key)
-
-        return memory, write_memory
-    writer_pool = ThreadPool(1, 1, name="torture writer")
-    writer_pool.start()
-    cleanups.append(writer_pool.stop)
-    local: dict[str, Any] = {}
+        return memory, None
     if kind == "sqlite":
         from bulklq.stores.sqlite import SQLiteBindingStore, SQLiteDatabase
 
         directory = tempfile.mkdtemp(prefix="bulklq-torture-")
+        cleanups.append(lambda: shutil.rmtree(directory, ignore_errors=True))
         path = os.path.join(directory, "bindings.db")
         database = SQLiteDatabase(path)
         database.add_links([LINK])
         database.put_many(initial)
         database.close()
-        sqlite = SQLiteBindingStore(path, reactor, threads=4)
-        cleanups.append(lambda: local["db"].close() if "db" in local else None)
-        cleanups.append(lambda: shutil.rmtree(directory, ignore_errors=True))
-
-        def sqlite_batch(puts: list[Any], removes: list[Any]) -> None:
-            if "db" not in local:
-                local["db"] = SQLiteDatabase(path)
-            writer = local["db"]
-            if puts:
-                writer.put_many(puts)
-            for key in removes:
-                writer.remove(key)
-
-        def write_sqlite(puts: list[Any], removes: list[Any]) -> Any:
-            return deferToThreadPool(reactor, writer_pool, sqlite_batch, puts, removes)
-
-        return sqlite, write_sqlite
+        return SQLiteBindingStore(path, reactor, threads=4), path
     if kind == "postgresql":
-        import psycopg
-
-        from bulklq.stores.postgresql import (
-            PostgreSQLBindingStore,
-            PostgreSQLSettings,
-            subnet_of_link,
-        )
-        from tests.test_store_postgresql import V17, ScratchDatabase, kea_rows
+        from bulklq.stores.postgresql import PostgreSQLBindingStore, PostgreSQLSettings
+        from tests.test_store_postgresql import V17, ScratchDatabase
 
         scratch = ScratchDatabase(V17)
         cleanups.append(scratch.drop)
-        scratch.put(initial)
-        postgresql = PostgreSQLBindingStore(
+        loader = KeaBatchWriter(scratch.dsn)
+        for at in range(0, len(initial), 10_000):
+            loader.apply(initial[at : at + 10_000], [])
+        loader.connection.execute("ANALYZE")  # as autovacuum would have, in a deployment
+        loader.close()
+        store = PostgreSQLBindingStore(
             PostgreSQLSettings(scratch.dsn, pool_size=4), reactor, [LINK]
         )
-        cleanups.append(lambda: local["conn"].close() if "conn" in local else None)
-
-        def postgresql_batch(puts: list[Any], removes: list[Any]) -> None:
-            # What Kea does, in one transaction: delete the client's leases (and their
-            # relay-table rows), insert the new ones (ScratchDatabase.put, schema 17).
-            if "conn" not in local:
-                local["conn"] = psycopg.connect(scratch.dsn, autocommit=True)
-            conn = local["conn"]
-            keys = [
-                (subnet_of_link(key[0]), key[1])
-                for key in [*removes, *(binding.key for binding in puts)]
-            ]
-            leases, relays, remotes = [], [], []
-            for binding in puts:
-                for row, relay_ids, remote_ids in kea_rows(binding, V17):
-                    packed = IPv6Address(row[0]).packed
-                    leases.append((*row, packed))
-                    relays += [(relay_id, packed) for relay_id in relay_ids]
-                    remotes += [(remote_id, packed) for remote_id in remote_ids]
-            with conn.transaction(), conn.cursor() as cursor:
-                for table in ("lease6_relay_id", "lease6_remote_id"):
-                    cursor.executemany(
-                        f"DELETE FROM {table} WHERE lease_addr IN "
-                        "(SELECT binaddr FROM lease6 WHERE subnet_id = %s AND duid = %s)",
-                        keys,
-                    )
-                cursor.executemany("DELETE FROM lease6 WHERE subnet_id = %s AND duid = %s", keys)
-                cursor.executemany(
-                    "INSERT INTO lease6 (address, duid, valid_lifetime, expire, subnet_id, "
-                    "pref_lifetime, lease_type, iaid, prefix_len, state, user_context, "
-                    "binaddr) VALUES (%s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, 0, "
-                    "%s, %s)",
-                    leases,
-                )
-                cursor.executemany(
-                    "INSERT INTO lease6_relay_id (relay_id, lease_addr) VALUES (%s, %s)", relays
-                )
-                cursor.executemany(
-                    "INSERT INTO lease6_remote_id (remote_id, lease_addr) VALUES (%s, %s)",
-                    remotes,
-                )
-
-        def write_postgresql(puts: list[Any], removes: list[Any]) -> Any:
-            return deferToThreadPool(reactor, writer_pool, postgresql_batch, puts, removes)
-
-        return postgresql, write_postgresql
+        return store, scratch.dsn
     raise SystemExit(f"unknown store {kind!r} (memory, sqlite, postgresql)")
+
+
+def memory_writes(memory: Any) -> Callable[[list[Any], list[Any]], None]:
+    """Applies a batch to the memory store, synchronously (in the server's reactor)."""
+
+    def apply(puts: list[Any], removes: list[Any]) -> None:
+        for binding in puts:
+            memory.put(binding)
+        for key in removes:
+            memory.remove(key)
+
+    return apply
+
+
+def _child_protocol() -> Any:
+    """
+    A process protocol collecting a child's output, with Deferreds for its first line of
+    stdout (empty if it ended without one) and its end (the exit code).
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import ProcessProtocol
+
+    class Child(ProcessProtocol):
+        def __init__(self) -> None:
+            self.first_line: Deferred[bytes] = Deferred()
+            self.ended: Deferred[int | None] = Deferred()
+            self.out = b""
+            self.err = b""
+
+        def outReceived(self, data: bytes) -> None:
+            self.out += data
+            if b"\n" in self.out and not self.first_line.called:
+                self.first_line.callback(self.out.split(b"\n", 1)[0])
+
+        def errReceived(self, data: bytes) -> None:
+            self.err = (self.err + data)[-4000:]
+
+        def processEnded(self, reason: Any) -> None:
+            if not self.first_line.called:
+                self.first_line.callback(b"")  # ended without a line
+            self.ended.callback(reason.value.exitCode)
+
+    return Child()
 
 
 def scenario(args: argparse.Namespace) -> dict[str, Any]:
     """Run the scenario under the global reactor; the report."""
     from twisted.internet import reactor
-    from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+    from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import deferLater
 
-    from bulklq.client import LeaseQuery, Requestor, RequestorOptions
     from bulklq.config import ServerConfig, parse_access_rule
     from bulklq.server import BulkLeasequeryFactory
     from bulklq.wire import Duid
-    from tests.test_hardening_consistency import LINK, WriteLog, Writer, state
+    from tests.test_hardening_consistency import state
 
-    base_time = int(time.time())
+    offset_before = time.time() - time.monotonic()
+    load_before = os.getloadavg()[0]
+    base_time = int(clock())
     initial = [state(n, 0, base_time) for n in range(1, args.bindings + 1)]
     cleanups: list[Any] = []
     setup = time.monotonic()
-    store, write_batch = open_store(args.store, initial, reactor, cleanups)
+    store, target = prepare_store(args.store, initial, reactor, cleanups)
     setup_seconds = time.monotonic() - setup
-    log = WriteLog(clock=time.monotonic if args.separate else None)
-    log.initial(initial)
-    present = dict.fromkeys(range(1, args.bindings + 1), 0)
-    writer = Writer(log, present=present, put=None, remove=None, base_time=base_time)
-    del initial
     config = ServerConfig(
         Duid.from_text("00:01:00:01:29:b9:4d:80:02:00:00:00:00:01"),
         allow=(parse_access_rule("127.0.0.1/32"),),
@@ -211,174 +342,109 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
     )
     factory = BulkLeasequeryFactory(store, config, reactor)  # type: ignore[arg-type]
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    requestor = Requestor(
-        Duid.en(32473, b"torture"),
-        reactor,  # type: ignore[arg-type]
-        RequestorOptions(retries=0, keep_bindings=False, data_timeout=120),
-    )
-    report: dict[str, Any] = {"store": args.store, "bindings": args.bindings}
-    stop = False
-    writer_started = [time.monotonic()]
+    report: dict[str, Any] = {
+        "store": args.store,
+        "bindings": args.bindings,
+        "requestors": args.requestors,
+        "writer_runs_in": "the server's reactor" if target is None else "a process of its own",
+        "requestors_run_in": "a process of their own",
+        "write_rate_asked": args.rate,
+    }
+    scratch = tempfile.mkdtemp(prefix="bulklq-torture-")
+    cleanups.append(lambda: shutil.rmtree(scratch, ignore_errors=True))
 
-    async def write_loop() -> None:
-        started = writer_started[0] = time.monotonic()
-        while not stop:
-            owed = int((time.monotonic() - started) * args.rate) - writer.operations
-            if owed <= 0:
-                await deferLater(reactor, 0.005)  # type: ignore[arg-type]
-                continue
-            batch: list[tuple[Any, Any]] = []
-            keys: set[Any] = set()
-            for _ in range(min(owed, 5000)):
-                key, binding = writer.choose()
-                if key in keys:
-                    # Never two writes to one key in a batch (their order would be unknown):
-                    # drop this one. The log records only writes made, so it stays true.
-                    break
-                keys.add(key)
-                batch.append((key, binding))
-            entries = [log.issue(key, binding) for key, binding in batch]
-            result = write_batch(
-                [binding for _, binding in batch if binding is not None],
-                [key for key, binding in batch if binding is None],
+    def spawn(arguments: list[str]) -> Any:
+        child = _child_protocol()
+        command = [sys.executable, __file__, *arguments]
+        reactor.spawnProcess(  # type: ignore[attr-defined]
+            child, sys.executable, command, env=os.environ.copy()
+        )
+        return child
+
+    async def in_reactor_writer(loop: WriteLoop, stopping: list[bool]) -> None:
+        loop.start()
+        while not stopping:
+            await deferLater(reactor, loop.step())  # type: ignore[arg-type]
+        loop.stop()
+
+    async def main() -> None:
+        stopping: list[bool] = []
+        if target is None:
+            loop = WriteLoop(new_writer(args.bindings, base_time), memory_writes(store), args.rate)
+            writing = ensureDeferred(in_reactor_writer(loop, stopping))
+        else:
+            writer_output = os.path.join(scratch, "writes.pickle")
+            writer = spawn(
+                [
+                    "--writer",
+                    args.store,
+                    "--target",
+                    target,
+                    "--bindings",
+                    str(args.bindings),
+                    "--base-time",
+                    str(base_time),
+                    "--rate",
+                    str(args.rate),
+                    "--output",
+                    writer_output,
+                ]
             )
-            if isinstance(result, Deferred):
-                await result
-            for entry in entries:
-                log.done(entry)
-            writer.operations += len(batch)
-            await deferLater(reactor, 0)  # type: ignore[arg-type]
-
-    async def one_query(number: int) -> dict[str, Any]:
-        returned: list[Any] = []
-
-        def collect(binding: Any) -> None:
-            returned.append(
-                (
-                    (LINK.link_id, binding.client_id.raw),
-                    frozenset(a.address for a in binding.addresses),
+            if not await writer.first_line:
+                raise RuntimeError(
+                    "the writer failed: " + writer.err.decode(errors="replace")[-1000:]
                 )
-            )
-
-        start = log.seq
-        began = time.monotonic()
-        result = await requestor.query(
-            f"127.0.0.1:{port.getHost().port}",
-            LeaseQuery.by_link_address(LINK.address + 1),
-            collect,
-        )
-        end = log.seq
-        seconds = time.monotonic() - began
-        verdict = log.check(start, end, returned)
-        verdict.update(
-            {
-                "status": result.status.value,
-                "seconds": round(seconds, 2),
-                "writes_during": (end - start) // 2,
-            }
-        )
-        return verdict
-
-    async def separate_queries() -> list[dict[str, Any]]:
-        # The requestors in a process of their own: stamps from the shared monotonic clock.
-        output = tempfile.mktemp(prefix="bulklq-torture-", suffix=".pickle")
-        child = subprocess.Popen(
+        await deferLater(reactor, 0.5)  # type: ignore[arg-type]
+        cpu_before = process_cpu_seconds(None)
+        answers_output = os.path.join(scratch, "answers.pickle")
+        requestors = spawn(
             [
-                sys.executable,
-                __file__,
                 "--requestors-for",
                 str(port.getHost().port),
                 "--requestors",
                 str(args.requestors),
                 "--output",
-                output,
+                answers_output,
             ]
         )
-        deadline = time.monotonic() + args.max_seconds
-        while child.poll() is None and time.monotonic() < deadline:
-            await deferLater(reactor, 0.2)  # type: ignore[arg-type]
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-            raise RuntimeError(f"the requestors did not finish in {args.max_seconds} s")
-        with open(output, "rb") as results:
-            answers = pickle.load(results)
-        os.remove(output)
-        verdicts = []
-        for answer in answers:
-            returned = [
-                ((LINK.link_id, raw), frozenset(IPv6Address(a) for a in addresses))
-                for raw, addresses in answer["returned"]
-            ]
-            verdict = log.check(answer["start"], answer["end"], returned)
-            verdict.update(
-                {
-                    "status": answer["status"],
-                    "seconds": round(answer["end"] - answer["start"], 2),
-                    "writes_during": sum(
-                        1
-                        for writes in log.history.values()
-                        for w in writes
-                        if answer["start"] <= w[0] <= answer["end"]
-                    ),
-                }
-            )
-            verdicts.append(verdict)
-        return verdicts
-
-    async def main() -> None:
-        nonlocal stop
-        writing = ensureDeferred(write_loop())
-        await deferLater(reactor, 0.5)  # type: ignore[arg-type]
-        began = time.monotonic()
-        if args.separate:
-            verdicts = await separate_queries()
+        timeout = reactor.callLater(  # type: ignore[attr-defined]
+            args.max_seconds, requestors.transport.signalProcess, "KILL"
+        )
+        try:
+            await requestors.ended
+        finally:
+            if timeout.active():
+                timeout.cancel()
+        report["server_cpu_seconds_during_queries"] = round(
+            process_cpu_seconds(None) - cpu_before, 1
+        )
+        if target is None:
+            stopping.append(True)
+            await writing
+            batches, summary = loop.batches, loop.summary()
         else:
-            queries = [ensureDeferred(one_query(n)) for n in range(args.requestors)]
-            timeout = reactor.callLater(  # type: ignore[attr-defined]
-                args.max_seconds, lambda: [q.cancel() for q in queries]
+            writer.transport.closeStdin()
+            await writer.ended
+            with open(writer_output, "rb") as written:
+                result = pickle.load(written)
+            batches, summary = result["batches"], result["summary"]
+            if args.store == "postgresql":
+                summary["store_backends_cpu_seconds"] = backends_cpu_seconds(target)
+        if not os.path.exists(answers_output):
+            raise RuntimeError(
+                f"the requestors did not finish in {args.max_seconds} s: "
+                + requestors.err.decode(errors="replace")[-500:]
             )
-            try:
-                verdicts = await gatherResults(queries)
-            finally:
-                if timeout.active():
-                    timeout.cancel()
-        elapsed = time.monotonic() - began
-        stop = True
-        await writing
-        report.update(
-            {
-                "setup_seconds": round(setup_seconds, 1),
-                "requestors": args.requestors,
-                "requestors_run_in": "their own process" if args.separate else "the server's",
-                "write_rate_asked": args.rate,
-                "writes": writer.operations,
-                "write_rate_achieved": round(
-                    writer.operations / (time.monotonic() - writer_started[0])
-                ),
-                "write_rate_during_queries": round(
-                    sum(v["writes_during"] for v in verdicts)
-                    / max(sum(v["seconds"] for v in verdicts), 0.001)
-                ),
-                "query_seconds": round(elapsed, 1),
-                "queries": verdicts,
-                "returned_total": sum(v["returned"] for v in verdicts),
-                "unchanged_total": sum(v["unchanged"] for v in verdicts),
-                "twice_total": sum(v["twice"] for v in verdicts),
-                "missing_total": sum(v["missing"] for v in verdicts),
-                "wrong_state_total": sum(v["wrong_state"] for v in verdicts),
-                "ok": all(
-                    v["status"] == "success" and not v["problems"] and v["unchanged"] > 0
-                    for v in verdicts
-                ),
-            }
-        )
+        with open(answers_output, "rb") as answered:
+            answers, report["requestors_cpu_seconds"] = pickle.load(answered)
+        report.update(summary)
+        report.update(judge(initial, batches, base_time, answers, args.rate))
 
     def run() -> None:
         done = ensureDeferred(main())
 
         def finish(result: object) -> None:
-            if not isinstance(result, type(None)):
+            if result is not None:
                 report["error"] = str(result)
                 report["ok"] = False
             port.stopListening()
@@ -394,13 +460,75 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
             cleanup()
         except Exception as error:
             report.setdefault("cleanup_errors", []).append(str(error))
+    report["setup_seconds"] = round(setup_seconds, 1)
+    report["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    stepped = abs((time.time() - time.monotonic()) - offset_before)
+    if stepped > 0.05:
+        report["clock_stepped_seconds"] = round(stepped, 3)
+        report["ok"] = False
     return report
+
+
+def judge(
+    initial: list[Any],
+    batches: list[tuple[float, float, list[tuple[int, int]]]],
+    base_time: int,
+    answers: list[dict[str, Any]],
+    rate: int,
+) -> dict[str, Any]:
+    """The verdict on every query, against the log of C{batches}; totals and rates."""
+    from tests.test_hardening_consistency import LINK, WriteLog
+
+    log = WriteLog()
+    log.initial(initial)
+    log.record_batches(batches, base_time)
+    verdicts = []
+    for answer in answers:
+        returned = [
+            ((LINK.link_id, raw), frozenset(IPv6Address(a) for a in addresses))
+            for raw, addresses in answer["returned"]
+        ]
+        start, end = answer["start"], answer["end"]
+        verdict = log.check(start, end, returned)
+        during = sum(len(b[2]) for b in batches if not (b[1] < start or b[0] > end))
+        seconds = end - start
+        verdict.update(
+            {
+                "status": answer["status"],
+                "seconds": round(seconds, 2),
+                "writes_during": during,
+                "write_rate_during": round(during / max(seconds, 1e-9)),
+            }
+        )
+        verdicts.append(verdict)
+    first = min((a["start"] for a in answers), default=0.0)
+    last = max((a["end"] for a in answers), default=0.0)
+    committed = sum(len(b[2]) for b in batches if first <= b[1] <= last)
+    during_queries = round(committed / max(last - first, 1e-9))
+    consistent = bool(verdicts) and all(
+        v["status"] == "success" and not v["problems"] and v["unchanged"] > 0 for v in verdicts
+    )
+    rate_met = during_queries >= 0.95 * rate
+    return {
+        "write_rate_during_queries": during_queries,
+        "queries_seconds": round(last - first, 1),
+        "queries_completed": sum(v["status"] == "success" for v in verdicts),
+        "queries": verdicts,
+        "bindings_checked_total": sum(v["returned"] for v in verdicts),
+        "unchanged_total": sum(v["unchanged"] for v in verdicts),
+        "twice_total": sum(v["twice"] for v in verdicts),
+        "missing_total": sum(v["missing"] for v in verdicts),
+        "wrong_state_total": sum(v["wrong_state"] for v in verdicts),
+        "consistent": consistent,
+        "rate_met": rate_met,
+        "ok": consistent and rate_met,
+    }
 
 
 def requestors_for(port: int, requestors: int, output: str) -> None:
     """
     The requestor process: C{requestors} link queries at once against 127.0.0.1:C{port},
-    each answer (monotonic start and end, status, (DUID, packed addresses) per binding)
+    each answer (start and end on L{clock}, status, (DUID, packed addresses) per binding)
     pickled to C{output}.
     """
     from twisted.internet import reactor
@@ -424,21 +552,16 @@ def requestors_for(port: int, requestors: int, output: str) -> None:
                 (binding.client_id.raw, tuple(a.address.packed for a in binding.addresses))
             )
 
-        start = time.monotonic()
+        start = clock()
         result = await requestor.query(
             f"127.0.0.1:{port}", LeaseQuery.by_link_address(LINK.address + 1), collect
         )
-        return {
-            "start": start,
-            "end": time.monotonic(),
-            "status": result.status.value,
-            "returned": returned,
-        }
+        return {"start": start, "end": clock(), "status": result.status.value, "returned": returned}
 
     async def run() -> None:
         answers = await gatherResults([ensureDeferred(one()) for _ in range(requestors)])
         with open(output, "wb") as results:
-            pickle.dump(answers, results)
+            pickle.dump((answers, round(time.process_time(), 1)), results)
 
     def go() -> None:
         ensureDeferred(run()).addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
@@ -455,17 +578,17 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--requestors", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=240.0)
-    parser.add_argument(
-        "--same-process",
-        dest="separate",
-        action="store_false",
-        help="run the requestors in the server's reactor (one sequence counter)",
-    )
     parser.add_argument("--requestors-for", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--writer", help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--base-time", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.requestors_for:
         requestors_for(args.requestors_for, args.requestors, args.output)
+        return
+    if args.writer:
+        writer_process(args)
         return
     print(json.dumps(scenario(args), indent=2))
 

@@ -9,6 +9,11 @@ over TCP.
 
 Writes are interleaved with the server's page fetches by L{InterleavingStore}, which runs a
 few writes before every fetch, so every page boundary of every query sees changes.
+
+The benchmark's writer runs in a process of its own and commits one batch of writes per
+transaction (L{SQLiteBatchWriter}, L{KeaBatchWriter}); it logs each batch with the clock
+readings taken just before its transaction began and just after it committed
+(L{WriteLog.record}), and the checker judges every query against those intervals.
 """
 
 from __future__ import annotations
@@ -30,11 +35,19 @@ from zope.interface import implementer
 
 from bulklq.config import ServerConfig
 from bulklq.interfaces import IBindingStore
-from bulklq.model import Binding, BindingKey, BindingPage, BindingQuery, Link
+from bulklq.model import AddressLease, Binding, BindingKey, BindingPage, BindingQuery, Link
 from bulklq.server import BulkLeasequeryFactory
 from bulklq.stores.memory import MemoryBindingStore
 from bulklq.testing import make_binding, make_duid, make_link
-from bulklq.wire import ClientData, ClientId, IAAddress, Message, MessageType, decode_message
+from bulklq.wire import (
+    ClientData,
+    ClientId,
+    Duid,
+    IAAddress,
+    Message,
+    MessageType,
+    decode_message,
+)
 
 from .test_hardening_harness import (
     REQUESTOR_DUID,
@@ -53,8 +66,12 @@ def state(client: int, version: int, base_time: int) -> Binding:
     Version C{version} of client C{client}: its address encodes both numbers, so a
     returned address names the state exactly.
     """
-    address = LINK.prefixes[0].network_address + (version << 32) + client
-    return make_binding(client, LINK.link_id, cltt=base_time - 60 + version, addresses=(address,))
+    address = IPv6Address(_NETWORK + (version << 32) + client)
+    lease = AddressLease(address, 1800, 3600)  # a lease as is: make_binding parses no text
+    return make_binding(client, LINK.link_id, cltt=base_time - 60 + version, addresses=(lease,))
+
+
+_NETWORK = int(LINK.prefixes[0].network_address)
 
 
 def identify(client_data: ClientData) -> tuple[BindingKey, frozenset[IPv6Address]]:
@@ -104,13 +121,42 @@ class WriteLog:
         """The write of C{entry} (from L{issue}) is complete."""
         entry[1] = self._tick()
 
+    def record(
+        self, key: BindingKey, binding: Binding | None, started: float, committed: float
+    ) -> None:
+        """
+        A write of C{binding} (C{None}: removal) under C{key} made elsewhere: its
+        transaction began after C{started} and had committed by C{committed} (readings of
+        the clock the queries are stamped with). Writes to one key must be recorded in the
+        order they were made.
+        """
+        if committed < started:
+            raise ValueError(f"a write committed ({committed}) before it started ({started})")
+        self.history.setdefault(key, []).append([started, committed, binding])
+        self.seq = max(self.seq, committed)
+
+    def record_batches(self, batches: Iterable[WriteBatch], base_time: int) -> int:
+        """
+        Record every write of C{batches} (from L{Writer.batch}, each with its transaction's
+        interval), in order; how many writes.
+        """
+        count = 0
+        for started, committed, writes in batches:
+            for client, version in writes:
+                key, binding = write_of(client, version, base_time)
+                self.record(key, binding, started, committed)
+            count += len(writes)
+        return count
+
     def check(
         self, start: float, end: float, returned: list[tuple[BindingKey, frozenset[IPv6Address]]]
     ) -> dict[str, Any]:
         """
         Judge one query that was sent at C{start} and ended at C{end}: counts and the
-        first few problems (returned twice, an unchanged binding missing, a state the key
-        never had during the query).
+        first few problems (a key returned more than once, an unchanged binding not
+        returned, a state the key did not have at some moment of the query: never written,
+        or replaced before the query began). A key counts as unchanged when it was present
+        at C{start} and no write to it overlaps [C{start}, C{end}].
         """
         problems: list[str] = []
         seen: dict[BindingKey, int] = {}
@@ -126,10 +172,10 @@ class WriteLog:
             present = before and before[-1][2] is not None
             if present and not during:
                 unchanged += 1
-                if seen.get(key) != 1:
+                if key not in seen:
                     missing += 1
                     if missing <= 3:
-                        problems.append(f"unchanged binding not returned once: {key!r}")
+                        problems.append(f"unchanged binding not returned: {key!r}")
         wrong = 0
         for key, addresses in returned:
             writes = self.history.get(key, [])
@@ -152,6 +198,20 @@ class WriteLog:
             "wrong_state": wrong,
             "problems": problems,
         }
+
+
+#: One batch of writes as the benchmark's writer logs it: the clock just before its
+#: transaction began, just after it committed, and its writes as (client, version), version
+#: C{-1} for a removal (see L{write_of}).
+WriteBatch = tuple[float, float, list[tuple[int, int]]]
+
+
+def write_of(client: int, version: int, base_time: int) -> tuple[BindingKey, Binding | None]:
+    """The key and new state (C{None}: removal, C{version} -1) of a logged write."""
+    if version < 0:
+        return (LINK.link_id, make_duid(client).raw), None
+    binding = state(client, version, base_time)
+    return binding.key, binding
 
 
 class Writer:
@@ -184,9 +244,11 @@ class Writer:
         self._clients = list(present)
         self._positions = {client: index for index, client in enumerate(self._clients)}
         self.operations = 0
+        # A write L{batch} chose but left for the next batch (its client was in this one).
+        self._held: tuple[int, int] | None = None
 
-    def choose(self) -> tuple[BindingKey, Binding | None]:
-        """The next write: a key and its new state (C{None}: remove)."""
+    def _next(self) -> tuple[int, int]:
+        """The next write as (client, version), version -1 for a removal."""
         choice = self.rng.randrange(3)
         if choice == 0 or len(self.present) < 2:
             client = self.next_client
@@ -194,20 +256,41 @@ class Writer:
             self.present[client] = 0
             self._positions[client] = len(self._clients)
             self._clients.append(client)
-            binding = state(client, 0, self.base_time)
-            return binding.key, binding
+            return client, 0
         client = self._clients[self.rng.randrange(len(self._clients))]
         if choice == 1:
             self.present[client] += 1
-            binding = state(client, self.present[client], self.base_time)
-            return binding.key, binding
+            return client, self.present[client]
         del self.present[client]
         index = self._positions.pop(client)
         last = self._clients.pop()
         if last != client:
             self._clients[index] = last
             self._positions[last] = index
-        return (LINK.link_id, make_duid(client).raw), None
+        return client, -1
+
+    def choose(self) -> tuple[BindingKey, Binding | None]:
+        """The next write: a key and its new state (C{None}: remove)."""
+        client, version = self._next()
+        return write_of(client, version, self.base_time)
+
+    def batch(self, count: int) -> list[tuple[int, int]]:
+        """
+        The next (up to) C{count} writes as (client, version; -1: removal), no client
+        twice: the order of two writes to one key inside one transaction would be unknown
+        to the log, so a repeated client waits for the next batch.
+        """
+        writes: list[tuple[int, int]] = []
+        clients: set[int] = set()
+        while len(writes) < count:
+            write = self._held if self._held is not None else self._next()
+            self._held = None
+            if write[0] in clients:
+                self._held = write
+                break
+            clients.add(write[0])
+            writes.append(write)
+        return writes
 
     async def write(self, count: int) -> None:
         """C{count} writes, one after the other, each logged."""
@@ -219,6 +302,111 @@ class Writer:
                 await result
             self.log.done(entry)
             self.operations += 1
+
+
+class SQLiteBatchWriter:
+    """
+    Writes batches into a bulklq SQLite database through L{SQLiteDatabase}, on a
+    connection of its own (WAL lets it write while the server reads): every put of a batch
+    in one transaction, then each removal in one of its own (L{SQLiteDatabase} removes one
+    key per transaction).
+    """
+
+    def __init__(self, path: str) -> None:
+        from bulklq.stores.sqlite import SQLiteDatabase
+
+        self.database = SQLiteDatabase(path)
+
+    def apply(self, puts: list[Binding], removes: list[BindingKey]) -> None:
+        """Put C{puts}, remove C{removes}; returns once everything is committed."""
+        if puts:
+            self.database.put_many(puts)
+        for key in removes:
+            self.database.remove(key)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.database.close()
+
+
+class KeaBatchWriter:
+    """
+    Writes batches into Kea's lease tables (schema 17: C{lease6.binaddr}, relay tables
+    keyed by BYTEA C{lease_addr}) with SQL, as Kea's lease manager would, on a connection of
+    its own: one transaction per batch deletes the clients' old leases (and their
+    relay-table rows) and inserts their new ones, each statement over arrays of the whole
+    batch (C{unnest}), sent in pipeline mode: one round trip per batch whatever its size.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+
+        self.connection = psycopg.connect(dsn, autocommit=True)
+
+    def apply(self, puts: list[Binding], removes: list[BindingKey]) -> None:
+        """Put C{puts}, remove C{removes}; returns once the transaction has committed."""
+        from bulklq.stores.postgresql import subnet_of_link
+
+        from .test_store_postgresql import V17, kea_rows
+
+        subnets: list[int | None] = []
+        duids: list[bytes] = []
+        for link_id, duid in [*removes, *(binding.key for binding in puts)]:
+            subnets.append(subnet_of_link(link_id))
+            duids.append(duid)
+        leases: list[list[Any]] = [[] for _ in range(11)]
+        relays: tuple[list[bytes], list[bytes]] = ([], [])
+        remotes: tuple[list[bytes], list[bytes]] = ([], [])
+        for binding in puts:
+            # kea_rows gives the addresses' rows, then the prefixes': their binaddr in turn.
+            packed_addresses = [lease.address.packed for lease in binding.addresses] + [
+                lease.prefix.network_address.packed for lease in binding.prefixes
+            ]
+            for (row, relay_ids, remote_ids), packed in zip(
+                kea_rows(binding, V17), packed_addresses, strict=True
+            ):
+                for column, value in zip(leases, (*row, packed), strict=True):
+                    column.append(value)
+                for values, ids in ((relays, relay_ids), (remotes, remote_ids)):
+                    values[0].extend(ids)
+                    values[1].extend(packed for _ in ids)
+        connection = self.connection
+        with connection.pipeline(), connection.transaction(), connection.cursor() as cursor:
+            for table in ("lease6_relay_id", "lease6_remote_id"):
+                cursor.execute(
+                    f"DELETE FROM {table} WHERE lease_addr IN (SELECT lease6.binaddr "
+                    "FROM lease6 JOIN unnest(%s::bigint[], %s::bytea[]) AS k(subnet_id, duid) "
+                    "ON lease6.subnet_id = k.subnet_id AND lease6.duid = k.duid)",
+                    (subnets, duids),
+                )
+            cursor.execute(
+                "DELETE FROM lease6 USING unnest(%s::bigint[], %s::bytea[]) AS k(subnet_id, duid) "
+                "WHERE lease6.subnet_id = k.subnet_id AND lease6.duid = k.duid",
+                (subnets, duids),
+            )
+            cursor.execute(
+                "INSERT INTO lease6 (address, duid, valid_lifetime, expire, subnet_id, "
+                "pref_lifetime, lease_type, iaid, prefix_len, state, user_context, binaddr) "
+                "SELECT a, d, v, to_timestamp(e), s, p, t, i, l, 0, u, b FROM unnest("
+                "%s::varchar[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[], "
+                "%s::bigint[], %s::smallint[], %s::int[], %s::smallint[], %s::text[], "
+                "%s::bytea[]) AS r(a, d, v, e, s, p, t, i, l, u, b)",
+                leases,
+            )
+            for table, column, values in (
+                ("lease6_relay_id", "relay_id", relays),
+                ("lease6_remote_id", "remote_id", remotes),
+            ):
+                if values[0]:
+                    cursor.execute(
+                        f"INSERT INTO {table} ({column}, lease_addr) "
+                        "SELECT * FROM unnest(%s::bytea[], %s::bytea[])",
+                        values,
+                    )
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.connection.close()
 
 
 @implementer(IBindingStore)
@@ -340,9 +528,180 @@ class WriteLogTests(SynchronousTestCase):
                 (c.key, fingerprint(state(3, 7, 1000))),
             ],
         )
-        self.assertEqual((verdict["twice"], verdict["missing"], verdict["wrong_state"]), (1, 2, 1))
+        self.assertEqual((verdict["twice"], verdict["missing"], verdict["wrong_state"]), (1, 1, 1))
+        self.assertEqual(len(verdict["problems"]), 3)
         good = log.check(start, end, [(k.key, fingerprint(k)) for k in (a, b, c)])
         self.assertEqual(good["problems"], [])
+
+    def _recorded(self) -> tuple[WriteLog, dict[str, Binding]]:
+        """
+        A log of writes made elsewhere, around a query from 20 to 30: C{a} updated after
+        it, C{b} updated before it, C{c} updated across its start, C{d} removed across its
+        end, C{e} added before it, C{f} removed before it.
+        """
+        states = {f"{name}0": state(n, 0, 1000) for n, name in enumerate("abcdf", start=1)}
+        log = WriteLog()
+        log.initial(states.values())
+        changes = [
+            ("a", 1, 31.0, 32.0),
+            ("b", 1, 10.0, 11.0),
+            ("c", 1, 19.0, 21.0),
+            ("d", -1, 29.0, 31.0),
+            ("e", 0, 5.0, 6.0),
+            ("f", -1, 7.0, 8.0),
+        ]
+        for name, version, started, committed in changes:
+            key, binding = write_of("abcdfe".index(name) + 1, version, 1000)
+            log.record(key, binding, started, committed)
+            if binding is not None:
+                states[f"{name}{version}"] = binding
+        return log, states
+
+    def test_recorded_intervals_consistent(self) -> None:
+        """
+        Judged by the writes' transaction intervals: the states present for the whole
+        query are due exactly once (C{a} as before its later update, C{b} as updated,
+        C{e} added); C{c} and C{d}, changed during the query, may come in either state
+        or not at all; C{f}, removed before, must not come.
+        """
+        log, states = self._recorded()
+        returned = [
+            (states[name].key, fingerprint(states[name])) for name in ("a0", "b1", "c1", "d0", "e0")
+        ]
+        verdict = log.check(20.0, 30.0, returned)
+        self.assertEqual(verdict["problems"], [])
+        self.assertEqual(verdict["unchanged"], 3)
+        alternative = [(states[n].key, fingerprint(states[n])) for n in ("a0", "b1", "c0", "e0")]
+        self.assertEqual(log.check(20.0, 30.0, alternative)["problems"], [])
+
+    def test_recorded_intervals_problems(self) -> None:
+        """
+        Injected into a good result: a duplicate (C{a} twice), a missing binding (C{e}
+        left out), a stale version (C{b} as it was before its update committed) and a
+        binding removed before the query (C{f}): each is reported.
+        """
+        log, states = self._recorded()
+        returned = [
+            (states[name].key, fingerprint(states[name]))
+            for name in ("a0", "a0", "b0", "c1", "d0", "f0")
+        ]
+        verdict = log.check(20.0, 30.0, returned)
+        self.assertEqual((verdict["twice"], verdict["missing"], verdict["wrong_state"]), (1, 1, 2))
+        self.assertEqual(len(verdict["problems"]), 4)
+        self.assertIn("returned 2 times", verdict["problems"][0])
+        self.assertIn("not returned", verdict["problems"][1])
+        self.assertIn("never had", verdict["problems"][2])
+
+    def test_record_refuses_backwards_interval(self) -> None:
+        """A write cannot commit before it started: the log refuses it."""
+        key, binding = write_of(1, 0, 1000)
+        self.assertRaises(ValueError, WriteLog().record, key, binding, 2.0, 1.0)
+
+    def test_record_batches(self) -> None:
+        """Batches as the writer logs them become one entry per write, in order."""
+        log = WriteLog()
+        count = log.record_batches([(1.0, 2.0, [(1, 0), (2, 0)]), (3.0, 4.0, [(1, -1)])], 1000)
+        self.assertEqual(count, 3)
+        key = write_of(1, 0, 1000)[0]
+        self.assertEqual(
+            [(w[0], w[1], w[2] is None) for w in log.history[key]],
+            [(1.0, 2.0, False), (3.0, 4.0, True)],
+        )
+
+
+class WriterTests(SynchronousTestCase):
+    """The random writer's batches."""
+
+    def test_batches_lose_nothing(self) -> None:
+        """
+        Batches never hold one client twice, and together they are exactly the writes the
+        writer chose, in order: a repeated client is held over to the next batch.
+        """
+        present = dict.fromkeys(range(1, 21), 0)
+        batched = Writer(WriteLog(), present=dict(present), put=None, remove=None, base_time=0)
+        single = Writer(WriteLog(), present=dict(present), put=None, remove=None, base_time=0)
+        writes: list[tuple[int, int]] = []
+        held_over = 0
+        for _ in range(200):
+            batch = batched.batch(8)
+            self.assertEqual(len({client for client, _ in batch}), len(batch))
+            held_over += len(batch) < 8
+            writes += batch
+        self.assertGreater(held_over, 0)
+        self.assertEqual(writes, [single._next() for _ in writes])
+
+
+class _BatchWriterMixin:
+    """A batch writer leaves the store holding exactly what the writer's model says."""
+
+    def open_writer(self, initial: list[Binding]) -> tuple[Any, Callable[[], list[Binding]]]:
+        raise NotImplementedError
+
+    def test_batches_written(self) -> None:
+        """After 40 batches of adds, updates and removals, the store matches the model."""
+        test: Any = self
+        present = dict.fromkeys(range(1, 51), 0)
+        initial = [state(client, 0, 1000) for client in present]
+        sink, stored = self.open_writer(initial)
+        writer = Writer(WriteLog(), present=present, put=None, remove=None, base_time=1000)
+        for size in [10] * 40 + [1]:  # the last takes the write held over, if any
+            puts, removes = [], []
+            for client, version in writer.batch(size):
+                key, binding = write_of(client, version, 1000)
+                if binding is None:
+                    removes.append(key)
+                else:
+                    puts.append(binding)
+            sink.apply(puts, removes)
+        expected = [state(client, version, 1000) for client, version in present.items()]
+        test.assertEqual(self._rows(stored()), self._rows(expected))
+
+    @staticmethod
+    def _rows(bindings: list[Binding]) -> list[tuple[BindingKey, list[IPv6Address]]]:
+        """Each binding's key and addresses, sorted: a key present twice shows twice."""
+        return sorted((binding.key, sorted(fingerprint(binding))) for binding in bindings)
+
+
+class SQLiteBatchWriterTests(_BatchWriterMixin, SynchronousTestCase):
+    """L{SQLiteBatchWriter}."""
+
+    def open_writer(self, initial: list[Binding]) -> tuple[Any, Callable[[], list[Binding]]]:
+        from bulklq.stores.sqlite import SQLiteDatabase
+
+        path = self.mktemp() + ".db"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        database = SQLiteDatabase(path)
+        self.addCleanup(database.close)
+        database.add_links([LINK])
+        database.put_many(initial)
+        sink = SQLiteBatchWriter(path)
+        self.addCleanup(sink.close)
+        return sink, lambda: list(database.bindings())
+
+
+class KeaBatchWriterTests(_BatchWriterMixin, SynchronousTestCase):
+    """L{KeaBatchWriter}, read back by the PostgreSQL store (BULKLQ_TEST_POSTGRES_DSN)."""
+
+    def open_writer(self, initial: list[Binding]) -> tuple[Any, Callable[[], list[Binding]]]:
+        from .test_store_postgresql import V17, ScratchDatabase
+
+        _require_postgresql()
+        database = ScratchDatabase(V17)
+        self.addCleanup(database.drop)
+        sink = KeaBatchWriter(database.dsn)
+        self.addCleanup(sink.close)
+        sink.apply(initial, [])
+
+        def stored() -> list[Binding]:
+            rows = sink.connection.execute(
+                "SELECT duid, address, subnet_id FROM lease6 ORDER BY duid"
+            ).fetchall()
+            return [
+                make_binding(Duid(duid), f"subnet-{subnet}", addresses=(address,))
+                for duid, address, subnet in rows
+            ]
+
+        return sink, stored
 
 
 class _ConsistencyMixin:
@@ -461,11 +820,7 @@ class PostgreSQLConsistencyTests(_RealReactorConsistency, TestCase):
 
         from .test_store_postgresql import V17, ScratchDatabase
 
-        if not os.environ.get("BULKLQ_TEST_POSTGRES_DSN"):
-            reason = "BULKLQ_TEST_POSTGRES_DSN is not set (scripts/postgres-test-server)"
-            if os.environ.get("BULKLQ_REQUIRE_SERVICES") == "1":
-                raise AssertionError(reason)
-            raise SkipTest(reason)
+        _require_postgresql()
         database = ScratchDatabase(V17)
         self.addCleanup(database.drop)
         database.put(initial)
@@ -474,3 +829,12 @@ class PostgreSQLConsistencyTests(_RealReactorConsistency, TestCase):
         )
         self.addCleanup(store.close)
         return store, lambda b: database.put([b]), lambda k: database.remove([k])
+
+
+def _require_postgresql() -> None:
+    """Skip without BULKLQ_TEST_POSTGRES_DSN, or fail when services are required."""
+    if not os.environ.get("BULKLQ_TEST_POSTGRES_DSN"):
+        reason = "BULKLQ_TEST_POSTGRES_DSN is not set (scripts/postgres-test-server)"
+        if os.environ.get("BULKLQ_REQUIRE_SERVICES") == "1":
+            raise AssertionError(reason)
+        raise SkipTest(reason)
