@@ -5,8 +5,11 @@ Loads N bindings (one IA_NA lease each, Kea 2.4+ relay-info user context, Relay-
 Remote-ID rows in Kea's schema 19 extended-info tables) with COPY into a scratch copy of
 the test server's C{kea_tpl_v19} template, creates the index bulklq documents
 (C{bulklq_lease6_key}), then times queries paged through C{PostgreSQLBindingStore.fetch}
-with the server's default page size. Prints one JSON object: per query the bindings, seconds,
-bindings/s and bulklq's CPU seconds, and the machine's load average at the end.
+with the server's default page size, building every binding of each page as the server's
+encoder does. Prints one JSON object: per query the bindings, seconds, bindings/s, bulklq's
+CPU seconds (all its threads) per binding and bindings per CPU second, PostgreSQL's CPU
+seconds for bulklq's connections, and the machine's load average at the end. On a shared
+machine the wall figure depends on the other jobs; the CPU figures much less.
 
     eval "$(scripts/postgres-test-server start)"
     python bench/store_postgresql.py --bindings 1000000 --relays 4
@@ -134,6 +137,27 @@ async def stream(
         resume = result.resume_after
 
 
+def backend_cpu(monitor: Any, dbname: str) -> dict[int, float]:
+    """
+    CPU seconds used so far by each of bulklq's server processes on C{dbname} (read from
+    C{/proc}: the server runs on this machine); parallel workers of a query are not
+    counted (they exit with it).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for (pid,) in monitor.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'bulklq'",
+        (dbname,),
+    ).fetchall():
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
 def main(reactor: Any, options: argparse.Namespace) -> defer.Deferred[None]:
     """Load (unless kept), then time the queries."""
     base = options.dsn or os.environ.get("BULKLQ_TEST_POSTGRES_DSN")
@@ -152,6 +176,7 @@ def main(reactor: Any, options: argparse.Namespace) -> defer.Deferred[None]:
 
     async def run() -> None:
         store = PostgreSQLBindingStore(PostgreSQLSettings(dsn, pool_size=2), reactor)
+        monitor = psycopg.connect(admin, autocommit=True)
         results: dict[str, Any] = {
             "bindings": options.bindings,
             "relays": options.relays,
@@ -165,9 +190,14 @@ def main(reactor: Any, options: argparse.Namespace) -> defer.Deferred[None]:
                 ("remote_id", BindingQuery.by_remote_id(remote_id(1))),
                 ("link", BindingQuery.by_link("subnet-1")),
             ):
+                server_before = backend_cpu(monitor, name)
                 cpu = time.process_time()
                 count, seconds = await stream(store, query, options.page)
                 cpu = time.process_time() - cpu
+                server_after = backend_cpu(monitor, name)
+                server = sum(
+                    used - server_before.get(pid, 0.0) for pid, used in server_after.items()
+                )
                 results[label] = {
                     "bindings": count,
                     "seconds": round(seconds, 2),
@@ -177,9 +207,13 @@ def main(reactor: Any, options: argparse.Namespace) -> defer.Deferred[None]:
                     "cpu_seconds": round(cpu, 2),
                     "cpu_us_per_binding": round(cpu / count * 1e6, 2) if count else None,
                     "bindings_per_cpu_second": round(count / cpu) if cpu else None,
+                    # PostgreSQL's CPU time for bulklq's connections (parallel workers not
+                    # counted): with bulklq's, what the query costs the machine.
+                    "server_cpu_seconds": round(server, 2),
                 }
             results["load_average"] = os.getloadavg()[0]
         finally:
+            monitor.close()
             await store.close()
             if not options.keep:
                 with psycopg.connect(admin, autocommit=True) as conn:

@@ -592,7 +592,8 @@ class PostgreSQLBindingStore:
             open=False,
             kwargs={
                 "autocommit": True,
-                "options": f"-c statement_timeout={settings.statement_timeout * 1000}",
+                # JIT compiling costs a big query (a key snapshot) more than it saves.
+                "options": f"-c statement_timeout={settings.statement_timeout * 1000} -c jit=off",
                 "application_name": "bulklq",
             },
             check=ConnectionPool.check_connection,
@@ -605,7 +606,7 @@ class PostgreSQLBindingStore:
         # Leases per binding seen so far: sizes the row LIMIT of the next page.
         self._leases_per_binding = 1.5
         # Sorted client keys of the queries with many matches, least recently used first.
-        self._snapshots: dict[BindingQuery, list[tuple[str, bytes]]] = {}
+        self._snapshots: dict[BindingQuery, list[str]] = {}
         self._snapshot_lock = threading.Lock()
         # The page read ahead for each (query, limit) being streamed, under its lock (the
         # workers start them, the reactor thread takes them).
@@ -829,7 +830,9 @@ class PostgreSQLBindingStore:
             if sql is None:
                 return BindingPage((), None)
             if sql is _SNAPSHOT:
-                keys = conn.execute(params.pop("keys_sql"), params).fetchall()
+                text = conn.execute(params.pop("keys_sql"), params).fetchone()[0]
+                keys = text.split(" ") if text else []
+                keys.sort()  # already sorted by the server (timsort checks it in one pass)
                 with self._snapshot_lock:
                     self._snapshots.pop(query, None)
                     self._snapshots[query] = keys
@@ -866,39 +869,36 @@ class PostgreSQLBindingStore:
         conn: Any,
         schema: _Schema,
         query: BindingQuery,
-        keys: list[tuple[str, bytes]],
+        keys: list[str],
         resume: tuple[str, bytes] | None,
         limit: int,
         now: float,
     ) -> BindingPage:
         """
         A page of a query with many matches: C{keys} are the sorted keys of the matching
-        clients, read when the query started (or when they were no longer kept); the page
-        reads the active leases of the next C{limit} clients after C{resume}.
+        clients (L{_snapshot_sql}), read when the query started (or when they were no
+        longer kept); the page reads the active leases of the next C{limit} clients after
+        C{resume}.
         """
-        start = 0 if resume is None else bisect_right(keys, resume)
+        start = 0 if resume is None else bisect_right(keys, f"{resume[0]},{resume[1].hex()}")
         chosen = keys[start : start + limit]
         if not chosen:
             return BindingPage((), None)
-        # The keys as two comma-separated texts: PostgreSQL splits them faster than the
-        # driver dumps arrays of a thousand values.
+        # The keys as one text: PostgreSQL splits it faster than the driver dumps an array
+        # of a thousand values.
         rows = conn.execute(
             f"SELECT {schema.columns('l')} FROM unnest("  # noqa: S608
-            "string_to_array(%(subnets)s, ',')::bigint[], "
-            "string_to_array(%(duids)s, ',')) WITH ORDINALITY c(subnet_id, duid, n) "
-            "JOIN lease6 l ON l.subnet_id = c.subnet_id AND l.duid = decode(c.duid, 'hex') "
+            "string_to_array(%(keys)s, ' ')) WITH ORDINALITY c(k, n) "
+            "JOIN lease6 l ON l.subnet_id = split_part(c.k, ',', 1)::bigint "
+            "AND l.duid = decode(split_part(c.k, ',', 2), 'hex') "
             f"WHERE {_active('l')} ORDER BY c.n",
-            {
-                "subnets": ",".join([subnet for subnet, _ in chosen]),
-                "duids": ",".join([duid.hex() for _, duid in chosen]),
-                "now": now,
-            },
+            {"keys": " ".join(chosen), "now": now},
             binary=True,
         ).fetchall()
         resume_after = None
         if start + limit < len(keys):
-            subnet_text, duid = chosen[-1]
-            resume_after = (LINK_PREFIX + subnet_text, bytes(duid))
+            subnet_text, duid_hex = chosen[-1].split(",")
+            resume_after = (LINK_PREFIX + subnet_text, bytes.fromhex(duid_hex))
             self._read_ahead(query, resume_after, limit)
         members = [rows for _, rows in _group(rows)]
         return BindingPage(_lazy_page(members, query, now), resume_after)
@@ -1018,13 +1018,18 @@ _SNAPSHOT = "snapshot"
 
 def _snapshot_sql(candidates: str, with_link: bool) -> str:
     """
-    SQL of the sorted keys (subnet id text, DUID) of every client that C{candidates}
-    selects (with an active lease on the queried link, if any).
+    SQL of the sorted keys of every client that C{candidates} selects (with an active
+    lease on the queried link, if any), as one text: each key is the subnet id, a comma and
+    the DUID in lower-case hex, and the keys are separated by spaces. These texts sort (as
+    octets) in binding key order: the comma sorts below every digit, and hex keeps the
+    order of the octets it spells. One text costs the driver one object, not a row of two
+    for each client, and keeps in a third of the memory.
     """
     link = _link_filter("x") if with_link else ""
     return (
-        f"SELECT DISTINCT {_sk('x')}, x.duid FROM ({candidates}) x "  # noqa: S608
-        f"WHERE true{link} ORDER BY 1, 2"
+        "SELECT string_agg(k, ' ') FROM (SELECT DISTINCT "  # noqa: S608
+        "x.subnet_id::text || ',' || encode(x.duid, 'hex') COLLATE \"C\" AS k "
+        f"FROM ({candidates}) x WHERE true{link} ORDER BY 1) y"
     )
 
 
