@@ -74,7 +74,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .._trusted import set_duid_raw
+from .._trusted import set_address_lease, set_binding, set_duid_raw, set_prefix_lease
 from ..changes import BindingChange, ChangeHistory
 from ..interfaces import IBindingChangeFeed, IBindingStore
 from ..model import (
@@ -97,8 +97,8 @@ from .kea_leases import (
     KeaLeaseError,
     RelayInfo,
     RelaySummary,
+    _network,
     assemble_binding,
-    checked_binding,
     client_duid,
     lease_item,
     parse_address,
@@ -123,6 +123,8 @@ __all__ = ["KeaCsvError", "KeaCsvStore", "lease_file_set", "open_store_uri"]
 log = Logger()
 
 _set_duid_raw = set_duid_raw
+_set_address, _set_preferred, _set_valid = set_address_lease
+_set_prefix, _set_prefix_preferred, _set_prefix_valid = set_prefix_lease
 
 #: Columns a lease file must have; the others (state, user_context, pool_id ...) are optional.
 REQUIRED_COLUMNS = (
@@ -626,44 +628,23 @@ class _LeaseTable:
         cltt = first[2] - first[1][3]
         relay = first[3]
         built: Binding | None
-        if all(record[3] is relay and record[2] - record[1][3] == cltt for record in records):
-            # One transaction (the common case): no lifetime to shorten, one chain.
-            found: list[AddressLease] = []
-            delegated: list[tuple[bytes, int, PrefixLease]] = []
-            for address, record in zip(addresses, records, strict=True):
-                lease_type, prefix_len, pref, valid = record[1]
-                item = lease_item(ipv6_from_packed(address), lease_type, prefix_len, pref, valid)
-                if type(item) is PrefixLease:
-                    delegated.append((address, prefix_len, item))
-                else:
-                    found.append(item)  # type: ignore[arg-type]
-            if len(found) > 1:
-                found.sort(key=_by_address)
-            if len(delegated) > 1:
-                delegated.sort(key=_by_prefix)
-            info = _relay_info(relay)
-            built = checked_binding(
-                _duid(key[1]),
-                key[0],
-                cltt,
-                tuple(found),
-                tuple(item for _, _, item in delegated),
-                info,
-            )
-        else:
-            built = assemble_binding(
-                _duid(key[1]),
-                key[0],
-                [
-                    (
-                        lease_item(ipv6_from_packed(address), *record[1]),
-                        record[2] - record[1][3],
-                        _relay_info(record[3]),
-                    )
-                    for address, record in zip(addresses, records, strict=True)
-                ],
-            )
-            assert built is not None
+        if len(records) == 1 or all(
+            record[3] is relay and record[2] - record[1][3] == cltt for record in records
+        ):
+            return _one_transaction(key, cltt, relay, addresses, records)
+        built = assemble_binding(
+            _duid(key[1]),
+            key[0],
+            [
+                (
+                    lease_item(ipv6_from_packed(address), *record[1]),
+                    record[2] - record[1][3],
+                    _relay_info(record[3]),
+                )
+                for address, record in zip(addresses, records, strict=True)
+            ],
+        )
+        assert built is not None
         return built
 
     def candidates(self, query: BindingQuery, lower: BindingKey | None) -> Iterator[BindingKey]:
@@ -777,6 +758,71 @@ class _LeaseTable:
             if key not in entries and previous[1] > now:
                 changes.append((old.binding(key, previous), True))
         return changes
+
+
+def _one_transaction(
+    key: BindingKey,
+    cltt: int,
+    relay: RelaySummary,
+    addresses: list[bytes],
+    records: list[_Record],
+) -> Binding:
+    """
+    The binding of leases with one CLTT and one relay summary (the rows of one
+    transaction, the common case): no lifetime to shorten, one chain; built with slot
+    setters from values checked when the rows were read.
+    """
+    found: list[AddressLease] = []
+    delegated: list[tuple[bytes, int, PrefixLease]] = []
+    for address, record in zip(addresses, records, strict=True):
+        lease_type, prefix_len, pref, valid = record[1]
+        if lease_type == LEASE_TYPE_PD:
+            prefix = _new(PrefixLease)
+            value = int.from_bytes(address)
+            _set_prefix(
+                prefix,
+                _network(value, prefix_len)
+                if prefix_len < 127
+                else IPv6Network((value, prefix_len)),
+            )
+            _set_prefix_preferred(prefix, pref)
+            _set_prefix_valid(prefix, valid)
+            delegated.append((address, prefix_len, prefix))
+        else:
+            lease = _new(AddressLease)
+            _set_address(lease, ipv6_from_packed(address))
+            _set_preferred(lease, pref)
+            _set_valid(lease, valid)
+            found.append(lease)
+    if len(found) > 1:
+        found.sort(key=_by_address)
+    if len(delegated) > 1:
+        delegated.sort(key=_by_prefix)
+    relay_data, relay_ids, remote_ids = relay.binding_parts()
+    binding = _new(Binding)
+    (
+        set_client,
+        set_link,
+        set_cltt,
+        set_addresses,
+        set_prefixes,
+        set_relay,
+        set_ids,
+        set_remotes,
+        set_options,
+    ) = set_binding
+    duid = _new(Duid)
+    _set_duid_raw(duid, key[1])
+    set_client(binding, duid)
+    set_link(binding, key[0])
+    set_cltt(binding, cltt)
+    set_addresses(binding, tuple(found))
+    set_prefixes(binding, tuple(item for _, _, item in delegated) if delegated else ())
+    set_relay(binding, relay_data)
+    set_ids(binding, relay_ids)
+    set_remotes(binding, remote_ids)
+    set_options(binding, ())
+    return binding
 
 
 def _by_address(lease: AddressLease) -> IPv6Address:

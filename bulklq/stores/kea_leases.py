@@ -443,6 +443,36 @@ class RelaySummary(NamedTuple):
         _set_lazy_summary(relay_data, self)
         return self._info(relay_data)
 
+    def binding_parts(
+        self,
+    ) -> tuple[LQRelayData | None, tuple[Duid, ...], tuple[RemoteId, ...]]:
+        """
+        What a binding takes from L{lazy_info}: the (lazy) LQ_RELAY_DATA, the Relay-IDs
+        and the Remote-IDs, without the L{RelayInfo}; Relay-ID tuples are shared by the
+        summaries that share their octets (the clients of one relay).
+        """
+        if not self.hops:
+            return None, (), ()
+        relay_data = _new(_LazyRelayData)
+        _set_lazy_summary(relay_data, self)
+        ids = self.relay_ids
+        duids = _RELAY_DUIDS.get(ids)
+        if duids is None:
+            duids = tuple(_duid_of(raw) for raw in ids)
+            if len(_RELAY_DUIDS) >= 65536:
+                _RELAY_DUIDS.clear()
+            _RELAY_DUIDS[ids] = duids
+        if not self.remote_ids:
+            return relay_data, duids, ()
+        set_enterprise, set_value = _set_remote
+        remote_ids = []
+        for data in self.remote_ids:
+            remote_id = _new(RemoteId)
+            set_enterprise(remote_id, int.from_bytes(data[:4]))
+            set_value(remote_id, data[4:])
+            remote_ids.append(remote_id)
+        return relay_data, duids, tuple(remote_ids)
+
     def _info(self, relay_data: LQRelayData) -> RelayInfo:
         remote_ids = []
         for data in self.remote_ids:
@@ -515,6 +545,10 @@ class _LazyRelayData(LQRelayData):
         return equal if equal is NotImplemented else not equal
 
     __hash__ = LQRelayData.__hash__
+
+
+#: Relay-ID octets -> their Duid objects, shared by the bindings of a relay's clients.
+_RELAY_DUIDS: dict[tuple[bytes, ...], tuple[Duid, ...]] = {}
 
 
 def _duid_of(raw: bytes) -> Duid:
