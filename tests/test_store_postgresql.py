@@ -726,7 +726,7 @@ class RowConversionTests(SynchronousTestCase):
         """Every query kind but link: each client's rows give the reference's binding."""
         groups = [members for _, members in _group(rows)]
         expected = _reference(rows, query)
-        built = list(_iterate_bindings(groups, _NOW, query.matches))
+        built = list(_iterate_bindings(groups, _NOW, query))
         self.assertEqual(built, expected)
         page = _lazy_page(groups, query, _NOW)
         self.assertEqual(list(page), expected)

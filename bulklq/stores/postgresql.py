@@ -60,6 +60,7 @@ from .kea_leases import (
     KeaLease6,
     KeaLeaseError,
     LeasePart,
+    RelayInfo,
     assemble_binding,
     cached_relay_info,
     client_duid,
@@ -375,20 +376,46 @@ def _group_binding(rows: Sequence[Sequence[Any]], now: float) -> Binding | None:
     return bindings[0] if bindings else None
 
 
+def _info_filter(query: BindingQuery | None) -> Callable[[RelayInfo], bool] | None:
+    """
+    For a Relay-ID or Remote-ID query: whether a one-lease binding with this relay
+    information matches (its ids are the information's), else C{None}.
+    """
+    if query is None:
+        return None
+    if query.kind is QueryKind.RELAY_ID:
+        relay_id = query.relay_id
+        return lambda info: relay_id in info.relay_ids
+    if query.kind is QueryKind.REMOTE_ID:
+        remote_id = query.remote_id
+        return lambda info: remote_id in info.remote_ids
+    return None
+
+
 def _iterate_bindings(
     groups: Iterable[Sequence[Sequence[Any]]],
     now: float,
-    check: Callable[[Binding], bool] | None,
+    query: BindingQuery | None,
 ) -> Iterator[Binding]:
     """
     The bindings of C{groups} (each the rows of one client, L{_Schema.columns} first), in
     order, each built when reached (a L{LazyBindings} page's C{iterate}): exactly what
-    L{_row_bindings} builds, less those C{check} rejects. The usual row, one active address
-    lease, is built here without the intermediate objects; every other group (several
-    leases, a prefix, a malformed row to skip with a warning) goes through
-    L{_row_bindings}.
+    L{_row_bindings} builds, less those C{query} does not match (none left out for a link
+    query, whose SQL selects exactly the link's clients, or without C{query}).
+
+    The usual row, one active address lease, is built here without the intermediate
+    objects, and for a Relay-ID or Remote-ID query checked once per distinct relay
+    information; every other group (several leases, a prefix, a malformed row to skip with
+    a warning) goes through L{_row_bindings} and L{BindingQuery.matches}.
     """
-    links: dict[int, str] = {}
+    check = None if query is None or query.kind is QueryKind.LINK else query.matches
+    by_info = _info_filter(query)
+    wanted_link = None if query is None else query.link_id
+    # subnet id -> (link id, whether the query's link)
+    links: dict[int, tuple[str, bool]] = {}
+    # user_context -> (relay information, whether it matches): most clients share a few
+    # contexts, and each text is hashed once here (the cache below hashes it again).
+    infos: dict[str | None, tuple[RelayInfo, bool]] = {}
     relay_info = cached_relay_info
     pton = inet_pton
     family = AF_INET6
@@ -416,24 +443,34 @@ def _iterate_bindings(
                 and type(address) is str
                 and problem(duid) is None
             ):
+                known = infos.get(ctx)
                 try:
                     packed = pton(family, address)
-                    info = relay_info(ctx)
+                    if known is None:
+                        info = relay_info(ctx)
+                        known = infos[ctx] = (info, by_info is None or by_info(info))
                 except (OSError, ValueError):  # KeaLeaseError is a ValueError
                     pass  # the general path warns and skips
                 else:
+                    info, matching = known
+                    link = links.get(subnet_id)
+                    if link is None:
+                        link_id = subnet_link_id(subnet_id)
+                        link = links[subnet_id] = (
+                            link_id,
+                            wanted_link is None or link_id == wanted_link,
+                        )
+                    if by_info is not None and not (matching and link[1]):
+                        continue
                     lease = new_(AddressLease)
                     set_address(lease, from_packed(packed))
                     set_preferred(lease, preferred or 0)
                     set_valid(lease, valid)
                     client = new_(Duid)
                     set_raw(client, duid)
-                    link_id = links.get(subnet_id)
-                    if link_id is None:
-                        link_id = links[subnet_id] = subnet_link_id(subnet_id)
                     binding = new_(Binding)
                     set_client(binding, client)
-                    set_link(binding, link_id)
+                    set_link(binding, link[0])
                     set_cltt(binding, expire - valid)
                     set_addresses(binding, (lease,))
                     set_prefixes(binding, ())
@@ -441,7 +478,7 @@ def _iterate_bindings(
                     set_relay_ids(binding, info.relay_ids)
                     set_remote_ids(binding, info.remote_ids)
                     set_options(binding, ())
-                    if check is None or check(binding):
+                    if by_info is not None or check is None or check(binding):
                         yield binding
                     continue
         found = _group_binding(group, now)
@@ -455,13 +492,11 @@ def _lazy_page(
     now: float,
 ) -> LazyBindings:
     """
-    The bindings of C{groups} (one client's rows each, in key order) as a lazy page: the
-    worker thread only reads the rows, and the thread that consumes the page builds each
-    binding when it reaches it (while the next page is being read).
+    The bindings of C{groups} (one client's rows each, in key order) that C{query} matches,
+    as a lazy page: the worker thread only reads the rows, and the thread that consumes the
+    page builds each binding when it reaches it (while the next page is being read).
     """
-    # A link query's SQL selects exactly the link's clients: every binding matches.
-    check = None if query.kind is QueryKind.LINK else query.matches
-    return LazyBindings(groups, partial(_iterate_bindings, now=now, check=check), filtered=True)
+    return LazyBindings(groups, partial(_iterate_bindings, now=now, query=query), filtered=True)
 
 
 def subnet_of_link(link_id: str) -> int | None:
