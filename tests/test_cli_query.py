@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bulklq.cli import query as cli
-from bulklq.client import ServerAddress
+from bulklq.client import UNKNOWN_LINK, ServerAddress, binding_from_client_data
 from bulklq.client.output import (
     JsonLinesWriter,
     NextHop,
@@ -32,7 +32,23 @@ from bulklq.client.output import (
 )
 from bulklq.model import AddressLease, Binding, PrefixLease
 from bulklq.testing import make_binding, make_relay_data, make_relay_hop
-from bulklq.wire import Duid, QueryType, RelayId, RemoteId, StatusCode
+from bulklq.wire import (
+    ClientData,
+    CltTime,
+    Duid,
+    IAAddress,
+    IAPrefix,
+    Message,
+    MessageType,
+    QueryType,
+    RelayId,
+    RemoteId,
+    StatusCode,
+    StatusCodeOption,
+    UnknownOption,
+    WireError,
+    decode_message,
+)
 
 from .fake_server import (
     FakeServerFactory,
@@ -264,6 +280,38 @@ class FormatTests(CommandTestCase):
         self.assertEqual(code, 2)
         self.assertEqual(err.count("\n"), 1)
 
+    def test_stream_jsonl_lines(self) -> None:
+        """
+        R12: --stream --format jsonl (lines written straight from the usual DATA) writes the
+        lines the merged output has, relay data included, and skips what R12 discards.
+        """
+        self.endpoints.clear()
+        datas = [
+            client_data(n, [f"2001:db8:1::{n:x}"], [f"2001:db8:ff{n:02x}::/56"], clt_time=n)
+            for n in range(3, 40)
+        ]
+        datas += [*_two_clients(), client_data(50, ["2001:db8:1::50"], clt_time=None)]
+        self.serve("::1", answer(datas))  # type: ignore[arg-type]
+        argv = ("::1", "--link", "2001:db8:1::1", "--format", "jsonl", "--retries", "0")
+        streamed = self.command(*argv, "--stream")
+        merged = self.command(*argv)
+        self.assertEqual(streamed[0], 0)
+        self.assertEqual(streamed[2], merged[2])
+        self.assertEqual(len(streamed[1].splitlines()), 39)
+        self.assertEqual(sorted(streamed[1].splitlines()), sorted(merged[1].splitlines()))
+        self.assertIn("1 discarded", merged[2])
+
+    def test_stream_progress_counts_frames(self) -> None:
+        """With --stream, the progress line counts the bindings written from frames too."""
+        self.endpoints.clear()
+        datas = [client_data(n, [f"2001:db8::{n}"], ["2001:db8:f::/48"]) for n in range(1, 8)]
+        self.serve("2001:db8::547", stall(datas))  # type: ignore[arg-type]
+        argv = ("2001:db8::547", "--link", "2001:db8::1", "--timeout", "5", "--retries", "0")
+        code, out, err = self.command(*argv, "--stream", "--format", "jsonl", tty=True)
+        self.assertEqual(code, cli.EXIT_INCOMPLETE)
+        self.assertIn("\r7 bindings", err)
+        self.assertEqual(len(out.splitlines()), 7)
+
     def test_progress_only_on_a_terminal(self) -> None:
         """Progress goes to stderr only when stderr is a terminal."""
         self.endpoints.clear()
@@ -298,15 +346,24 @@ class ExitCodeTests(CommandTestCase):
     """Exit codes."""
 
     def test_broken_pipe(self) -> None:
-        """141 and no traceback when the output is closed early (| head), streaming or not."""
+        """
+        141 and no traceback when the output is closed early (| head), streaming or not,
+        with lines written from frames or from bindings, in batches or one by one.
+        """
         self.serve("::1", answer([client_data(n) for n in range(1, 50)]))
-        for extra in ((), ("--stream",)):
+        self.serve("::2", answer([client_data(n, ["::1"], ["1::/48"]) for n in range(1, 50)]))
+        for extra in (
+            ("::1",),
+            ("::1", "--stream"),
+            ("::2", "--stream"),
+            ("::2", "--stream", "--format", "csv"),
+        ):
             out = _ClosedPipe(300)
             err = io.StringIO()
             running = defer.Deferred.fromCoroutine(
                 cli.run_query(
                     self.clock,
-                    parse("::1", "--link", "2001:db8::1", "--format", "jsonl", *extra),
+                    parse("--link", "2001:db8::1", "--format", "jsonl", *extra),
                     out,
                     err,
                     endpoint_factory=self.endpoints.__getitem__,
@@ -349,6 +406,110 @@ class ExitCodeTests(CommandTestCase):
         self.assertEqual(code, cli.EXIT_CONNECTION_FAILED)
         self.assertEqual(len(out.splitlines()), 1)
         self.assertIn("[::2]:547: connection-failed", err)
+
+
+def _option(code: int, body: bytes) -> bytes:
+    """One option's octets."""
+    return code.to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
+
+
+_any_address = st.one_of(
+    st.integers(0, 2**128 - 1),
+    st.integers(0, 2**32 - 1).map(lambda v: v | 0xFFFF00000000),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 0xFFFF).map(lambda v: v << 64),
+    st.integers(0, 0xFFFF).map(lambda v: (0x20010DB8 << 96) | v),
+).map(IPv6Address)
+_remaining = st.one_of(
+    st.integers(0, 5000), st.sampled_from([0xFFFFFFFE, 0xFFFFFFFF]), st.integers(0, 2**32 - 1)
+)
+_valid_duids = st.one_of(
+    st.binary(min_size=6, max_size=6).map(lambda mac: Duid.ll(1, mac).raw),
+    st.binary(min_size=1, max_size=120).map(lambda ident: Duid.en(32473, ident).raw),
+    st.binary(min_size=16, max_size=16).map(lambda value: Duid.uuid(value).raw),
+    st.binary(min_size=1, max_size=20).map(lambda lla: Duid.llt(1, 7, lla).raw),
+    st.binary(min_size=1, max_size=60).map(lambda rest: b"\x12\x34" + rest),
+)
+# Any octets at all, so also DUIDs too short or too long for their type.
+_odd_duids = st.one_of(
+    _valid_duids,
+    st.tuples(st.integers(0, 5), st.binary(max_size=140)).map(
+        lambda pair: pair[0].to_bytes(2, "big") + pair[1]
+    ),
+    st.tuples(st.integers(0, 5), st.binary(max_size=10)).map(
+        lambda pair: pair[0].to_bytes(2, "big") + pair[1]
+    ),
+    st.binary(max_size=3),
+)
+
+
+@st.composite
+def _addresses_option(draw: st.DrawFn) -> bytes:
+    return IAAddress(draw(_any_address), draw(_remaining), draw(_remaining)).encode()
+
+
+@st.composite
+def _prefix_option(draw: st.DrawFn) -> bytes:
+    return IAPrefix(
+        draw(_remaining), draw(_remaining), draw(st.integers(0, 128)), draw(_any_address)
+    ).encode()
+
+
+@st.composite
+def _data_frames(draw: st.DrawFn, usual: bool | None = None) -> tuple[bytes, bool]:
+    """
+    A LEASEQUERY-DATA message and whether it is of the usual shape: one CLIENT_DATA with
+    a valid CLIENTID first, one IAADDR and at most one IAPREFIX (or an IAPREFIX alone),
+    CLT_TIME last. Otherwise: the usual shape with one thing changed (a DUID of any length
+    and type, an option moved, added or cut short, a lease with sub-options, relay data,
+    several CLIENT_DATA), or any list of such options.
+    """
+    kind = "usual" if usual else draw(st.sampled_from(["usual", "near", "any"]))
+    if usual is False and kind == "usual":
+        kind = "near"
+    clt_time = CltTime(draw(st.one_of(st.integers(0, 100), st.integers(0, 2**32 - 1)))).encode()
+    relay = make_relay_data(make_relay_hop("2001:db8:1::1", "fe80::a1"), relay_id=Duid.ll(1, b"r"))
+    oddities = st.one_of(
+        _odd_duids.map(lambda duid: _option(1, duid)),
+        _addresses_option(),
+        _prefix_option(),
+        st.just(clt_time),
+        st.binary(max_size=6).map(lambda octets: _option(46, octets)),
+        st.just(relay.encode()),
+        st.just(IAAddress(IPv6Address(1), 5, 6, (StatusCodeOption(0, "x"),)).encode()),
+        st.just(IAPrefix(5, 6, 48, IPv6Address(1 << 100), (StatusCodeOption(0, "x"),)).encode()),
+        st.tuples(st.integers(60, 300), st.binary(max_size=9)).map(lambda pair: _option(*pair)),
+    )
+    shape = draw(st.sampled_from([(1, 1), (1, 0), (0, 1)]))
+    parts = [
+        _option(1, draw(_valid_duids)),
+        *(draw(_addresses_option()) for _ in range(shape[0])),
+        *(draw(_prefix_option()) for _ in range(shape[1])),
+        clt_time,
+    ]
+    if kind == "near":
+        change = draw(st.sampled_from(["duid", "replace", "insert", "delete", "move"]))
+        index = draw(st.integers(0, len(parts) - 1))
+        if change == "duid":
+            parts[0] = _option(1, draw(_odd_duids))
+        elif change == "replace":
+            parts[index] = draw(oddities)
+        elif change == "insert":
+            parts.insert(index, draw(oddities))
+        elif change == "delete":
+            del parts[index]
+        else:
+            parts.insert(draw(st.integers(0, len(parts) - 1)), parts.pop(index))
+    elif kind == "any":
+        parts = draw(st.lists(oddities, max_size=7))
+    client_datas = [_option(45, b"".join(parts))]
+    if kind != "usual":
+        if draw(st.booleans()):
+            client_datas.append(_option(45, _option(1, draw(_valid_duids)) + clt_time))
+        if draw(st.booleans()):
+            client_datas.insert(draw(st.integers(0, 1)), UnknownOption(200, b"top").encode())
+    head = Message(MessageType.LEASEQUERY_DATA, 0x10203, ()).encode()
+    return head + b"".join(draw(st.permutations(client_datas))), kind == "usual"
 
 
 class OutputTests(SynchronousTestCase):
@@ -424,6 +585,105 @@ class OutputTests(SynchronousTestCase):
                 for binding in bindings
             ),
         )
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        _data_frames(),
+        st.binary(max_size=24),
+        st.binary(max_size=24),
+        st.sampled_from([UNKNOWN_LINK, "2001:db8::1", 'li"nk\u00e9\n']),
+        st.one_of(st.integers(0, 2**33), st.just(NOW)),
+    )
+    def test_jsonl_frame_is_binding_line(
+        self,
+        case: tuple[bytes, bool],
+        before: bytes,
+        after: bytes,
+        link: str,
+        received_at: int,
+    ) -> None:
+        """
+        R12: JsonLinesWriter.frame, read in place, takes every DATA of the usual shape and
+        nothing else: what it takes is exactly one CLIENT_DATA the codec decodes into one
+        binding without relay data, and the line is the one JsonLinesWriter.binding writes
+        for that binding (random DUIDs, relay data, leases, lifetimes, unknown options).
+        """
+        octets, usual = case
+        fast = io.StringIO()
+        taken = JsonLinesWriter(fast).frame(
+            before + octets + after, len(before), len(before) + len(octets), received_at, link
+        )
+        if usual:
+            self.assertTrue(taken)
+        if not taken:
+            self.assertEqual(fast.getvalue(), "")
+            return
+        message = decode_message(octets)
+        assert isinstance(message, Message)
+        self.assertEqual([type(option) for option in message.options], [ClientData])
+        binding = binding_from_client_data(
+            message.options[0],  # type: ignore[arg-type]
+            received_at,
+            None if link == UNKNOWN_LINK else link,
+        )
+        assert binding is not None
+        self.assertIsNone(binding.relay_data)
+        self.assertEqual(binding.options, ())
+        slow = io.StringIO()
+        JsonLinesWriter(slow).binding(binding)
+        self.assertEqual(fast.getvalue(), slow.getvalue())
+
+    def test_jsonl_frame_duids(self) -> None:
+        """
+        JsonLinesWriter.frame takes a CLIENTID exactly when the codec accepts its DUID: every
+        type's shortest and longest, one octet either side, and unknown types.
+        """
+        rest = IAAddress(IPv6Address(1), 1, 2).encode() + CltTime(3).encode()
+        head = Message(MessageType.LEASEQUERY_DATA, 0x10203, ()).encode()
+        for duid_type in range(7):
+            for length in (*range(21), *range(126, 134)):
+                raw = (duid_type.to_bytes(2, "big") + bytes(range(1, 140)))[:length]
+                octets = head + _option(45, _option(1, raw) + rest)
+                taken = JsonLinesWriter(io.StringIO()).frame(octets, 0, len(octets), NOW, "l")
+                try:
+                    decode_message(octets)
+                except WireError:
+                    self.assertFalse(taken, (duid_type, length))
+                else:
+                    self.assertTrue(taken, (duid_type, length))
+
+    @settings(max_examples=300, deadline=None)
+    @given(_data_frames(usual=True), st.data())
+    def test_jsonl_frame_mangled(self, case: tuple[bytes, bool], draw: st.DataObject) -> None:
+        """
+        On an altered or cut frame, JsonLinesWriter.frame declines, or writes the line of
+        what the codec decodes from it.
+        """
+        octets = bytearray(case[0])
+        position = draw.draw(st.integers(4, len(octets) - 1))
+        if draw.draw(st.booleans()):
+            octets[position] = draw.draw(st.integers(0, 255))
+        else:
+            del octets[position:]
+        mangled = bytes(octets)
+        fast = io.StringIO()
+        taken = JsonLinesWriter(fast).frame(mangled + bytes(30), 0, len(mangled), NOW, "l")
+        try:
+            message = decode_message(mangled)
+        except WireError:
+            self.assertFalse(taken)
+            return
+        assert isinstance(message, Message)
+        bindings = [
+            binding_from_client_data(item, NOW, "l") for item in message.options_of(ClientData)
+        ]
+        if taken:
+            self.assertEqual(len(message.options), 1)
+            (binding,) = bindings
+            assert binding is not None
+            slow = io.StringIO()
+            JsonLinesWriter(slow).binding(binding)
+            self.assertEqual(fast.getvalue(), slow.getvalue())
 
     def test_jsonl_batches(self) -> None:
         """With a batch, lines are written batch by batch, and the rest by finish."""

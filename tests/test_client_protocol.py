@@ -573,6 +573,60 @@ class SegmentTests(ProtocolTestCase):
             self.assertEqual(len(streamed), 31)
             self.assertEqual(kept, tuple(streamed) if keep else ())
 
+    def test_jsonl_frames_any_segmentation(self) -> None:
+        """
+        S1/R12: jsonl written through on_frame (JsonLinesWriter.frame) is the text written
+        from decoded bindings alone, however the stream is cut, with the same counts.
+        """
+        import io
+
+        from bulklq.client.output import JsonLinesWriter
+
+        outcomes = []
+        for use_frames in (False, True):
+            for sizes in ([1 << 20], [1], [7, 3, 250, 1, 90]):
+                protocol = BulkLeasequeryClientProtocol(
+                    REQUESTOR_DUID, self.clock, 300, random.Random(5)
+                )
+                transport = StringTransport()
+                protocol.makeConnection(transport)
+                out = io.StringIO()
+                writer = JsonLinesWriter(out, 3)
+                taken: list[bool] = []
+
+                def on_frame(
+                    *args: object, writer: JsonLinesWriter = writer, taken: list[bool] = taken
+                ) -> bool:
+                    taken.append(writer.frame(*args))  # type: ignore[arg-type]
+                    return taken[-1]
+
+                results: list[ServerResult] = []
+                protocol.query(
+                    LeaseQuery.by_link_address(IPv6Address("2001:db8:1::1")),
+                    writer.binding,
+                    False,
+                    on_frame=on_frame if use_frames else None,
+                ).addCallback(results.append)
+                xid = decode_message(transport.value()[2:]).transaction_id  # type: ignore[union-attr]
+                octets = self._answer(xid)
+                position = 0
+                turn = 0
+                while position < len(octets):
+                    size = sizes[turn % len(sizes)]
+                    protocol.dataReceived(octets[position : position + size])
+                    position += size
+                    turn += 1
+                writer.finish(None)
+                (result,) = results
+                self.assertEqual(result.status, QueryStatus.SUCCESS)
+                self.assertEqual((result.received, result.discarded), (31, 1))
+                if use_frames:
+                    # Taken: the 29 usual DATA and client 30's; declined: R12's, client 32's.
+                    self.assertEqual((taken.count(True), taken.count(False)), (29, 2))
+                outcomes.append(out.getvalue())
+        self.assertEqual(len(outcomes[0].splitlines()), 31)
+        self.assertEqual(set(outcomes), {outcomes[0]})
+
     def test_stop_mid_segment(self) -> None:
         """
         R13: once a streaming callback stops the query, the frames after it in the same
@@ -598,3 +652,178 @@ class SegmentTests(ProtocolTestCase):
             (results[0].status, results[0].error), (QueryStatus.INCOMPLETE, "three is enough")
         )
         self.assertTrue(self.transport.disconnecting)
+
+
+class _Offers:
+    """An C{on_frame} that records what it is offered and takes nothing (or everything)."""
+
+    def __init__(self, take: bool = False) -> None:
+        self.take = take
+        self.offered: list[tuple[bytes, int, str]] = []
+
+    def __call__(self, data: bytes, start: int, end: int, received_at: int, link: str) -> bool:
+        self.offered.append((data[start:end], received_at, link))
+        return self.take
+
+
+class FrameCallbackTests(ProtocolTestCase):
+    """C{on_frame}: DATA frames offered in place before they are decoded."""
+
+    def _mixed(self, xid: int) -> list[Message | bytes]:
+        """An answer with every kind of DATA the checks must see, and strangers around it."""
+        return [
+            data(xid ^ 5, client_data(90, ["2001:db8::90"])),  # R13: not this query
+            data(xid, client_data(91, ["2001:db8::91"])),  # before the REPLY: discarded
+            reply(xid, client_data(1, ["2001:db8::1"]), requestor=client_duid(77)),  # R11
+            reply(xid, client_data(1, ["2001:db8::1"], ["2001:db8:f1::/48"])),
+            data(xid),  # R7
+            data(xid, status(0, "no client here")),  # R7, long enough to be offered
+            data(xid, client_data(2, ["2001:db8::2"], clt_time=None)),  # R12
+            data(xid, client_data(3, ["2001:db8::3"], with_client_id=False)),  # R12
+            data(xid, client_data(4, ["2001:db8::4"], ["2001:db8:f4::/48"])),
+            data(xid, client_data(5, ["2001:db8::5"]), client_data(6, ["2001:db8::6"])),
+            done(xid),
+            data(xid, client_data(7, ["2001:db8::7"])),  # after DONE: no query any more
+        ]
+
+    def test_checks_apply_before_and_after(self) -> None:
+        """
+        R7/R11/R12/R13: only DATA of this query after its accepted REPLY is offered; a frame
+        on_frame declines goes through every usual check, so the outcome is the same as
+        without on_frame.
+        """
+        outcomes = []
+        for on_frame in (None, _Offers()):
+            protocol = BulkLeasequeryClientProtocol(REQUESTOR_DUID, self.clock, 300)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            results: list[ServerResult] = []
+            streamed: list[Binding] = []
+            protocol.query(
+                LeaseQuery.by_relay_id(RELAY), streamed.append, False, on_frame=on_frame
+            ).addCallback(results.append)
+            xid = decode_message(transport.value()[2:]).transaction_id  # type: ignore[union-attr]
+            protocol.dataReceived(frame(*self._mixed(xid)))
+            (result,) = results
+            outcomes.append((result.status, result.received, result.discarded, streamed))
+            if on_frame is not None:
+                offered = [decode_message(octets) for octets, _, _ in on_frame.offered]
+                self.assertEqual(
+                    [(m.transaction_id, len(m.options)) for m in offered],  # type: ignore[union-attr]
+                    [(xid, 1)] * 4 + [(xid, 2)],
+                )
+                self.assertEqual(
+                    {(at, link) for _, at, link in on_frame.offered}, {(NOW, "unknown")}
+                )
+        self.assertEqual(outcomes[0], outcomes[1])
+        self.assertEqual(outcomes[0][:3], (QueryStatus.SUCCESS, 4, 6))
+        self.assertEqual(
+            [b.client_id for b in outcomes[0][3]], [client_duid(n) for n in (1, 4, 5, 6)]
+        )
+
+    def test_taken_frames_counted_not_decoded(self) -> None:
+        """A frame on_frame takes is one binding received, which on_binding does not see."""
+        offers = _Offers(take=True)
+        xid, results, streamed = self.ask(
+            LeaseQuery.by_link_address(IPv6Address("2001:db8:1::1")), keep=False, on_frame=offers
+        )
+        self.feed(*stream(xid, [client_data(n, [f"2001:db8:1::{n}"]) for n in range(1, 5)]))
+        self.assertEqual(len(offers.offered), 3)
+        self.assertEqual({link for _, _, link in offers.offered}, {"2001:db8:1::1"})
+        self.assertEqual([b.client_id for b in streamed], [client_duid(1)])  # in the REPLY
+        self.assertEqual((results[0].status, results[0].received), (QueryStatus.SUCCESS, 4))
+
+    def test_only_when_streaming(self) -> None:
+        """on_frame is not used when the bindings are kept, or when there is no on_binding."""
+        offers = _Offers(take=True)
+        xid, results, streamed = self.ask(keep=True, on_frame=offers)
+        self.feed(*stream(xid, [client_data(n, [f"2001:db8::{n}"]) for n in range(1, 4)]))
+        self.assertEqual((offers.offered, len(streamed), len(results[0].bindings)), ([], 3, 3))
+        kept: list[ServerResult] = []
+        self.protocol.query(
+            LeaseQuery.by_relay_id(RELAY), None, False, on_frame=offers
+        ).addCallback(kept.append)
+        (query,) = self.sent()
+        xid = query.transaction_id
+        self.feed(*stream(xid, [client_data(n, [f"2001:db8::{n}"]) for n in range(1, 4)]))
+        self.assertEqual((offers.offered, kept[0].received), ([], 3))
+
+    def test_stop_and_failure(self) -> None:
+        """
+        on_frame raising StopStreaming ends the query quietly as incomplete; raising anything
+        else is logged and ends it too; either way the rest of the segment is not delivered.
+        """
+        from bulklq.client import StopStreaming
+
+        for error, logged in ((StopStreaming("enough"), 0), (RuntimeError("disk full"), 1)):
+            calls: list[int] = []
+
+            def fail(*args: object, error: Exception = error, calls: list[int] = calls) -> bool:
+                calls.append(1)
+                raise error
+
+            transport = StringTransport()
+            protocol = BulkLeasequeryClientProtocol(REQUESTOR_DUID, self.clock, 300)
+            protocol.makeConnection(transport)
+            results: list[ServerResult] = []
+            streamed: list[Binding] = []
+            protocol.query(
+                LeaseQuery.by_relay_id(RELAY), streamed.append, False, on_frame=fail
+            ).addCallback(results.append)
+            xid = decode_message(transport.value()[2:]).transaction_id  # type: ignore[union-attr]
+            protocol.dataReceived(
+                frame(*stream(xid, [client_data(n, [f"2001:db8::{n}"]) for n in range(1, 5)]))
+            )
+            self.assertEqual((len(calls), len(streamed)), (1, 1))
+            self.assertEqual(results[0].status, QueryStatus.INCOMPLETE)
+            self.assertEqual(
+                results[0].error, "enough" if logged == 0 else "the binding consumer failed"
+            )
+            self.assertTrue(transport.disconnecting)
+            protocol.connectionLost()
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), logged)
+
+    def test_string_received_offers_too(self) -> None:
+        """A frame handed to stringReceived directly is offered like one from dataReceived."""
+        offers = _Offers(take=True)
+        xid, results, _ = self.ask(keep=False, on_frame=offers)
+        self.feed(reply(xid))
+        self.assertEqual(results[0].status, QueryStatus.SUCCESS)
+        xid, results, _ = self.ask(keep=False, on_frame=offers)
+        self.feed(reply(xid, client_data(1, ["2001:db8::1"])))
+        self.protocol.stringReceived(data(xid, client_data(2, ["2001:db8::2"])).encode())
+        self.protocol.stringReceived(data(xid).encode())  # R7: too short to offer
+        self.feed(done(xid))
+        self.assertEqual(len(offers.offered), 1)
+        self.assertEqual((results[0].received, results[0].discarded), (2, 1))
+
+    def test_cancelled_query_not_offered(self) -> None:
+        """DATA arriving for a cancelled query is not offered (nor decoded)."""
+        offers = _Offers()
+        results: list[ServerResult] = []
+        deferred = self.protocol.query(
+            LeaseQuery.by_relay_id(RELAY), lambda b: None, False, on_frame=offers
+        )
+        deferred.addErrback(lambda failure: None)
+        (query,) = self.sent()
+        xid = query.transaction_id
+        self.feed(reply(xid, client_data(1, ["2001:db8::1"])))
+        deferred.cancel()
+        self.feed(data(xid, client_data(2, ["2001:db8::2"])))
+        self.assertEqual((offers.offered, results), ([], []))
+        self.protocol.connectionLost()
+
+    def test_length_limit(self) -> None:
+        """
+        S1: as with Int16StringReceiver, a frame longer than MAX_LENGTH goes to
+        lengthLimitExceeded, which aborts the connection: the query is incomplete.
+        """
+        xid, results, streamed = self.ask(keep=False, on_frame=_Offers())
+        self.protocol.MAX_LENGTH = 200
+        long_data = data(xid, *[client_data(n, [f"2001:db8::{n}"]) for n in range(1, 9)])
+        self.feed(reply(xid, client_data(1, ["2001:db8::1"])), long_data, done(xid))
+        self.assertTrue(self.transport.disconnecting)
+        self.protocol.connectionLost()
+        self.assertEqual(len(streamed), 1)
+        self.assertEqual(results[0].status, QueryStatus.INCOMPLETE)
+        self.assertEqual(results[0].error, f"frame of {len(long_data.encode())} octets")

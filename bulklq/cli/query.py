@@ -18,7 +18,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from ipaddress import IPv6Address
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
@@ -238,6 +238,28 @@ class _Progress:
     def binding(self, binding: Binding) -> None:
         self.count += 1
 
+    def counting(self, write: Callable[[Binding], object]) -> Callable[[Binding], None]:
+        """C{write}, counting each binding for the progress line."""
+
+        def counted(binding: Binding) -> None:
+            self.count += 1
+            write(binding)
+
+        return counted
+
+    def counting_frames(
+        self, write: Callable[[bytes, int, int, int, str], bool]
+    ) -> Callable[[bytes, int, int, int, str], bool]:
+        """An C{on_frame} C{write}, counting each frame it takes for the progress line."""
+
+        def counted(data: bytes, start: int, end: int, received_at: int, link: str) -> bool:
+            if write(data, start, end, received_at, link):
+                self.count += 1
+                return True
+            return False
+
+        return counted
+
     def _show(self) -> None:
         elapsed = max(self._clock.seconds() - self._start, 1e-9)
         self._err.write(f"\r{self.count} bindings, {self.count / elapsed:,.0f}/s ")
@@ -274,7 +296,9 @@ async def run_query(
         err.write(f"{prog}: error: --stream cannot be used with --format json\n")
         return EXIT_USAGE
     clock_now = now or clock.seconds
-    writer = _writer(arguments, out, clock_now)
+    # While streaming, bindings are written as the query runs: a closed output must stop it.
+    guard = _StreamingOutput(out) if arguments.stream else None
+    writer = _writer(arguments, out if guard is None else cast(IO[str], guard), clock_now)
     requestor = Requestor(
         arguments.requestor_duid or default_requestor_duid(),
         clock,
@@ -289,49 +313,70 @@ async def run_query(
     show_progress = _isatty(err)
     progress = _Progress(clock, err, show_progress)
 
-    output_closed: list[bool] = []
-    write_binding = writer.binding
-
-    def stream(binding: Binding) -> None:
-        progress.count += 1
-        try:
-            write_binding(binding)
-        except BrokenPipeError:
-            output_closed.append(True)
-            raise StopStreaming("the output was closed") from None
-
-    def stream_quietly(binding: Binding) -> None:
-        # stream() without the count, which only the progress line shows.
-        try:
-            write_binding(binding)
-        except BrokenPipeError:
-            output_closed.append(True)
-            raise StopStreaming("the output was closed") from None
-
+    on_frame: Callable[[bytes, int, int, int, str], bool] | None = None
     if arguments.stream:
-        on_binding: Callable[[Binding], object] | None = stream if show_progress else stream_quietly
+        write_binding = writer.binding
+        if isinstance(writer, JsonLinesWriter):
+            # jsonl writes the usual LEASEQUERY-DATA straight from its octets.
+            on_frame = writer.frame
+        if show_progress:
+            on_binding: Callable[[Binding], object] | None = progress.counting(write_binding)
+            if on_frame is not None:
+                on_frame = progress.counting_frames(on_frame)
+        else:
+            on_binding = write_binding
     else:
         on_binding = progress.binding if show_progress else None
-    writer.start()
     try:
-        result = await requestor.query_all(servers, query, on_binding)
+        writer.start()
+    except (BrokenPipeError, StopStreaming):
+        progress.stop()
+        _discard_output(out)
+        return EXIT_BROKEN_PIPE
+    try:
+        result = await requestor.query_all(servers, query, on_binding, on_frame=on_frame)
     finally:
         progress.stop()
     try:
-        if output_closed:
+        if guard is not None and guard.closed_early:
             raise BrokenPipeError
         if not arguments.stream:
             for binding in result.bindings:
                 writer.binding(binding)
         writer.finish(result)
         out.flush()
-    except BrokenPipeError:
+    except (BrokenPipeError, StopStreaming):
         _discard_output(out)
         return EXIT_BROKEN_PIPE
     for server in result.servers:
         if not server.complete or server.discarded:
             err.write(f"{prog}: {server.describe()}\n")
     return exit_code(result)
+
+
+class _StreamingOutput(io.TextIOBase):
+    """
+    The output while bindings are written as they arrive: a write to a closed pipe
+    (C{| head}) raises L{StopStreaming}, which ends the query, instead of
+    C{BrokenPipeError}, which the requestor would take for a failing consumer.
+    """
+
+    def __init__(self, out: IO[str]) -> None:
+        super().__init__()
+        self._out = out
+        self.closed_early = False
+
+    def write(self, text: str) -> int:
+        """Write C{text} to the output."""
+        try:
+            return self._out.write(text)
+        except BrokenPipeError:
+            self.closed_early = True
+            raise StopStreaming("the output was closed") from None
+
+    def isatty(self) -> bool:
+        """Whether the output is a terminal."""
+        return _isatty(self._out)
 
 
 def _discard_output(out: IO[str]) -> None:

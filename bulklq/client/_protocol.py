@@ -11,6 +11,7 @@ arrives for the data timeout while a query is outstanding (R14).
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
@@ -37,6 +38,7 @@ from ..wire import (
 )
 from ._connection import abort_connection, peer_text
 from ._decode import (
+    UNKNOWN_LINK,
     binding_from_client_data,
     fast_data_bindings,
     fast_single_binding,
@@ -51,14 +53,26 @@ from ._result import (
     TooManyBindingsError,
 )
 
-__all__ = ["BindingCallback", "BulkLeasequeryClientProtocol", "StopStreaming"]
+__all__ = ["BindingCallback", "BulkLeasequeryClientProtocol", "FrameCallback", "StopStreaming"]
 
 #: Called with each binding as it arrives (one per accepted CLIENT_DATA).
 BindingCallback = Callable[[Binding], object]
 
+#: Offered each LEASEQUERY-DATA message of a streaming query before it is decoded, in place:
+#: C{(data, start, end, received_at, link_id) -> taken}. See L{BulkLeasequeryClientProtocol.query}.
+FrameCallback = Callable[[bytes, int, int, int, str], bool]
+
 _REPLY = MessageType.LEASEQUERY_REPLY
 _DATA = MessageType.LEASEQUERY_DATA
 _DONE = MessageType.LEASEQUERY_DONE
+
+# A frame's length prefix, and its message type and transaction-id as one number.
+_unpack_frame_head = struct.Struct("!HI").unpack_from
+
+
+def _data_head(xid: int) -> int:
+    """The message type and transaction-id of a LEASEQUERY-DATA for C{xid}, as one number."""
+    return (_DATA << 24) | xid
 
 
 class StopStreaming(Exception):  # noqa: N818 - a signal, not an error
@@ -75,8 +89,10 @@ class _Pending:
         "deferred",
         "discarded",
         "link",
+        "link_id",
         "merger",
         "on_binding",
+        "on_frame",
         "query",
         "received",
         "replied",
@@ -91,15 +107,20 @@ class _Pending:
         deferred: Deferred[ServerResult],
         on_binding: BindingCallback | None,
         merger: BindingMerger | None,
+        *,
+        on_frame: FrameCallback | None = None,
     ) -> None:
         self.xid = xid
         self.query = query
         self.deferred = deferred
         self.on_binding = on_binding
         self.merger = merger
+        self.on_frame = on_frame
         self.link: str | None = (
             None if query.link_address == UNSPECIFIED else str(query.link_address)
         )
+        # The link id of a binding without relay data (what on_frame is told).
+        self.link_id = UNKNOWN_LINK if self.link is None else self.link
         self.replied = False
         self.server_duid: Duid | None = None
         self.received = 0
@@ -132,6 +153,8 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         self._data_timeout = data_timeout
         self._random = rng or random.Random()
         self._pending: dict[int, _Pending] = {}
+        # The replied queries, by the type-and-xid head of their LEASEQUERY-DATA frames.
+        self._streams: dict[int, _Pending] = {}
         self._timer: IDelayedCall | None = None
         self._last_activity = 0.0
         self._received_at = 0
@@ -155,6 +178,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             "the connection closed before the reply was complete",
         )
         pending, self._pending = self._pending, {}
+        self._streams = {}
         for query in pending.values():
             self._finish(query, status, error=text)
 
@@ -171,6 +195,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         on_binding: BindingCallback | None = None,
         keep: bool = True,
         max_bindings: int | None = None,
+        on_frame: FrameCallback | None = None,
     ) -> Deferred[ServerResult]:
         """
         Send C{query}; the Deferred fires with its L{ServerResult} (it never errbacks for
@@ -182,6 +207,18 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         @param max_bindings: with C{keep}, end the query as incomplete (and close the
             connection) when the result would hold more bindings than this. Whatever
             the limit, a kept binding holds at most C{MAX_LEASES_PER_BINDING} leases.
+        @param on_frame: with C{on_binding} and without C{keep}, a shortcut for consumers
+            that can use a binding's octets without a L{Binding} (such as
+            L{JsonLinesWriter.frame<bulklq.client.output.JsonLinesWriter.frame>}): each
+            LEASEQUERY-DATA message of this query, once its REPLY was accepted (R11) and
+            matched by transaction-id (R13), is first offered as
+            C{on_frame(data, start, end, received_at, link_id)}, the message being
+            C{data[start:end]}. Returning C{True} takes it as one binding, which
+            C{on_binding} then does not see: C{on_frame} must only take a message that
+            holds exactly one valid CLIENT_DATA with CLIENTID and CLT_TIME and no
+            LQ_RELAY_DATA, and use it as the binding the requestor would decode (received
+            at C{received_at}, on link C{link_id}). C{False} has the message decoded and
+            checked as usual (R7, R12). C{on_frame} may raise L{StopStreaming}.
 
         Cancelling the Deferred aborts the connection: the server would go on sending.
         """
@@ -200,6 +237,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             deferred,
             on_binding,
             BindingMerger(max_bindings, MAX_LEASES_PER_BINDING) if keep else None,
+            on_frame=on_frame if on_binding is not None and not keep else None,
         )
         self._pending[xid] = pending
         self.sendString(query.to_message(xid, self._requestor_duid).encode())
@@ -211,6 +249,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         for xid, pending in list(self._pending.items()):
             if pending.deferred is deferred:
                 del self._pending[xid]
+                self._streams.pop(_data_head(xid), None)
         self._closing_reason = (QueryStatus.INCOMPLETE, "another query was cancelled")
         self._abort()
 
@@ -260,9 +299,10 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
     def dataReceived(self, data: bytes) -> None:
         """
         Note the activity for the data timeout, then split frames (S1) as
-        C{Int16StringReceiver} does, handing each to L{stringReceived}; the usual
-        LEASEQUERY-DATA frame (one CLIENT_DATA for a streaming query) is decoded in place,
-        without copying it out of the received data first.
+        C{Int16StringReceiver} does (C{MAX_LENGTH}, C{paused}), handing each to
+        L{stringReceived}. A LEASEQUERY-DATA frame of a replied query is handled in place,
+        without copying it out of the received data first: offered to the query's
+        C{on_frame}, else decoded by the fast path when of the usual shape.
         """
         now = self._clock.seconds()
         self._last_activity = now
@@ -270,22 +310,45 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         buffer = self._unprocessed + data
         size = len(buffer)
         offset = 0
-        pending_get = self._pending.get
-        while size - offset >= 2 and not self.paused:
+        streams_get = self._streams.get
+        limit = self.MAX_LENGTH
+        while not self.paused:
+            if size - offset >= 6:
+                length, head = _unpack_frame_head(buffer, offset)
+            elif size - offset >= 2:
+                length = (buffer[offset] << 8) | buffer[offset + 1]
+                head = -1
+            else:
+                break
+            if length > limit:
+                self._unprocessed = buffer[offset:]
+                self._compatibilityOffset = 0
+                self.lengthLimitExceeded(length)
+                return
             start = offset + 2
-            end = start + ((buffer[offset] << 8) | buffer[offset + 1])
+            end = start + length
             if end > size:
                 break
             offset = end
-            if end - start >= 16 and buffer[start] == _DATA and self._closing_reason is None:
-                pending = pending_get(
-                    (buffer[start + 1] << 16) | (buffer[start + 2] << 8) | buffer[start + 3]
-                )
-                if pending is not None and pending.replied:
+            pending = streams_get(head)
+            if pending is not None and length >= 16 and self._closing_reason is None:
+                on_frame = pending.on_frame
+                if on_frame is not None:
+                    try:
+                        taken = on_frame(buffer, start, end, received_at, pending.link_id)
+                    except Exception as error:
+                        self._consumer_failed(pending, error)
+                        continue
+                    if taken:
+                        pending.received += 1
+                        continue
+                else:
                     binding = fast_single_binding_at(buffer, start, end, received_at, pending.link)
                     if binding is not None:
                         self._deliver(pending, binding)
                         continue
+                self._data_frame(pending, buffer[start:end])
+                continue
             self.stringReceived(buffer[start:end])
         self._unprocessed = buffer[offset:]
         self._compatibilityOffset = 0
@@ -299,13 +362,21 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             pending.received += 1
             try:
                 pending.on_binding(binding)
-            except StopStreaming as stop:
-                self._abort_query(pending, str(stop) or "the consumer stopped")
-            except Exception:
-                self._log.failure("The binding consumer failed")
-                self._abort_query(pending, "the binding consumer failed")
+            except Exception as error:
+                self._consumer_failed(pending, error)
         else:
             self._accept(pending, binding)
+
+    def _consumer_failed(self, pending: _Pending, error: Exception) -> None:
+        """
+        End C{pending} because its consumer raised C{error} (in an C{except} block):
+        L{StopStreaming} quietly, anything else logged as a failure.
+        """
+        if isinstance(error, StopStreaming):
+            self._abort_query(pending, str(error) or "the consumer stopped")
+        else:
+            self._log.failure("The binding consumer failed")
+            self._abort_query(pending, "the binding consumer failed")
 
     def lengthLimitExceeded(self, length: int) -> None:
         """Cannot happen with a 2-octet size; close rather than buffer, should it."""
@@ -319,16 +390,23 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         if len(frame) >= 4 and frame[0] == _DATA:
             pending = self._pending.get(int.from_bytes(frame[1:4], "big"))
             if pending is not None and pending.replied:
-                binding = fast_single_binding(frame, self._received_at, pending.link)
-                if binding is not None:
-                    self._deliver(pending, binding)
-                    return
-                bindings = fast_data_bindings(frame, self._received_at, pending.link)
-                if bindings is not None:
-                    for binding in bindings:
-                        if not self._accept(pending, binding):
-                            return
-                    return
+                on_frame = pending.on_frame
+                if on_frame is not None and len(frame) >= 16:
+                    try:
+                        taken = on_frame(frame, 0, len(frame), self._received_at, pending.link_id)
+                    except Exception as error:
+                        self._consumer_failed(pending, error)
+                        return
+                    if taken:
+                        pending.received += 1
+                        return
+                else:
+                    binding = fast_single_binding(frame, self._received_at, pending.link)
+                    if binding is not None:
+                        self._deliver(pending, binding)
+                        return
+                self._data_frame(pending, frame)
+                return
         try:
             message = decode_message(frame)
         except WireError as error:
@@ -359,6 +437,25 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
                 kind=rfc_name(kind, MessageType),
                 peer=self.peer,
             )
+
+    def _data_frame(self, pending: _Pending, frame: bytes) -> None:
+        """
+        A LEASEQUERY-DATA frame of C{pending} (replied) that the in-place paths left: the
+        fast decode of several CLIENT_DATA, else the codec and every check (R7, R12).
+        """
+        bindings = fast_data_bindings(frame, self._received_at, pending.link)
+        if bindings is not None:
+            for binding in bindings:
+                if not self._accept(pending, binding):
+                    return
+            return
+        try:
+            message = decode_message(frame)
+        except WireError as error:
+            self._discard_frame(frame, str(error))
+            return
+        if isinstance(message, Message):  # always: the type octet is DATA's
+            self._data(message, pending)
 
     def _discard_frame(self, frame: bytes, reason: str) -> None:
         pending = self._pending.get(int.from_bytes(frame[1:4], "big")) if len(frame) >= 4 else None
@@ -393,6 +490,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             return
         pending.replied = True
         pending.server_duid = server_id.duid
+        self._streams[_data_head(pending.xid)] = pending
         status = message.option(StatusCodeOption)
         if status is not None and status.status != StatusCode.Success:
             self._finish_pending(
@@ -447,12 +545,8 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         except TooManyBindingsError as error:
             self._abort_query(pending, str(error))
             return False
-        except StopStreaming as stop:
-            self._abort_query(pending, str(stop) or "the consumer stopped")
-            return False
-        except Exception:
-            self._log.failure("The binding consumer failed")
-            self._abort_query(pending, "the binding consumer failed")
+        except Exception as error:
+            self._consumer_failed(pending, error)
             return False
         return True
 
@@ -505,6 +599,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
     ) -> None:
         if self._pending.pop(pending.xid, None) is None:
             return
+        self._streams.pop(_data_head(pending.xid), None)
         if not self._pending:
             self._stop_timer()
         self._finish(pending, status, code, error, local)

@@ -24,7 +24,7 @@ from ..wire import (
     Duid,
 )
 from ._connection import BuildingFactory, host_port_text
-from ._protocol import BindingCallback, BulkLeasequeryClientProtocol
+from ._protocol import BindingCallback, BulkLeasequeryClientProtocol, FrameCallback
 from ._query import LeaseQuery
 from ._result import BindingMerger, QueryResult, QueryStatus, ServerResult
 
@@ -192,6 +192,8 @@ class Requestor:
         server: ServerAddress | str,
         query: LeaseQuery,
         on_binding: BindingCallback | None = None,
+        *,
+        on_frame: FrameCallback | None = None,
     ) -> Deferred[ServerResult]:
         """
         Ask one server, retrying as L{RequestorOptions} says; fires with the last attempt's
@@ -199,19 +201,27 @@ class Requestor:
 
         C{on_binding} sees every binding as it arrives. After a retry the answer starts
         again from the beginning, so the callback may see a binding more than once; the
-        result only holds the last attempt's bindings.
+        result only holds the last attempt's bindings. C{on_frame} is offered each
+        LEASEQUERY-DATA message first when the bindings are not kept (see
+        L{BulkLeasequeryClientProtocol.query}).
         """
         address = server if isinstance(server, ServerAddress) else ServerAddress.parse(server)
-        return Deferred.fromCoroutine(self._query(address, query, on_binding))
+        return Deferred.fromCoroutine(self._query(address, query, on_binding, on_frame))
 
     async def _query(
-        self, server: ServerAddress, query: LeaseQuery, on_binding: BindingCallback | None
+        self,
+        server: ServerAddress,
+        query: LeaseQuery,
+        on_binding: BindingCallback | None,
+        on_frame: FrameCallback | None,
     ) -> ServerResult:
         attempt = 0
         while True:
             attempt += 1
             result = attrs.evolve(
-                await self._attempt(server, query, on_binding), server=str(server), attempts=attempt
+                await self._attempt(server, query, on_binding, on_frame),
+                server=str(server),
+                attempts=attempt,
             )
             if not result.retryable or attempt > self.options.retries:
                 return result
@@ -224,7 +234,11 @@ class Requestor:
             await deferLater(self._reactor, delay)
 
     async def _attempt(
-        self, server: ServerAddress, query: LeaseQuery, on_binding: BindingCallback | None
+        self,
+        server: ServerAddress,
+        query: LeaseQuery,
+        on_binding: BindingCallback | None,
+        on_frame: FrameCallback | None,
     ) -> ServerResult:
         try:
             protocol = await self.connect(server)
@@ -238,7 +252,11 @@ class Requestor:
             return ServerResult(str(server), QueryStatus.CONNECTION_FAILED, error=_one_line(error))
         try:
             return await protocol.query(
-                query, on_binding, self.options.keep_bindings, self.options.max_bindings
+                query,
+                on_binding,
+                self.options.keep_bindings,
+                self.options.max_bindings,
+                on_frame,
             )
         finally:
             # R15: one query per connection here; close after its DONE.
@@ -250,13 +268,16 @@ class Requestor:
         servers: Sequence[ServerAddress | str],
         query: LeaseQuery,
         on_binding: BindingCallback | None = None,
+        *,
+        on_frame: FrameCallback | None = None,
     ) -> Deferred[QueryResult]:
         """
         Ask every server in parallel (RFC 5460 section 6.4) and merge their bindings by
         (link, client DUID), the most recent CLT_TIME winning (R16). A server that fails is
-        reported in C{result.servers}; the others' data is kept.
+        reported in C{result.servers}; the others' data is kept. C{on_binding} and
+        C{on_frame} are as for L{query}.
         """
-        queries = [self.query(server, query, on_binding) for server in servers]
+        queries = [self.query(server, query, on_binding, on_frame=on_frame) for server in servers]
         merged: Deferred[list[ServerResult]] = gatherResults(queries)
         return merged.addCallback(_merge_results)
 

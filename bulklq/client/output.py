@@ -15,6 +15,7 @@ import csv
 import enum
 import json
 import socket
+import struct
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -22,7 +23,13 @@ from ipaddress import IPv6Address
 from typing import IO
 
 from ..model import AddressLease, Binding, PrefixLease
-from ._decode import INFINITE_LIFETIME
+from ._decode import (
+    _DUID_MINIMUM,
+    _MASKS,
+    INFINITE_LIFETIME,
+    _granted_top,
+    _unpack_data_head,
+)
 from ._result import QueryResult
 
 __all__ = [
@@ -47,6 +54,19 @@ def format_address(address: IPv6Address) -> str:
     """C{str(address)} (RFC 5952 text), computed faster for the common case."""
     text = _inet_ntop(_AF_INET6, address._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
     return text if "." not in text else str(address)
+
+
+# The usual CLIENT_DATA after its CLIENTID (see JsonLinesWriter.frame): IAADDR and IAPREFIX,
+# IAADDR alone or IAPREFIX alone, then CLT_TIME; each option's code and length as one u32.
+_unpack_address_prefix = struct.Struct("!I16sIIIIIB16sII").unpack_from
+_unpack_address = struct.Struct("!I16sIIII").unpack_from
+_unpack_prefix = struct.Struct("!IIIB16sII").unpack_from
+_ADDRESS_PREFIX_SIZE = 28 + 29 + 8
+_ADDRESS_SIZE = 28 + 8
+_PREFIX_SIZE = 29 + 8
+_IAADDR_HEAD = (5 << 16) | 24
+_IAPREFIX_HEAD = (26 << 16) | 25
+_CLT_TIME_HEAD = (46 << 16) | 4
 
 
 @lru_cache(maxsize=256)
@@ -92,59 +112,97 @@ def binding_to_json(binding: Binding) -> dict[str, object]:
     return value
 
 
-def _address_item(cltt: int, lease: AddressLease) -> str:
+# The jsonl line, as text. Three builders hold the layout (json.dumps of binding_to_json,
+# compact, in its key order) and every jsonl line is made by them, whether from a Binding
+# (JsonLinesWriter.binding) or straight from a frame's octets (JsonLinesWriter.frame):
+# _line around _address_json/_prefix_json items, and _usual_line, the same for the usual
+# binding (one address, one prefix) in one expression. Only the link id can hold arbitrary
+# text: it alone is escaped (by json.dumps, cached); DUIDs, addresses and numbers need none.
+
+
+def _address_json(cltt: int, text: str, preferred: int, valid: int) -> str:
     """One element of a jsonl line's C{addresses} list."""
-    valid = lease.valid_lifetime
-    text = _inet_ntop(_AF_INET6, lease.address._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
-    if "." in text:
-        text = str(lease.address)
     return (
-        f'{{"address":"{text}","preferred_lifetime":{lease.preferred_lifetime},'
+        f'{{"address":"{text}","preferred_lifetime":{preferred},"valid_lifetime":{valid},'
+        f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
+    )
+
+
+def _prefix_json(cltt: int, text: str, length: int, preferred: int, valid: int) -> str:
+    """One element of a jsonl line's C{prefixes} list."""
+    return (
+        f'{{"prefix":"{text}/{length}","preferred_lifetime":{preferred},'
         f'"valid_lifetime":{valid},'
         f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
     )
 
 
-def _prefix_item(cltt: int, lease: PrefixLease) -> str:
-    """One element of a jsonl line's C{prefixes} list."""
-    valid = lease.valid_lifetime
-    network = lease.prefix
-    text = _inet_ntop(_AF_INET6, network.network_address._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
-    if "." in text:
-        text = str(network.network_address)
+def _line(client: str, link: str, cltt: int, addresses: str, prefixes: str) -> str:
+    """A jsonl line from the client's hex DUID, the link's JSON text and the list items."""
     return (
-        f'{{"prefix":"{text}/{network.prefixlen}",'
-        f'"preferred_lifetime":{lease.preferred_lifetime},"valid_lifetime":{valid},'
-        f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
+        f'{{"client_id":"{client}","link":{link},"cltt":{cltt},'
+        f'"addresses":[{addresses}],"prefixes":[{prefixes}]}}\n'
     )
 
 
-def _jsonl_line(binding: Binding) -> str:
+def _usual_line(  # noqa: PLR0917
+    client: str,
+    link: str,
+    cltt: int,
+    address: str,
+    preferred: int,
+    valid: int,
+    prefix: str,
+    length: int,
+    prefix_preferred: int,
+    prefix_valid: int,
+) -> str:
     """
-    One compact JSON line, built directly: the same text as C{json.dumps} of
-    L{binding_to_json} would give. Only the link id can hold arbitrary text: it alone is
-    escaped (by C{json.dumps}, cached); DUIDs, addresses and numbers need no escaping.
+    C{_line(client, link, cltt, _address_json(...), _prefix_json(...))} in one expression:
+    the line of the usual binding, one address and one delegated prefix.
+    """
+    return (
+        f'{{"client_id":"{client}","link":{link},"cltt":{cltt},"addresses":['
+        f'{{"address":"{address}","preferred_lifetime":{preferred},"valid_lifetime":{valid},'
+        f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
+        f'],"prefixes":[{{"prefix":"{prefix}/{length}","preferred_lifetime":{prefix_preferred},'
+        f'"valid_lifetime":{prefix_valid},'
+        f'"expires":{"null" if prefix_valid == INFINITE_LIFETIME else cltt + prefix_valid}}}'
+        "]}\n"
+    )
+
+
+def _address_item(cltt: int, lease: AddressLease) -> str:
+    return _address_json(
+        cltt, format_address(lease.address), lease.preferred_lifetime, lease.valid_lifetime
+    )
+
+
+def _prefix_item(cltt: int, lease: PrefixLease) -> str:
+    network = lease.prefix
+    return _prefix_json(
+        cltt,
+        format_address(network.network_address),
+        network.prefixlen,
+        lease.preferred_lifetime,
+        lease.valid_lifetime,
+    )
+
+
+def _jsonl_line(binding: Binding, link: str) -> str:
+    """
+    The jsonl line of any binding (C{link}: the link id's JSON text): the same text as
+    C{json.dumps} of L{binding_to_json} gives.
     """
     if binding.relay_data is not None:
         return json.dumps(binding_to_json(binding), separators=(",", ":")) + "\n"
     cltt = binding.cltt
-    addresses = binding.addresses
-    prefixes = binding.prefixes
-    return (
-        f'{{"client_id":"{binding.client_id.raw.hex(":")}",'
-        f'"link":{_json_string(binding.link_id)},"cltt":{cltt},"addresses":['
-        + (
-            _address_item(cltt, addresses[0])
-            if len(addresses) == 1
-            else ",".join([_address_item(cltt, lease) for lease in addresses])
-        )
-        + '],"prefixes":['
-        + (
-            _prefix_item(cltt, prefixes[0])
-            if len(prefixes) == 1
-            else ",".join([_prefix_item(cltt, lease) for lease in prefixes])
-        )
-        + "]}\n"
+    return _line(
+        binding.client_id.raw.hex(":"),
+        link,
+        cltt,
+        ",".join([_address_item(cltt, lease) for lease in binding.addresses]),
+        ",".join([_prefix_item(cltt, lease) for lease in binding.prefixes]),
     )
 
 
@@ -195,6 +253,11 @@ class JsonLinesWriter(BindingWriter):
     With C{batch} above 1, lines are collected and written C{batch} at a time (one
     C{write} instead of one per binding), and the rest by L{finish}: for output that is
     buffered anyway (a pipe, a file), not for a terminal someone watches.
+
+    Besides L{binding}, L{frame} writes the line of a LEASEQUERY-DATA frame of the usual
+    shape straight from its octets, without building a L{Binding}: a streaming requestor
+    offers it each frame first (C{on_frame}, see L{BulkLeasequeryClientProtocol.query}).
+    Both write the same text for the same binding.
     """
 
     def __init__(self, out: IO[str], batch: int = 1) -> None:
@@ -207,12 +270,13 @@ class JsonLinesWriter(BindingWriter):
 
     def binding(self, binding: Binding) -> None:
         """Write the binding's line (or add it to the batch)."""
+        link = binding.link_id
+        if link is not self._link:
+            self._link = link
+            self._link_text = _json_string(link)
         addresses = binding.addresses
         prefixes = binding.prefixes
         if binding.relay_data is None and len(addresses) == 1 and len(prefixes) == 1:
-            cltt = binding.cltt
-            # The usual binding (one address, one prefix) in one expression: what
-            # _address_item and _prefix_item give, without their calls and repeated lookups.
             (lease,) = addresses
             (delegated,) = prefixes
             address = lease.address
@@ -221,34 +285,165 @@ class JsonLinesWriter(BindingWriter):
                 text = str(address)
             network = delegated.prefix
             prefix = network.network_address
-            length = network._prefixlen  # type: ignore[attr-defined]
             prefix_text = _inet_ntop(_AF_INET6, prefix._ip.to_bytes(16, "big"))  # type: ignore[attr-defined]
             if "." in prefix_text:
                 prefix_text = str(prefix)
-            valid = lease.valid_lifetime
-            prefix_valid = delegated.valid_lifetime
-            link = binding.link_id
-            if link is not self._link:
-                self._link = link
-                self._link_text = _json_string(link)
-            line = (
-                f'{{"client_id":"{binding.client_id.raw.hex(":")}",'
-                f'"link":{self._link_text},"cltt":{cltt},"addresses":['
-                f'{{"address":"{text}","preferred_lifetime":{lease.preferred_lifetime},'
-                f'"valid_lifetime":{valid},'
-                f'"expires":{"null" if valid == INFINITE_LIFETIME else cltt + valid}}}'
-                f'],"prefixes":[{{"prefix":"{prefix_text}/{length}",'
-                f'"preferred_lifetime":{delegated.preferred_lifetime},'
-                f'"valid_lifetime":{prefix_valid},"expires":'
-                f"{'null' if prefix_valid == INFINITE_LIFETIME else cltt + prefix_valid}}}]}}\n"
+            line = _usual_line(
+                binding.client_id.raw.hex(":"),
+                self._link_text,
+                binding.cltt,
+                text,
+                lease.preferred_lifetime,
+                lease.valid_lifetime,
+                prefix_text,
+                network._prefixlen,  # type: ignore[attr-defined]
+                delegated.preferred_lifetime,
+                delegated.valid_lifetime,
             )
         else:
-            line = _jsonl_line(binding)
+            line = _jsonl_line(binding, self._link_text)
         lines = self._lines
         lines.append(line)
         if len(lines) >= self._batch:
             self._lines = []
             self.out.write("".join(lines))
+
+    def frame(self, data: bytes, start: int, end: int, received_at: int, link: str) -> bool:
+        """
+        Write the line of the LEASEQUERY-DATA message C{data[start:end]} (type and
+        transaction-id already matched to a query by the caller) when it holds exactly one
+        CLIENT_DATA of the usual shape: a valid CLIENTID, then one IAADDR and at most one
+        IAPREFIX without sub-options, or one IAPREFIX alone, then CLT_TIME, nothing else.
+
+        The line is what L{binding} writes for the binding the requestor would decode from
+        the frame received at C{received_at} (Unix seconds) for a query whose bindings are
+        on C{link} (the link id). C{False} (nothing written) for any other frame: the caller
+        then decodes it as usual, which applies every check (R12) to it.
+        """
+        if end - start < 16:
+            return False
+        data_code, data_length, id_code, length, duid_type = _unpack_data_head(data, start + 4)
+        if (
+            data_code != 45
+            or data_length != end - start - 8
+            or id_code != 1
+            or not 3 <= length <= 130
+        ):
+            return False
+        if duid_type == 4:
+            if length != 18:
+                return False
+        elif length < _DUID_MINIMUM.get(duid_type, 3):
+            return False
+        rest = start + 12 + length
+        size = end - rest
+        if size == _ADDRESS_PREFIX_SIZE:
+            (
+                address_head,
+                address,
+                preferred,
+                valid,
+                prefix_head,
+                prefix_preferred,
+                prefix_valid,
+                prefix_length,
+                prefix,
+                clt_head,
+                clt_time,
+            ) = _unpack_address_prefix(data, rest)
+            if (
+                address_head != _IAADDR_HEAD
+                or prefix_head != _IAPREFIX_HEAD
+                or clt_head != _CLT_TIME_HEAD
+                or prefix_length > 128
+            ):
+                return False
+        elif size == _ADDRESS_SIZE:
+            address_head, address, preferred, valid, clt_head, clt_time = _unpack_address(
+                data, rest
+            )
+            if address_head != _IAADDR_HEAD or clt_head != _CLT_TIME_HEAD:
+                return False
+            prefix = b""
+        elif size == _PREFIX_SIZE:
+            (
+                prefix_head,
+                prefix_preferred,
+                prefix_valid,
+                prefix_length,
+                prefix,
+                clt_head,
+                clt_time,
+            ) = _unpack_prefix(data, rest)
+            if prefix_head != _IAPREFIX_HEAD or clt_head != _CLT_TIME_HEAD or prefix_length > 128:
+                return False
+            address = b""
+        else:
+            return False
+        if link is not self._link:
+            self._link = link
+            self._link_text = _json_string(link)
+        cltt = received_at - clt_time
+        ceiling = INFINITE_LIFETIME - 1
+        if address:
+            text = _inet_ntop(_AF_INET6, address)
+            if "." in text:
+                text = str(IPv6Address(address))
+            preferred += clt_time
+            if preferred >= ceiling:
+                preferred = _granted_top(preferred - clt_time)
+            valid += clt_time
+            if valid >= ceiling:
+                valid = _granted_top(valid - clt_time)
+        if prefix:
+            value = int.from_bytes(prefix, "big")
+            masked = value & _MASKS[prefix_length]
+            if masked != value:
+                prefix = masked.to_bytes(16, "big")
+            prefix_text = _inet_ntop(_AF_INET6, prefix)
+            if "." in prefix_text:
+                prefix_text = str(IPv6Address(prefix))
+            prefix_preferred += clt_time
+            if prefix_preferred >= ceiling:
+                prefix_preferred = _granted_top(prefix_preferred - clt_time)
+            prefix_valid += clt_time
+            if prefix_valid >= ceiling:
+                prefix_valid = _granted_top(prefix_valid - clt_time)
+            if address:
+                line = _usual_line(
+                    data[start + 12 : rest].hex(":"),
+                    self._link_text,
+                    cltt,
+                    text,
+                    preferred,
+                    valid,
+                    prefix_text,
+                    prefix_length,
+                    prefix_preferred,
+                    prefix_valid,
+                )
+            else:
+                line = _line(
+                    data[start + 12 : rest].hex(":"),
+                    self._link_text,
+                    cltt,
+                    "",
+                    _prefix_json(cltt, prefix_text, prefix_length, prefix_preferred, prefix_valid),
+                )
+        else:
+            line = _line(
+                data[start + 12 : rest].hex(":"),
+                self._link_text,
+                cltt,
+                _address_json(cltt, text, preferred, valid),
+                "",
+            )
+        lines = self._lines
+        lines.append(line)
+        if len(lines) >= self._batch:
+            self._lines = []
+            self.out.write("".join(lines))
+        return True
 
     def finish(self, result: QueryResult | None) -> None:
         """Write the lines still in the batch."""
