@@ -1357,8 +1357,9 @@ class SQLiteBindingStore:
     An L{IBindingStore} over an SQLite database, every statement run in a thread pool the
     store owns (each pool thread has its own connection), so the reactor never waits on the
     disk. The write methods (C{put}, C{put_many}, C{remove}, C{add_link}, C{remove_link})
-    also run in the pool and return Deferreds; they run one at a time (SQLite has one writer
-    at a time anyway), in the order they were called, while queries run beside them.
+    also run in the pool and return Deferreds; the binding writes (C{put}, C{put_many},
+    C{remove}) run one at a time (SQLite has one writer at a time anyway), in the order they
+    were called, while queries run beside them.
 
     It is also an L{IBindingChangeFeed} (Active Leasequery, RFC 7653): C{put}, C{put_many}
     and C{remove} publish every binding written, or removed (as it was), to L{changes} after
