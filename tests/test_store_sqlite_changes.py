@@ -13,12 +13,13 @@ reactor.
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, utils
 from twisted.internet.address import IPv6Address as TwistedIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -41,7 +42,7 @@ from bulklq.stores.sqlite import (
     SQLiteSweep,
 )
 from bulklq.testing import DEFAULT_CLTT, make_binding, make_duid
-from bulklq.wire import LQBaseTime, MessageType, RemoteId, StatusCode
+from bulklq.wire import ClientData, LQBaseTime, MessageType, RemoteId, StatusCode
 
 from .test_active_glue import _Requestor, active_query, lifetimes
 from .test_server import SERVER_DUID, framed, status_of, take
@@ -839,5 +840,37 @@ class LoopbackTests(TestCase):
             other.put(make_binding(3, cltt=int(time.time()), valid_lifetime=700))
             await requestor.received(6)
             self.assertEqual(lifetimes(requestor.messages[5])[0][1], 700)
+
+        return defer.Deferred.fromCoroutine(run())  # type: ignore[return-value]
+
+    def test_import_by_another_process(self) -> None:
+        """RFC 7653 section 8.4, across processes: C{bulklq store import} run in another
+        process while the server runs reaches an active requestor as one LEASEQUERY-DATA
+        per binding imported (from the change log, at the next sweep)."""
+        examples = Path(__file__).resolve().parents[1] / "examples" / "bindings.jsonl"
+
+        async def run() -> None:
+            requestor = _Requestor(active_query())
+            port = self.service.ports[0].getHost().port
+            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
+            await endpoints.connectProtocol(endpoint, requestor)
+
+            def close() -> Deferred[None]:
+                requestor.transport.loseConnection()  # type: ignore[union-attr]
+                return requestor.lost
+
+            self.addCleanup(close)
+            await requestor.received(1)
+            code = "import sys; from bulklq.cli import main; sys.exit(main(sys.argv[1:]))"
+            arguments = ["store", "import", "--store", f"sqlite:{self.store.path}"]
+            _out, err, status = await utils.getProcessOutputAndValue(
+                sys.executable, ["-c", code, *arguments, str(examples)], env=None
+            )
+            self.assertEqual(status, 0, err)
+            await requestor.received(7)
+            self.assertEqual(
+                [m.msg_type for m in requestor.messages[1:]], [MessageType.LEASEQUERY_DATA] * 6
+            )
+            self.assertEqual(len({m.option(ClientData) for m in requestor.messages[1:]}), 6)
 
         return defer.Deferred.fromCoroutine(run())  # type: ignore[return-value]
