@@ -15,6 +15,9 @@ machine the wall figure depends on the other jobs; the CPU figures much less.
     python bench/store_postgresql.py --bindings 1000000 --relays 4
 
 C{--keep NAME} keeps (or reuses, when it exists) the loaded database under that name.
+C{--distinct-contexts} gives every client its own user_context (a real database's case:
+the relay's Interface-ID differs per port), so the store parses one context per binding
+instead of one per relay.
 """
 
 from __future__ import annotations
@@ -50,8 +53,12 @@ def remote_id(number: int) -> RemoteId:
     return RemoteId(4491, f"circuit-{number}".encode())
 
 
-def load_rows(dsn: str, bindings: int, relays: int, subnets: int) -> float:
-    """Load with COPY (expire given as timestamptz text)."""
+def load_rows(dsn: str, bindings: int, relays: int, subnets: int, distinct: bool = False) -> float:
+    """
+    Load with COPY (expire given as timestamptz text). With C{distinct}, every client's
+    user_context differs (its relay's Interface-ID names the client's port), as in a real
+    lease database; else the clients of a relay share one.
+    """
     started = time.perf_counter()
     expire = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(time.time() + 86400))
     contexts = [_context(relay) for relay in range(relays)]
@@ -67,7 +74,13 @@ def load_rows(dsn: str, bindings: int, relays: int, subnets: int) -> float:
                     "lease_type, iaid, prefix_len, state, user_context",
                     lambda n, a: (
                         f"{a}\t\\\\x00030001{n:012x}\t86400\t{expire}\t{n % subnets + 1}\t"
-                        f"43200\t0\t1\t128\t0\t{contexts[(n // subnets) % relays]}\n"
+                        f"43200\t0\t1\t128\t0\t"
+                        + (
+                            _context((n // subnets) % relays, n)
+                            if distinct
+                            else contexts[(n // subnets) % relays]
+                        )
+                        + "\n"
                     ),
                 ),
                 (
@@ -99,12 +112,13 @@ def load_rows(dsn: str, bindings: int, relays: int, subnets: int) -> float:
     return time.perf_counter() - started
 
 
-def _context(relay: int) -> str:
+def _context(relay: int, client: int | None = None) -> str:
+    port = b"eth0" if client is None else f"port-{client}".encode()
     relay_octets = relay_duid(relay).raw
     remote_octets = remote_id(relay).encode_data()
     options = (
-        "00120004"
-        + b"eth0".hex()
+        f"0012{len(port):04x}"
+        + port.hex()
         + f"0025{len(remote_octets):04x}"
         + remote_octets.hex()
         + f"0035{len(relay_octets):04x}"
@@ -171,8 +185,14 @@ def main(reactor: Any, options: argparse.Namespace) -> defer.Deferred[None]:
         if not exists:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE kea_tpl_v19')
     load_seconds = None
-    if not exists:
-        load_seconds = load_rows(dsn, options.bindings, options.relays, options.subnets)
+    if exists:
+        with psycopg.connect(dsn) as conn:
+            options.bindings = conn.execute("SELECT count(*) FROM lease6").fetchone()[0]
+            options.distinct_contexts = None  # as loaded, not known here
+    else:
+        load_seconds = load_rows(
+            dsn, options.bindings, options.relays, options.subnets, options.distinct_contexts
+        )
 
     async def run() -> None:
         store = PostgreSQLBindingStore(PostgreSQLSettings(dsn, pool_size=2), reactor)
@@ -182,6 +202,7 @@ def main(reactor: Any, options: argparse.Namespace) -> defer.Deferred[None]:
             "relays": options.relays,
             "subnets": options.subnets,
             "page_size": options.page,
+            "distinct_contexts": options.distinct_contexts,
             "load_seconds": None if load_seconds is None else round(load_seconds, 1),
         }
         try:
@@ -231,4 +252,10 @@ if __name__ == "__main__":
     parser.add_argument("--subnets", type=int, default=16)
     parser.add_argument("--page", type=int, default=1000, help="bindings per fetch")
     parser.add_argument("--keep", metavar="NAME", help="keep/reuse the loaded database NAME")
+    parser.add_argument(
+        "--distinct-contexts",
+        action="store_true",
+        default=False,
+        help="a user_context per client (when loading), not one per relay",
+    )
     task.react(main, [parser.parse_args()])
