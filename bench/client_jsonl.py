@@ -7,8 +7,9 @@ drained to nowhere) by the real command, from a loopback server in another proce
 Prints JSON: the wall time of the whole command for N bindings and for 0 bindings (start-up:
 interpreter, imports, reactor), and bindings/s both including and excluding that start-up,
 best of R runs. Without C{--stream} the command merges (keeps every binding, then writes);
-with it, it writes each binding as it arrives. The command's CPU time is reported too: on a busy
-machine the wall time also counts waiting for a CPU.
+with it, it writes each binding as it arrives (the usual LEASEQUERY-DATA straight from its
+octets, JsonLinesWriter.frame). The command's CPU time is reported too: on a busy machine the
+wall time also counts waiting for a CPU.
 """
 
 from __future__ import annotations
