@@ -855,6 +855,15 @@ def _options_hex(interface: bytes | None, remote: RemoteId | None, relay: Duid |
     return "0x" + encode_options(options).hex().upper()  # type: ignore[arg-type]
 
 
+def kea_json(value: object) -> str:
+    """C{value} as Kea's C{Element::toJSON} writes it: C{{ "k": v, ... }}, C{[ a, b ]}."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)}: {kea_json(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[ " + ", ".join(kea_json(v) for v in value) + " ]"
+    return json.dumps(value)
+
+
 @st.composite
 def _contexts(draw: st.DrawFn) -> str:
     """An escaped user_context: none, Kea 2.2 relays, or Kea 2.4+ relay-info (ids in the
@@ -887,7 +896,8 @@ def _contexts(draw: st.DrawFn) -> str:
             if relay is not None:
                 hop["relay-id"] = relay.raw.hex()
         hops.append(hop)
-    return escape(json.dumps({"ISC": {style: hops}}))
+    dump = draw(st.sampled_from([kea_json, json.dumps]))
+    return escape(dump({"ISC": {style: hops}}))
 
 
 @st.composite
