@@ -201,9 +201,11 @@ class _Schema:
     def columns(self, alias: str) -> str:
         """SQL of the lease columns L{_row_lease} reads, from lease C{alias}."""
         a = alias
+        # date_part, not EXTRACT: EXTRACT computes in numeric (PostgreSQL 14+), which costs
+        # the server about a tenth of a page; Kea's expire times are whole seconds.
         return (
             f"{a}.subnet_id, {a}.duid, {self.lease_address(a)}, {a}.valid_lifetime, "
-            f"EXTRACT(EPOCH FROM {a}.expire)::bigint, {a}.pref_lifetime, {a}.lease_type, "
+            f"date_part('epoch', {a}.expire)::bigint, {a}.pref_lifetime, {a}.lease_type, "
             f"{a}.iaid, {a}.prefix_len, {a}.state, {a}.user_context"
         )
 
@@ -888,7 +890,7 @@ class PostgreSQLBindingStore:
                         del self._snapshots[next(iter(self._snapshots))]
         if keys is not None:
             return self._snapshot_page(conn, schema, query, keys, resume, limit, now)
-        rows = conn.execute(sql, params).fetchall()
+        rows = conn.execute(sql, params, binary=True).fetchall()
         groups = _group(rows)
         more = len(rows) >= rows_wanted
         if more and groups:
