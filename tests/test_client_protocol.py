@@ -813,6 +813,23 @@ class FrameCallbackTests(ProtocolTestCase):
         self.assertEqual((offers.offered, results), ([], []))
         self.protocol.connectionLost()
 
+    def test_connection_lost_mid_segment(self) -> None:
+        """
+        R9: once the connection is lost (here from inside on_frame), the frames after it in
+        the same segment are not offered: the query already ended incomplete.
+        """
+        offered: list[int] = []
+
+        def lose(*args: object) -> bool:
+            offered.append(1)
+            self.protocol.connectionLost()
+            return True
+
+        xid, results, _ = self.ask(keep=False, on_frame=lose)
+        self.feed(*stream(xid, [client_data(n, [f"2001:db8::{n}"]) for n in range(1, 6)]))
+        self.assertEqual(len(offered), 1)
+        self.assertEqual(results[0].status, QueryStatus.INCOMPLETE)
+
     def test_length_limit(self) -> None:
         """
         S1: as with Int16StringReceiver, a frame longer than MAX_LENGTH goes to

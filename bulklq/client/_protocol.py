@@ -178,7 +178,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             "the connection closed before the reply was complete",
         )
         pending, self._pending = self._pending, {}
-        self._streams = {}
+        self._streams.clear()  # in place: a dataReceived under way holds its lookup
         for query in pending.values():
             self._finish(query, status, error=text)
 
