@@ -180,18 +180,39 @@ class WriteTests(SyncStoreCase):
         self.assertEqual(seen, [binding])
 
     def test_nothing_before_commit(self) -> None:
-        """Nothing is published while the write's transaction has not run; the writes run
-        one at a time, so changes are published in the order they were made."""
+        """Nothing is published while the write's transaction has not run; writes queued
+        meanwhile go to the pool together after it, and changes are published in the
+        order the writes were made, each before its Deferred fires."""
         self.pool.hold = True
         first = make_binding(1, valid_lifetime=100)
         second = make_binding(1, valid_lifetime=200)
-        done = [self.store.put(first), self.store.put(second)]
+        third = make_binding(2)
+        done = [self.store.put(first)]
+        self.assertEqual(len(self.pool.held), 1)
+        done += [self.store.put(second), self.store.put_many([third])]
+        self.assertEqual(len(self.pool.held), 1)  # they wait for the first
         self.assertEqual(self.recorder.changes, [])
-        self.assertEqual(len(self.pool.held), 1)  # the second waits for the first
-        self.assertEqual(self.pool.run(), 2)
+        seen: list[int] = []
+        done[1].addCallback(lambda _: seen.append(len(self.recorder.changes)))
+        self.assertEqual(self.pool.run(), 2)  # the first, then the other two as one job
         for written in done:
             self.successResultOf(written)
-        self.assertEqual(self.recorder.take(), [(first, False), (second, False)])
+        self.assertEqual(seen, [2])
+        self.assertEqual(self.recorder.take(), [(first, False), (second, False), (third, False)])
+        self.assertEqual(self.stored(second), second)
+
+    def test_failure_in_a_queued_burst(self) -> None:
+        """A write that fails among writes queued together fails alone: the others commit
+        and are published, in order."""
+        _refuse(self.path, _REFUSE_INSERT)
+        self.pool.hold = True
+        bad, good = make_binding(2, "bad"), make_binding(3)
+        done = [self.store.put(make_binding(1)), self.store.put(bad), self.store.put(good)]
+        self.pool.run()
+        self.successResultOf(done[0])
+        self.failureResultOf(done[1], sqlite3.IntegrityError)
+        self.successResultOf(done[2])
+        self.assertEqual(self.recorder.take(), [(make_binding(1), False), (good, False)])
 
     def test_failed_put_publishes_nothing(self) -> None:
         """A write that rolls back publishes nothing, and its Deferred fails."""

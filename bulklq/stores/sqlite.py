@@ -43,11 +43,12 @@ from ipaddress import IPv6Address, IPv6Network
 from typing import Any, TypeVar
 from uuid import uuid4
 
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -1109,6 +1110,39 @@ class SQLiteDatabase:
         """Insert C{binding}, or replace the binding with its key."""
         self.put_many([binding])
 
+    def apply(self, writes: Sequence[tuple[bool, Any]]) -> list[Any]:
+        """
+        Several writes in one transaction, in order: C{(True, bindings)} inserts or replaces
+        the bindings (the last wins for a repeated key; its result is how many distinct
+        keys), C{(False, key)} deletes a binding (its result is the binding deleted, or
+        C{None}). Consecutive insertions are written together. All or nothing.
+        """
+
+        def work(connection: sqlite3.Connection) -> list[Any]:
+            results: list[Any] = []
+            pending: dict[BindingKey, Binding] = {}
+
+            def flush() -> None:
+                for key in pending:
+                    self._unindex(connection, key)
+                self._insert(connection, pending.values())
+                pending.clear()
+
+            for insert, value in writes:
+                if insert:
+                    keys = {binding.key: binding for binding in value}
+                    pending.update(keys)
+                    results.append(len(keys))
+                else:
+                    if pending:
+                        flush()
+                    results.append(self._unindex(connection, value))
+            if pending:
+                flush()
+            return results
+
+        return self._transaction(work)
+
     def remove(self, key: BindingKey) -> bool:
         """Delete the binding with C{key}; whether there was one."""
         return self.pop(key) is not None
@@ -1351,6 +1385,12 @@ class SQLiteDatabase:
         return rows
 
 
+#: A write queued by L{SQLiteBindingStore}: C{(True, bindings, committed)} inserts or
+#: replaces bindings (C{committed} gets those whose transaction committed), C{(False, key,
+#: unused)} deletes one.
+_Write = tuple[bool, Any, list[Binding]]
+
+
 @implementer(IBindingStore, IBindingChangeFeed)
 class SQLiteBindingStore:
     """
@@ -1403,6 +1443,9 @@ class SQLiteBindingStore:
         self.changes = ChangeHistory(self._clock)
         # Writes (and expiry sweeps) one at a time: changes are published in commit order.
         self._writes = DeferredLock()
+        # Writes waiting for the pool (see _write), and whether a drain is queued.
+        self._pending: list[tuple[_Write, Any, Deferred[Any]]] = []
+        self._drain_queued = False
         # The change log (writes by other processes): this store's listener id while it
         # listens, the last serial read, and the serials of its own writes not yet read.
         self._listener: str | None = None
@@ -1431,39 +1474,90 @@ class SQLiteBindingStore:
             return defer.fail(SQLiteStoreError(f"sqlite store {self.path} is closed"))
         return deferToThreadPool(self._reactor, self._pool, lambda: work(self._database()))
 
-    def _write(
-        self, work: Callable[[SQLiteDatabase], _T], publish: Callable[[_T], object]
-    ) -> Deferred[_T]:
+    def _write(self, write: _Write, publish: Callable[[bool, Any], object]) -> Deferred[Any]:
         """
-        Run C{work} in the pool once the writes before it are done; call C{publish} with its
-        result (on the reactor thread, after it committed) before the next write starts.
+        Queue C{write}; it runs in the pool after the writes queued before it, and
+        C{publish(succeeded, result or failure)} is called on the reactor thread after it
+        committed (or failed), before its Deferred fires and before any later write or sweep
+        is published.
+
+        The writes queued while others run go to the pool together and, up to
+        C{GROUP_COMMIT} bindings, commit as one transaction (L{SQLiteDatabase.apply}):
+        under load, a burst of writes costs one thread hand-off and one commit. If that
+        transaction fails, they are run again one by one, so that only the failing write
+        fails.
         """
+        if self._closed:
+            return fail(SQLiteStoreError(f"sqlite store {self.path} is closed"))
+        done: Deferred[Any] = Deferred()
+        self._pending.append((write, publish, done))
+        if not self._drain_queued:
+            self._drain_queued = True
+            self._writes.run(self._drain)
+        return done
 
-        def locked() -> Deferred[_T]:
-            def published(result: _T) -> _T:
-                publish(result)
-                return result
+    #: The most bindings the writes queued together may hold to commit as one transaction.
+    GROUP_COMMIT = 10_000
 
-            return self._run(self._tracked(work)).addCallback(published)
+    def _drain(self) -> Deferred[None]:
+        """Run the writes queued so far as one pool job (holding the write lock)."""
+        batch, self._pending = self._pending, []
+        self._drain_queued = False
+        writes = [write for write, _, _ in batch]
 
-        return self._writes.run(locked)
+        def one(database: SQLiteDatabase, write: _Write) -> Any:
+            insert, value, committed = write
+            if not insert:
+                return database.pop(value)
+            return database.put_many(value, committed=committed.extend)
 
-    def _tracked(self, work: Callable[[SQLiteDatabase], _T]) -> Callable[[SQLiteDatabase], _T]:
-        """
-        C{work} (a write, in a pool thread) noting, while this store listens to the change
-        log, the log serials its transactions produced: the poll skips them (they were
-        published when the write finished). Writes hold the write lock, as does the poll,
-        so the list is never used by two threads at once.
-        """
+        def together(database: SQLiteDatabase) -> list[tuple[bool, Any]] | None:
+            """The writes as one transaction; C{None} if it failed (rolled back)."""
+            try:
+                results = database.apply([(insert, value) for insert, value, _ in writes])
+            except Exception as error:
+                _log.debug("grouped writes failed ({error}): one by one", error=error)
+                return None
+            for insert, value, committed in writes:
+                if insert:
+                    committed.extend({binding.key: binding for binding in value}.values())
+            return [(True, result) for result in results]
 
-        def tracked(database: SQLiteDatabase) -> _T:
+        def job(database: SQLiteDatabase) -> list[tuple[bool, Any]]:
             database.track_serials = self._listener is not None
             try:
-                return work(database)
+                size = sum(len(value) if insert else 1 for insert, value, _ in writes)
+                if len(writes) > 1 and size <= self.GROUP_COMMIT:
+                    grouped = together(database)
+                    if grouped is not None:
+                        return grouped
+                found: list[tuple[bool, Any]] = []
+                for write in writes:
+                    try:
+                        found.append((True, one(database, write)))
+                    except Exception:
+                        found.append((False, Failure()))
+                return found
             finally:
+                # Noted under the write lock, which the log's poll holds too.
                 self._own_serials.extend(database.take_own_serials())
 
-        return tracked
+        def finished(results: list[tuple[bool, Any]]) -> None:
+            for (_, publish, done), (succeeded, value) in zip(batch, results, strict=True):
+                try:
+                    publish(succeeded, value)
+                except Exception:
+                    _log.failure("sqlite store {path}: publishing a change failed", path=self.path)
+                if succeeded:
+                    done.callback(value)
+                else:
+                    done.errback(value)
+
+        def failed(failure: Failure) -> None:  # the job never ran (the store was closed)
+            for _, _, done in batch:
+                done.errback(failure)
+
+        return self._run(job).addCallbacks(finished, failed)
 
     @property
     def closed(self) -> bool:
@@ -1529,11 +1623,11 @@ class SQLiteBindingStore:
         """Insert C{binding} or replace the binding with its key; published once committed."""
         changes = self.changes
 
-        def publish(_: None) -> None:
-            if changes.active:
+        def publish(succeeded: bool, _: object) -> None:
+            if succeeded and changes.active:
                 changes.publish(binding)
 
-        return self._write(lambda database: database.put(binding), publish)
+        return self._write((True, [binding], []), publish).addCallback(lambda _: None)
 
     def put_many(self, bindings: Iterable[Binding]) -> Deferred[int]:
         """
@@ -1541,32 +1635,16 @@ class SQLiteBindingStore:
         many were written. Each binding written is published once its batch committed,
         those of the batches that committed even when a later one fails.
         """
-        items = list(bindings)
         changes = self.changes
         # Filled in the pool thread, read on the reactor thread once the work is done.
         committed: list[Binding] = []
 
-        def publish(_: object = None) -> None:
+        def publish(succeeded: bool, _: object) -> None:
             if changes.active:
                 changes.publish_many(committed)
             committed.clear()
 
-        @self._tracked
-        def work(database: SQLiteDatabase) -> int:
-            return database.put_many(items, committed=committed.extend)
-
-        def failed(failure: Any) -> Any:
-            publish()
-            return failure
-
-        def succeeded(count: int) -> int:
-            publish()
-            return count
-
-        def locked() -> Deferred[int]:
-            return self._run(work).addCallbacks(succeeded, failed)
-
-        return self._writes.run(locked)
+        return self._write((True, list(bindings), committed), publish)
 
     def remove(self, key: BindingKey) -> Deferred[bool]:
         """
@@ -1575,13 +1653,11 @@ class SQLiteBindingStore:
         """
         changes = self.changes
 
-        def publish(old: Binding | None) -> None:
-            if old is not None and changes.active:
+        def publish(succeeded: bool, old: Binding | None) -> None:
+            if succeeded and old is not None and changes.active:
                 changes.publish(old, removed=True)
 
-        return self._write(lambda database: database.pop(key), publish).addCallback(
-            lambda old: old is not None
-        )
+        return self._write((False, key, []), publish).addCallback(lambda old: old is not None)
 
     # IBindingChangeFeed (delegated to L{changes})
 
