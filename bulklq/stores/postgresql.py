@@ -19,8 +19,11 @@ searched. The store only ever runs C{SELECT}.
 
 B{Speed.} A Relay-ID or Remote-ID carried by many leases is answered from the matching
 clients' sorted keys, read once when the query starts and kept for its next pages (see
-L{SPARSE_THRESHOLD}); and as soon as a worker knows where a page ends it starts reading the
-next one (L{READ_AHEAD}), so the database works while this page becomes bindings.
+L{SPARSE_THRESHOLD}). A worker thread only reads a page's rows: the page is a
+L{LazyBindings<bulklq.stores._materialise.LazyBindings>} whose bindings are built when the
+consumer (the server's encoder) reaches them, so each dies young. As soon as the worker
+knows where its page ends it hands the next page's query to the thread pool
+(L{READ_AHEAD}), so the database reads that page while this one is built and sent.
 """
 
 from __future__ import annotations
