@@ -6,7 +6,7 @@ In a scratch copy of the test server's C{kea_tpl_v19} template:
 
   1. the trigger's cost to the writer: N single-row INSERT transactions (as Kea writes a
      new lease) without the trigger, then N with it while the feed listens;
-  2. change-to-publish latency: a writer thread inserts leases at C{--rate} transactions a
+  2. change-to-publish latency: a writer process inserts leases at C{--rate} transactions a
      second while a L{PostgreSQLChangeFeedStore} listens; for each lease the time from its
      COMMIT returning to the subscriber's callback on the reactor thread.
 
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
-import threading
 import time
 import uuid
 from ipaddress import IPv6Address
@@ -68,6 +68,24 @@ def insert_rate(dsn: str, count: int, prefix: int) -> float:
         return count / (time.perf_counter() - started)
 
 
+def write_at_rate(
+    dsn: str, changes: int, rate: float, results: multiprocessing.Queue[dict[str, float]]
+) -> None:
+    """Insert C{changes} leases at C{rate} a second; put each one's commit time in C{results}."""
+    committed: dict[str, float] = {}
+    interval = 1.0 / rate
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        start = time.perf_counter()
+        for number in range(changes):
+            pause = start + number * interval - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            text = address(0x30, number)
+            conn.execute(INSERT, (text, duid(0x30 << 24 | number), CONTEXT))
+            committed[text] = time.time()
+    results.put(committed)
+
+
 async def measure(reactor: Any, dsn: str, arguments: argparse.Namespace) -> dict[str, Any]:
     """Both measurements; the feed listens from the trigger's installation on."""
     store = PostgreSQLBindingStore(PostgreSQLSettings(dsn, pool_size=1), reactor)
@@ -88,25 +106,15 @@ async def measure(reactor: Any, dsn: str, arguments: argparse.Namespace) -> dict
     await _until(reactor, lambda: len(received) >= arguments.inserts)
     received.clear()
 
-    committed: dict[str, float] = {}
-
-    def writer() -> None:
-        interval = 1.0 / arguments.rate
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            start = time.perf_counter()
-            for number in range(arguments.changes):
-                due = start + number * interval
-                pause = due - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                text = address(0x30, number)
-                conn.execute(INSERT, (text, duid(0x30 << 24 | number), CONTEXT))
-                committed[text] = time.time()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    await _until(reactor, lambda: not thread.is_alive() and len(received) >= arguments.changes)
-    thread.join()
+    # The writer is another process, as Kea is: it does not compete for this one's GIL.
+    results: multiprocessing.Queue[dict[str, float]] = multiprocessing.Queue()
+    writer = multiprocessing.Process(
+        target=write_at_rate, args=(dsn, arguments.changes, arguments.rate, results)
+    )
+    writer.start()
+    await _until(reactor, lambda: len(received) >= arguments.changes)
+    committed = results.get()  # before join: the writer exits once its queue is read
+    writer.join()
     latencies = sorted(1000 * (received[key] - committed[key]) for key in committed)
     await feed.close()
     quantiles = statistics.quantiles(latencies, n=100)

@@ -52,7 +52,7 @@ from bulklq.stores.postgresql_changes import (
 )
 from bulklq.testing import make_binding, make_duid
 from tests.fake_server import REQUESTOR_DUID, SERVER_DUID
-from tests.test_store_postgresql import V13, V17, V19, ScratchDatabase, _connect
+from tests.test_store_postgresql import REPO, V13, V17, V19, ScratchDatabase, _connect
 
 NOW = 1_800_000_000
 
@@ -684,3 +684,14 @@ class InstallCommandTests(SynchronousTestCase):
         last = self.stderr.getvalue().splitlines()[-1]
         self.assertIn("database error", last)
         self.assertIn("does not exist", last)
+
+
+class DocumentationTests(SynchronousTestCase):
+    """docs/postgresql.md shows the SQL the command installs."""
+
+    def test_install_sql_documented(self) -> None:
+        """The SQL block after the install-sql marker is exactly L{INSTALL_SQL}."""
+        text = (REPO / "docs" / "postgresql.md").read_text(encoding="utf-8")
+        after = text.split("<!-- postgresql-changes: install-sql -->", 1)[1]
+        block = after.split("```sql\n", 1)[1].split("```", 1)[0]
+        self.assertEqual(block.strip(), INSTALL_SQL.strip())
