@@ -90,6 +90,7 @@ from ..model import (
 from ..wire import Duid
 from ..wire._fast import ipv6_from_packed
 from ..wire._fast import new as _new
+from ._materialise import ipv6_network
 from .kea_config import load_kea_config
 from .kea_leases import (
     LEASE_TYPE_PD,
@@ -97,7 +98,6 @@ from .kea_leases import (
     KeaLeaseError,
     RelayInfo,
     RelaySummary,
-    _network,
     assemble_binding,
     client_duid,
     lease_item,
@@ -778,13 +778,7 @@ def _one_transaction(
         lease_type, prefix_len, pref, valid = record[1]
         if lease_type == LEASE_TYPE_PD:
             prefix = _new(PrefixLease)
-            value = int.from_bytes(address)
-            _set_prefix(
-                prefix,
-                _network(value, prefix_len)
-                if prefix_len < 127
-                else IPv6Network((value, prefix_len)),
-            )
+            _set_prefix(prefix, ipv6_network(int.from_bytes(address), prefix_len))
             _set_prefix_preferred(prefix, pref)
             _set_prefix_valid(prefix, valid)
             delegated.append((address, prefix_len, prefix))
