@@ -201,6 +201,48 @@ class WriteTests(SyncStoreCase):
         self.assertEqual(self.recorder.take(), [(first, False), (second, False), (third, False)])
         self.assertEqual(self.stored(second), second)
 
+    def test_queued_writes_one_transaction(self) -> None:
+        """Puts and removals queued together commit as one transaction, applied in the
+        order they were made (a binding put then removed is gone; removed then put is
+        there), each with its own result, published in that order."""
+        first, second = make_binding(1), make_binding(2)
+        self.successResultOf(self.store.put(first))
+        self.recorder.take()
+        self.pool.hold = True
+        blocker = self.store.put(make_binding(9))
+        again = make_binding(1, valid_lifetime=77)
+        done = [
+            self.store.remove(first.key),
+            self.store.put(again),
+            self.store.put_many([second, second]),
+            self.store.remove(second.key),
+            self.store.remove(make_binding(5).key),
+        ]
+        commits: list[int] = []
+        original = SQLiteDatabase.apply
+
+        def apply(database: SQLiteDatabase, writes: Any) -> Any:
+            commits.append(len(writes))
+            return original(database, writes)
+
+        self.patch(SQLiteDatabase, "apply", apply)
+        self.assertEqual(self.pool.run(), 2)
+        self.successResultOf(blocker)
+        self.assertEqual(commits, [5])
+        self.assertEqual([self.successResultOf(d) for d in done], [True, None, 1, True, False])
+        self.assertEqual(
+            self.recorder.take(),
+            [
+                (make_binding(9), False),
+                (first, True),
+                (again, False),
+                (second, False),
+                (second, True),
+            ],
+        )
+        self.assertEqual(self.stored(again), again)
+        self.assertIsNone(self.stored(second))
+
     def test_failure_in_a_queued_burst(self) -> None:
         """A write that fails among writes queued together fails alone: the others commit
         and are published, in order."""
