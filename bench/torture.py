@@ -3,8 +3,8 @@ The long half of bulklq's adversarial suite (issue 7), printing one JSON report.
 
 Every scenario runs against loopback only (127.0.0.1 and ::1), bounded in count and time;
 the server runs in its own process (bench/torture_server.py) so its descriptors and memory
-can be counted from outside, except C{junk} (in memory) and C{consistency} (one reactor, so
-that the write log and the queries share a clock).
+can be counted from outside, except C{junk} (in memory) and C{consistency}
+(bench/torture_consistency.py: the server, a writer process and a requestor process).
 
 Scenarios (run one, several, or C{all}):
 
@@ -21,8 +21,9 @@ Scenarios (run one, several, or C{all}):
   no-read-flood   a requestor sends queries answered at once (STARTTLS, unknown query
                   type) as fast as it can and never reads: server RSS, and whether the
                   server stops reading (the sender blocks) instead of buffering replies
-  consistency     100,000 bindings, writes at 5,000/s, 10 requestors streaming; checked
-                  against the write log (memory, sqlite, postgresql with
+  consistency     100,000 bindings, writes at 5,000/s (achieved rate reported), 10
+                  requestors streaming; every query checked against the log of writes
+                  and their transactions' intervals (memory, sqlite, postgresql with
                   BULKLQ_TEST_POSTGRES_DSN)
 
 Usage:
@@ -493,7 +494,10 @@ def no_read_flood(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def consistency(args: argparse.Namespace) -> dict[str, Any]:
-    """Writers and streaming requestors in one reactor; the write log judges."""
+    """
+    A writer (its own process, or the server's reactor for the memory store) and
+    requestors (their own process) at once; the log of writes judges every query.
+    """
     from torture_consistency import run_consistency
 
     stores = args.store.split(",")
@@ -508,6 +512,7 @@ def consistency(args: argparse.Namespace) -> dict[str, Any]:
             rate=args.rate,
             requestors=args.requestors,
             seconds_limit=args.max_seconds,
+            writer_nice=args.writer_nice,
         )
     report["ok"] = all(r.get("ok", True) for r in report.values() if isinstance(r, dict))
     return report
@@ -544,6 +549,12 @@ def main() -> None:
     parser.add_argument("--requestors", type=int, default=10)
     parser.add_argument("--store", default="memory,sqlite,postgresql")
     parser.add_argument("--max-seconds", type=float, default=240.0, help="consistency bound")
+    parser.add_argument(
+        "--writer-nice",
+        type=int,
+        default=-10,
+        help="consistency: the writer's niceness (and its PostgreSQL backend's); root only below 0",
+    )
     args = parser.parse_args()
     chosen = list(SCENARIOS) if "all" in args.scenarios else args.scenarios
     report: dict[str, Any] = {

@@ -31,6 +31,7 @@ process) and returns the JSON it prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -53,7 +54,13 @@ clock = time.time
 
 
 def run_consistency(
-    store: str, *, bindings: int, rate: int, requestors: int, seconds_limit: float
+    store: str,
+    *,
+    bindings: int,
+    rate: int,
+    requestors: int,
+    seconds_limit: float,
+    writer_nice: int = 0,
 ) -> dict[str, Any]:
     """Run one store's scenario in a subprocess; its report."""
     command = [
@@ -69,6 +76,8 @@ def run_consistency(
         str(requestors),
         "--max-seconds",
         str(seconds_limit),
+        "--writer-nice",
+        str(writer_nice),
     ]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=seconds_limit + 600, check=False
@@ -188,18 +197,33 @@ def writer_process(args: argparse.Namespace) -> None:
     if args.writer == "postgresql":
         backend = sink.connection.execute("SELECT pg_backend_pid()").fetchone()[0]
     cpu = [process_cpu_seconds(None), process_cpu_seconds(backend)]
+    niceness = {"writer": renice(None, args.writer_nice)}
+    if backend is not None:
+        niceness["writer_backend"] = renice(backend, args.writer_nice)
     loop.start()
     print(json.dumps({"started": loop.started, "pid": os.getpid()}), flush=True)
     while not watch.select(loop.step()):
         pass
     loop.stop()
     summary = loop.summary()
+    summary["writer_nice"] = niceness
     summary["writer_cpu_seconds"] = round(process_cpu_seconds(None) - cpu[0], 1)
     if backend is not None:
         summary["writer_backend_cpu_seconds"] = round(process_cpu_seconds(backend) - cpu[1], 1)
     sink.close()
     with open(args.output, "wb") as output:
         pickle.dump({"batches": loop.batches, "summary": summary}, output)
+
+
+def renice(pid: int | None, niceness: int) -> int:
+    """
+    Set process C{pid}'s (C{None}: this one's) niceness to C{niceness} if allowed; the
+    niceness it has.
+    """
+    target = 0 if pid is None else pid
+    with contextlib.suppress(OSError):  # not allowed: it keeps the niceness it has
+        os.setpriority(os.PRIO_PROCESS, target, niceness)
+    return os.getpriority(os.PRIO_PROCESS, target)
 
 
 def backends_cpu_seconds(dsn: str) -> float:
@@ -388,6 +412,8 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
                     str(args.rate),
                     "--output",
                     writer_output,
+                    "--writer-nice",
+                    str(args.writer_nice),
                 ]
             )
             if not await writer.first_line:
@@ -462,6 +488,11 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
             report.setdefault("cleanup_errors", []).append(str(error))
     report["setup_seconds"] = round(setup_seconds, 1)
     report["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        # The share of the last minute some runnable task waited for a CPU (Linux PSI).
+        with open("/proc/pressure/cpu") as pressure:
+            some = pressure.readline().split()
+        report["cpu_pressure_avg60_percent"] = float(some[2].split("=")[1])
     stepped = abs((time.time() - time.monotonic()) - offset_before)
     if stepped > 0.05:
         report["clock_stepped_seconds"] = round(stepped, 3)
@@ -583,6 +614,12 @@ def main() -> None:
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--base-time", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--writer-nice",
+        type=int,
+        default=0,
+        help="niceness of the writer process and its PostgreSQL backend (below 0 needs root)",
+    )
     args = parser.parse_args()
     if args.requestors_for:
         requestors_for(args.requestors_for, args.requestors, args.output)
