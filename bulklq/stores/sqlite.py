@@ -179,6 +179,9 @@ _ONE_ADDRESS = struct.Struct("!qHQQII")  # the usual leases: one address, no pre
 _EXTRA_HEADER = struct.Struct("!II")
 _FROM_CHAIN = 0xFFFFFFFF
 _COLUMNS = "link_id, duid, leases, relay, relay_remote, extra"
+_JOINED_COLUMNS = ", ".join("b." + column for column in _COLUMNS.split(", "))
+#: Keys looked up by one statement when many bindings are replaced (two variables each).
+_KEYS_PER_SELECT = 400
 
 
 def _pack_ids(values: Iterable[bytes]) -> bytes:
@@ -1030,6 +1033,61 @@ class SQLiteDatabase:
         connection.execute("DELETE FROM bindings WHERE link_id = ? AND duid = ?", key)
         return old
 
+    def _unindex_many(self, connection: sqlite3.Connection, keys: Sequence[BindingKey]) -> None:
+        """
+        L{_unindex} for many keys with a few statements: the old rows read by one join per
+        C{_KEYS_PER_SELECT} keys, each index table's rows deleted by one C{executemany}.
+        """
+        if len(keys) == 1:
+            self._unindex(connection, keys[0])
+            return
+        rows: list[Any] = []
+        for start in range(0, len(keys), _KEYS_PER_SELECT):
+            chunk = keys[start : start + _KEYS_PER_SELECT]
+            rows.extend(
+                connection.execute(
+                    f"SELECT {_JOINED_COLUMNS} FROM (VALUES "  # noqa: S608 - constants and placeholders only
+                    + ", ".join(["(?, ?)"] * len(chunk))
+                    + ") AS k CROSS JOIN bindings b "
+                    "ON b.link_id = k.column1 AND b.duid = k.column2",
+                    [value for key in chunk for value in key],
+                ).fetchall()
+            )
+        if not rows:
+            return
+        addresses: list[tuple[Any, ...]] = []
+        prefixes: list[tuple[Any, ...]] = []
+        relay_ids: list[tuple[Any, ...]] = []
+        remote_ids: list[tuple[Any, ...]] = []
+        found: list[BindingKey] = []
+        for old in self._decoder.iterate(rows):
+            key = old.key
+            found.append(key)
+            addresses.extend((lease.address.packed, *key) for lease in old.addresses)
+            prefixes.extend(
+                (p.prefix.prefixlen, p.prefix.network_address.packed, *key) for p in old.prefixes
+            )
+            relay_ids.extend((relay_id.raw, *key) for relay_id in set(old.relay_ids))
+            remote_ids.extend(
+                (_remote_id_bytes(remote_id), *key) for remote_id in set(old.remote_ids)
+            )
+        executemany = connection.executemany
+        executemany(
+            "DELETE FROM addresses WHERE address = ? AND link_id = ? AND duid = ?", addresses
+        )
+        executemany(
+            "DELETE FROM prefixes WHERE length = ? AND network = ? AND link_id = ? AND duid = ?",
+            prefixes,
+        )
+        executemany(
+            "DELETE FROM relay_ids WHERE relay_id = ? AND link_id = ? AND duid = ?", relay_ids
+        )
+        executemany(
+            "DELETE FROM remote_ids WHERE remote_id = ? AND link_id = ? AND duid = ?",
+            remote_ids,
+        )
+        executemany("DELETE FROM bindings WHERE link_id = ? AND duid = ?", found)
+
     @staticmethod
     def _insert(connection: sqlite3.Connection, bindings: Iterable[Binding]) -> int:
         rows = []
@@ -1089,8 +1147,7 @@ class SQLiteDatabase:
         pending: dict[BindingKey, Binding] = {}
 
         def flush(connection: sqlite3.Connection) -> int:
-            for key in pending:
-                self._unindex(connection, key)
+            self._unindex_many(connection, list(pending))
             return self._insert(connection, pending.values())
 
         for binding in bindings:
@@ -1123,8 +1180,7 @@ class SQLiteDatabase:
             pending: dict[BindingKey, Binding] = {}
 
             def flush() -> None:
-                for key in pending:
-                    self._unindex(connection, key)
+                self._unindex_many(connection, list(pending))
                 self._insert(connection, pending.values())
                 pending.clear()
 
