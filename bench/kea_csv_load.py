@@ -14,7 +14,8 @@ The load runs in a fresh child process so its peak RSS is the store's alone:
 prints {"rows": ..., "active_leases": ..., "bindings": ..., "load_seconds": ...,
 "load_cpu_seconds": ..., "rows_per_second": ..., "rss_mb": ..., "rss_before_mb": ...,
 "rss_after_streaming_mb": ..., "stream_bindings_per_second": ...,
-"stream_again_bindings_per_second": ..., "load_average": ...}: the stream figures are a full
+"stream_again_bindings_per_second": ..., "stream_bindings_per_cpu_second": ...,
+"stream_again_bindings_per_cpu_second": ..., "load_average": ...}: the stream figures are a full
 link query paged 1,000 at a time right after the load (each binding built for the first
 time), then the same again (bindings already built); the load average is the machine's
 (1 minute) at the end, since other jobs skew the figures.
@@ -133,9 +134,10 @@ def load(path: str) -> dict[str, float]:
     with open(path, "rb") as handle:
         rows = sum(1 for _ in handle) - 1
 
-    def stream() -> tuple[int, float]:
+    def stream() -> tuple[int, float, float]:
         streamed = 0
         started = time.perf_counter()
+        cpu_started = time.process_time()
         for link in store.links():
             resume = None
             while True:
@@ -146,11 +148,11 @@ def load(path: str) -> dict[str, float]:
                 resume = page[0].resume_after
                 if resume is None:
                     break
-        return streamed, time.perf_counter() - started
+        return streamed, time.perf_counter() - started, time.process_time() - cpu_started
 
-    streamed, first_seconds = stream()
+    streamed, first_seconds, first_cpu = stream()
     rss_streamed = _rss_mb()
-    _, again_seconds = stream()
+    _, again_seconds, again_cpu = stream()
     store.close()
     return {
         "rows": rows,
@@ -165,6 +167,8 @@ def load(path: str) -> dict[str, float]:
         "streamed": streamed,
         "stream_bindings_per_second": round(streamed / first_seconds) if streamed else 0,
         "stream_again_bindings_per_second": round(streamed / again_seconds) if streamed else 0,
+        "stream_bindings_per_cpu_second": round(streamed / first_cpu) if streamed else 0,
+        "stream_again_bindings_per_cpu_second": round(streamed / again_cpu) if streamed else 0,
         "load_average": os.getloadavg()[0],
     }
 

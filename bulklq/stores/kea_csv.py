@@ -340,6 +340,7 @@ class _LeaseTable:
         derive = self._derive if self.derive_links else None
         seen = self.seen_links
         pton = inet_pton
+        touch = self._touch if self.before is not None else None
         for number, line in enumerate(lines):
             if not line:
                 continue
@@ -412,10 +413,10 @@ class _LeaseTable:
             else:
                 group = members[0]
             old = leases.get(key)
-            if self.before is not None:
-                self._touch(group)
+            if touch is not None:
+                touch(group)
                 if old is not None:
-                    self._touch(old[0])
+                    touch(old[0])
             shape = (lease_type, prefix_len, pref, valid)
             leases[key] = (group, shape_of(shape, shape), expire, relay)
             if old is None:
