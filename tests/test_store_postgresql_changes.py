@@ -498,6 +498,30 @@ class FeedTests(_FeedTestCase):
 
         return self.run_scenario(scenario)
 
+    def test_writes_during_the_gap_republished(self) -> None:
+        """A lease written while the listener was disconnected (its NOTIFY went nowhere) is
+        published after the reconnection, found by its CLTT."""
+
+        async def scenario() -> None:
+            feed = self.feed(reconnect_delays=(2.0, 2.0))
+            await feed.listening()
+            again = feed.next_connection()
+            with _connect(self.database.admin) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND application_name = 'bulklq-changes'",
+                    (self.database.name,),
+                )
+            await _until(lambda: not feed.connected)
+            _insert(self.database, "2001:db8::9", 9)
+            self.assertFalse(feed.connected)
+            await again
+            await _until(lambda: len(self.seen) == 1)
+            self.assertEqual(self.seen[0].key, ("subnet-7", make_duid(9).raw))
+            self.assertFalse(self.seen[0].removed)
+
+        return self.run_scenario(scenario)
+
     def test_close_stops_thread_and_connection(self) -> None:
         """close() ends the listener thread and its connection, then closes the store."""
 
