@@ -441,6 +441,32 @@ class PostgreSQLStoreTests(TestCase):
 
         return _run(test)
 
+    def test_next_page_read_while_waited_for(self) -> Deferred[None]:
+        """
+        The worker that reads a page the server waits for registers the next page as read
+        ahead before it hands this one over, and reads it at once; the next fetch gets that
+        page, and only one page of the query is read ahead at a time.
+        """
+        now = int(reactor.seconds())
+        bindings = [make_binding(n, "subnet-3", cltt=now) for n in range(1, 5)]
+        query = BindingQuery.by_link("subnet-3")
+
+        async def test() -> None:
+            store, _ = self.open(V19, bindings)
+            first = await store.fetch(query, None, 1)
+            self.assertEqual([b.key for b in first.bindings], [bindings[0].key])
+            ahead = store._ahead[(query, 1)]
+            self.assertEqual(ahead.resume_after, first.resume_after)
+            self.assertEqual(len(store._ahead), 1)
+            second = await store.fetch(query, first.resume_after, 1)
+            self.assertEqual([b.key for b in second.bindings], [bindings[1].key])
+            self.assertTrue(ahead.done)
+            self.assertEqual(store._ahead[(query, 1)].resume_after, second.resume_after)
+            rest = await collect_bindings(store, query)
+            self.assertEqual([b.key for b in rest], [b.key for b in bindings])
+
+        return _run(test)
+
     def test_links_without_kea_config(self) -> Deferred[None]:
         """
         Without Kea's configuration, C{find_link} answers the subnet of an active lease at

@@ -554,6 +554,7 @@ class _Ahead:
     limit: int
     resume_after: BindingKey
     started: float
+    resume: tuple[str, bytes] | None = None  # resume_after as the SQL takes it
     done: bool = False
     result: object = None
     waiters: list[Deferred[BindingPage]] = attrs.Factory(list)
@@ -675,31 +676,79 @@ class PostgreSQLBindingStore:
     def _run(self, work: Callable[[Any], Any]) -> Deferred[Any]:
         if self._closed:
             return defer.fail(PostgreSQLStoreError("the store is closed"))
-        if not self._threads.started:
-            # Threads start on first use, not in the constructor: twistd builds the store
-            # before it daemonizes, and a fork keeps no threads.
-            self._threads.start()
-            self._pool.open(wait=False)
+        self._start_threads()
         return deferToThreadPool(self._reactor, self._threads, self._with_connection, work)
 
     def _with_connection(self, work: Callable[[Any], Any]) -> Any:
         try:
             with self._pool.connection() as conn:
-                schema = self._schema
-                if schema is None:
-                    with self._schema_lock:
-                        schema = self._schema = self._read_schema(conn)
-                return work((conn, schema))
+                return work((conn, self._current_schema(conn)))
+        except (PoolTimeout, psycopg.Error) as error:
+            raise self._store_error(error) from error
+
+    def _current_schema(self, conn: Any) -> _Schema:
+        schema = self._schema
+        if schema is None:
+            with self._schema_lock:
+                schema = self._schema = self._read_schema(conn)
+        return schema
+
+    def _store_error(self, error: PoolTimeout | psycopg.Error) -> PostgreSQLStoreError:
+        """The L{PostgreSQLStoreError} a failed database call ends in."""
+        if isinstance(error, PoolTimeout):
+            return PostgreSQLStoreError(f"no database connection: {error}")
+        # The schema may have changed (a Kea upgrade) or the server restarted: read the
+        # catalog again on the next call.
+        self._schema = None
+        if isinstance(error, psycopg.errors.UndefinedTable):
+            return PostgreSQLStoreError(f"not a Kea lease database: {error}")
+        return PostgreSQLStoreError(f"database error: {error}".strip())
+
+    def _read_pages(
+        self,
+        query: BindingQuery,
+        resume: tuple[str, bytes] | None,
+        limit: int,
+        now: float,
+        deliver: Callable[[object], object],
+    ) -> None:
+        """
+        Read a page in this worker thread and hand it (or the failure) to C{deliver} in the
+        reactor thread; then, if that page is being waited for (no page of the query is
+        read ahead yet), read the next one at once in this same thread, on the same
+        connection. Reading ahead from here, not from the reactor thread, is what makes the
+        database work while the consumer builds and sends a page: a job started through
+        the reactor thread would wait for the consumer to let go of Python's interpreter
+        lock, that is until the page was consumed.
+        """
+        call = self._reactor.callFromThread
+        try:
+            with self._pool.connection() as conn:
+                while True:
+                    try:
+                        page = self._fetch_page(
+                            conn,
+                            self._current_schema(conn),
+                            query,
+                            resume=resume,
+                            limit=limit,
+                            now=now,
+                        )
+                    except psycopg.Error as error:
+                        call(deliver, Failure(self._store_error(error)))
+                        return
+                    ahead = None
+                    if page.resume_after is not None:
+                        ahead = self._claim_ahead(query, page.resume_after, limit)
+                    call(deliver, page)
+                    if ahead is None:
+                        return
+                    resume, now = ahead.resume, ahead.started
+                    deliver = partial(ahead.finished, store=self)
         except PoolTimeout as error:
-            raise PostgreSQLStoreError(f"no database connection: {error}") from error
-        except psycopg.errors.UndefinedTable as error:
-            self._schema = None
-            raise PostgreSQLStoreError(f"not a Kea lease database: {error}") from error
-        except psycopg.Error as error:
-            # The schema may have changed (a Kea upgrade) or the server restarted: read the
-            # catalog again on the next call.
-            self._schema = None
-            raise PostgreSQLStoreError(f"database error: {error}".strip()) from error
+            call(deliver, Failure(self._store_error(error)))
+        except Exception:  # anything else: the requester sees it, the worker lives on
+            call(deliver, Failure())
 
     @staticmethod
     def _read_schema(conn: Any) -> _Schema:
@@ -750,47 +799,65 @@ class PostgreSQLBindingStore:
     def _page_deferred(
         self, query: BindingQuery, resume: tuple[str, bytes] | None, limit: int, now: float
     ) -> Deferred[BindingPage]:
-        def work(context: tuple[Any, _Schema]) -> BindingPage:
-            conn, schema = context
-            return self._fetch_page(conn, schema, query, resume=resume, limit=limit, now=now)
+        if self._closed:
+            return defer.fail(PostgreSQLStoreError("the store is closed"))
+        self._start_threads()
+        waiter: Deferred[BindingPage] = Deferred()
+        self._threads.callInThread(
+            self._read_pages, query, resume, limit, now, partial(_deliver, waiter)
+        )
+        return waiter
 
-        return self._run(work)
-
-    def _read_ahead(self, query: BindingQuery, resume_after: BindingKey, limit: int) -> None:
-        """
-        Start reading the page after C{resume_after}, from any thread: the worker reading a
-        page calls this as soon as it knows where that page ends, so the next page's SQL
-        runs while this one is consumed (and its bindings built). The worker hands the job
-        to the thread pool itself: through the reactor thread, the job would wait for the
-        consumer to let go of the interpreter lock. One page ahead per query at most.
-        """
+    def _start_threads(self) -> None:
         if not self._threads.started:
-            return
+            # Threads start on first use, not in the constructor: twistd builds the store
+            # before it daemonizes, and a fork keeps no threads.
+            self._threads.start()
+            self._pool.open(wait=False)
+
+    def _claim_ahead(
+        self, query: BindingQuery, resume_after: BindingKey, limit: int
+    ) -> _Ahead | None:
+        """
+        The page after C{resume_after}, registered as read ahead (any thread), or C{None}
+        when it must not be read now: a page of the query is read ahead already (one at a
+        time), too many are, or the store is closed.
+        """
         stream = (query, limit)
         try:
             resume = _resume_text(resume_after)
         except StopIteration:
-            return
+            return None
         now = self._clock.seconds()
         with self._ahead_lock:
             if self._closed or stream in self._ahead:
-                return
+                return None
             for key, stale in list(self._ahead.items()):
                 if now - stale.started > AHEAD_MAX_AGE:
                     del self._ahead[key]
             if len(self._ahead) >= self.read_ahead:
-                return
-            ahead = self._ahead[stream] = _Ahead(query, limit, resume_after, now)
-        call_from_thread = self._reactor.callFromThread
+                return None
+            ahead = self._ahead[stream] = _Ahead(query, limit, resume_after, now, resume)
+        return ahead
 
-        def read(context: tuple[Any, _Schema]) -> BindingPage:
-            conn, schema = context
-            return self._fetch_page(conn, schema, query, resume=resume, limit=limit, now=now)
-
-        def done(success: bool, result: object) -> None:
-            call_from_thread(ahead.finished, result, self)
-
-        self._threads.callInThreadWithCallback(done, self._with_connection, read)
+    def _read_ahead(self, query: BindingQuery, resume_after: BindingKey, limit: int) -> None:
+        """
+        Start reading the page after C{resume_after} (reactor thread): a page read ahead
+        has been taken, so the next one may be read. (A worker that finishes a page that
+        is already waited for reads the next one itself: see L{_read_pages}.)
+        """
+        if not self._threads.started:
+            return
+        ahead = self._claim_ahead(query, resume_after, limit)
+        if ahead is not None:
+            self._threads.callInThread(
+                self._read_pages,
+                query,
+                ahead.resume,
+                limit,
+                ahead.started,
+                partial(ahead.finished, store=self),
+            )
 
     def find_link(self, address: IPv6Address) -> Deferred[Link | None]:
         """
@@ -908,7 +975,6 @@ class PostgreSQLBindingStore:
         if more and groups:
             subnet_id, duid = groups[-1][0]
             resume_after = (subnet_link_id(subnet_id), bytes(duid))
-            self._read_ahead(query, resume_after, limit)
         members = [rows for _, rows in groups]
         if members:
             ratio = sum(map(len, members)) / len(members)
@@ -952,7 +1018,6 @@ class PostgreSQLBindingStore:
         if start + limit < len(keys):
             subnet_text, duid_hex = chosen[-1].split(",")
             resume_after = (LINK_PREFIX + subnet_text, bytes.fromhex(duid_hex))
-            self._read_ahead(query, resume_after, limit)
         members = [rows for _, rows in _group(rows)]
         return BindingPage(_lazy_page(members, query, now), resume_after)
 
