@@ -45,7 +45,7 @@ from bulklq.model import AddressLease, Binding
 from bulklq.server import ActiveConfig
 from bulklq.service import BulkLeasequeryService
 from bulklq.stores.sqlite import SQLiteBindingStore, SQLiteDatabase
-from bulklq.testing import make_duid, make_link, make_relay_data
+from bulklq.testing import make_binding, make_duid, make_link
 from bulklq.wire import Duid, RemoteId
 
 SERVER_DUID = Duid.en(32473, b"bench-server")
@@ -67,15 +67,7 @@ def write_costs(count: int) -> dict[str, float]:
     listener and with one (every write then logged)."""
     found: dict[str, float] = {}
     bindings = [
-        Binding(
-            make_duid(n),
-            "link-1",
-            1_700_000_000,
-            (AddressLease(IPv6Address(BASE + n), 1800, 3600),),
-            relay_data=make_relay_data(
-                "2001:db8:1::1", relay_id=make_duid(900), remote_id=RemoteId(9, b"p%d" % n)
-            ),
-        )
+        make_binding(n, relay_id=make_duid(900), remote_id=RemoteId(9, b"p%d" % n))
         for n in range(1, count + 1)
     ]
     for name, listen in (("no_listener", False), ("listener", True)):
