@@ -77,6 +77,7 @@ class BulkLeasequeryService(MultiService):
         close_store: bool = True,
         active: ActiveConfig | None = None,
         history_window: float | None = None,
+        history_size: int | None = None,
         expiry_interval: float = DEFAULT_EXPIRY_INTERVAL,
     ) -> None:
         """
@@ -94,6 +95,8 @@ class BulkLeasequeryService(MultiService):
             C{active.tls} also serves C{ssl:} endpoints that name no key of their own.
         @param history_window: seconds of change history kept for catch-up, for a store
             whose change feed is a L{ChangeHistory} (its C{changes}); its default otherwise.
+        @param history_size: distinct bindings kept in that history at most (the oldest
+            changes are dropped first, and a catch-up from before them gets DataMissing).
         @param expiry_interval: seconds between expiry sweeps (see L{ExpirySweep} and
             L{PublishesExpiry}).
         @raise ValueError: Active Leasequery enabled on a store without a change feed.
@@ -119,8 +122,11 @@ class BulkLeasequeryService(MultiService):
                     f"the {store.name} store does not"
                 )
             history = getattr(store, "changes", None)
-            if history_window is not None and isinstance(history, ChangeHistory):
-                history.window = history_window
+            if isinstance(history, ChangeHistory):
+                if history_window is not None:
+                    history.window = history_window
+                if history_size is not None:
+                    history.max_changes = history_size
             if isinstance(store, SweepableStore):
                 self.expiry = ExpirySweep(store, reactor, expiry_interval)
             elif isinstance(store, PublishesExpiry):

@@ -378,6 +378,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
         rfc="RFC 7653 8.4.1, 9.3",
     ),
     OptionSpec(
+        "history-size",
+        "Distinct bindings whose latest change is kept for catch-up; older changes are "
+        "dropped first (a catch-up from before them gets DataMissing).",
+        "100000",
+        _positive_int,
+        rfc="RFC 7653 8.4.1, 9.3",
+    ),
+    OptionSpec(
         "active-backlog",
         "Bindings waiting to be sent on one active connection before the requestor is "
         "dropped as unable to keep up.",
@@ -458,6 +466,7 @@ class Settings:
     active_leasequery: bool = False
     active_without_tls: bool = False
     history_window: float | None = None
+    history_size: int | None = None
     active_backlog: int | None = None
 
     @property

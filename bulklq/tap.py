@@ -213,6 +213,7 @@ def makeService(options: Options) -> IService:
             reactor=reactor,
             active=active,
             history_window=settings.history_window,
+            history_size=settings.history_size,
         )
     except ValueError as error:
         raise SystemExit(

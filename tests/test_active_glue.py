@@ -152,13 +152,30 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(self.store.changes.window, 120)
         self.assertEqual(self.store.changes.complete_from, self.reactor.seconds())
 
+    def test_history_size(self) -> None:
+        """RFC 7653 section 9.3 (the history SHOULD be configurable): history_size caps the
+        distinct bindings kept; once the oldest is dropped, a catch-up from before it gets
+        DataMissing (C{None}) while a catch-up from after it is still answered."""
+        self.service(history_size=2)
+        self.assertEqual(self.store.changes.max_changes, 2)
+        started = self.reactor.seconds()
+        for number in range(3):
+            self.reactor.advance(1)
+            self.store.put(make_binding(number + 1))
+        self.assertEqual(len(self.store.changes), 2)
+        self.assertIsNone(self.successResultOf(self.store.changes_since(started)))
+        recent = self.successResultOf(self.store.changes_since(started + 2))
+        assert recent is not None
+        self.assertEqual(len(recent), 2)
+
     def test_disabled_leaves_store_alone(self) -> None:
         """Without Active Leasequery, no history is kept and no expiry sweep runs."""
-        service = self.service(active=None, history_window=120)
+        service = self.service(active=None, history_window=120, history_size=5)
         service.startService()
         self.assertIsNone(service.expiry)
         self.assertIsNone(self.store.changes.complete_from)
         self.assertEqual(self.store.changes.window, 3600)
+        self.assertEqual(self.store.changes.max_changes, 100_000)
 
     def test_expiry_delivered_as_removal(self) -> None:
         """RFC 7653 section 9.3 (a binding that expires is a change): a binding whose last

@@ -148,6 +148,7 @@ class ResolveTests(SynchronousTestCase):
             active-leasequery = true
             active-without-tls = false
             history-window = 60
+            history-size = 500
             active-backlog = 7
             """.replace("CERTS", str(self.certs.directory))
         )
@@ -164,6 +165,7 @@ class ResolveTests(SynchronousTestCase):
         self.assertTrue(settings.active_leasequery)
         self.assertFalse(settings.active_without_tls)
         self.assertEqual((settings.history_window, settings.active_backlog), (60.0, 7))
+        self.assertEqual(settings.history_size, 500)
         keys = {line.split("=")[0].strip() for line in path.read_text().splitlines() if "=" in line}
         self.assertEqual(keys, {spec.name for spec in OPTIONS})
 
@@ -202,6 +204,7 @@ class ResolveTests(SynchronousTestCase):
             "active-leasequery": True,
             "active-without-tls": True,
             "history-window": "0",
+            "history-size": "-1",
             "active-backlog": "none",
         }
         self.assertEqual(set(cases) | {"udp"}, {spec.name for spec in OPTIONS})

@@ -44,6 +44,7 @@ BAD_VALUES = {
     "tls-ca": " ",
     "tls-requestor": "relay 1",
     "history-window": "forever",
+    "history-size": "0",
     "active-backlog": "0",
 }
 
@@ -118,6 +119,8 @@ class OptionsTests(SynchronousTestCase):
             "--active-leasequery",
             "--history-window",
             "90",
+            "--history-size",
+            "5000",
             "--listen",
             "ssl:5547",
             *certs.settings(),
@@ -126,6 +129,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertTrue(options.settings.active_leasequery)
         self.assertFalse(options.settings.active_without_tls)
         self.assertEqual(options.settings.history_window, 90.0)
+        self.assertEqual(options.settings.history_size, 5000)
         self.assertEqual(options.settings.tls_key, certs.server_key)
 
     def test_unknown_option(self) -> None:
