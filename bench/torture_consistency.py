@@ -464,7 +464,9 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
         with open(answers_output, "rb") as answered:
             answers, report["requestors_cpu_seconds"] = pickle.load(answered)
         report.update(summary)
+        judging = time.monotonic()
         report.update(judge(initial, batches, base_time, answers, args.rate))
+        report["judge_seconds"] = round(time.monotonic() - judging, 1)
 
     def run() -> None:
         done = ensureDeferred(main())
