@@ -1,24 +1,36 @@
 """
-Active Leasequery change-to-delivery latency: a bulklq server over a memory store on
-loopback, N watchers (bulklq.client.ActiveWatcher, insecure mode), and a writer putting
+Active Leasequery change-to-delivery latency: a bulklq server on loopback over a memory or
+SQLite store, N watchers (bulklq.client.ActiveWatcher, insecure mode), and a writer putting
 bindings at a fixed rate. Each put carries a sequence number in its address; a watcher's
 change callback looks it up to get put-to-delivery time. Prints JSON (median, p99, max in
-milliseconds; changes delivered; achieved rate). Everything runs in one process and one
-reactor (server, writer and watchers share a CPU): the figure is an upper bound.
+milliseconds; changes delivered; achieved rate).
+
+Writers: C{--writer store} puts through the store's own write API (timed from the put
+call, queueing included); with C{--store sqlite}, C{--writer other} writes the same file
+through another connection, as another process would (published from the change log by
+the store's sweep, every C{--interval} seconds; timed from that connection's commit).
+Server, watchers and the store writer run in one process and one reactor, sharing a CPU:
+the figures are upper bounds.
 
     python bench/active_latency.py --rate 1000 --watchers 10 --seconds 5
+    python bench/active_latency.py --store sqlite --rate 1000 --watchers 10 --seconds 5
+    python bench/active_latency.py --store sqlite --writer other --rate 300
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from ipaddress import IPv6Address
 from typing import Any
 
-from twisted.internet import endpoints, task
+from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from bulklq.client import (
@@ -31,42 +43,45 @@ from bulklq.client import (
 )
 from bulklq.config import ServerConfig, parse_access_rule
 from bulklq.model import AddressLease, Binding
-from bulklq.server import ActiveConfig, BulkLeasequeryFactory
+from bulklq.server import ActiveConfig
+from bulklq.service import BulkLeasequeryService
 from bulklq.stores.memory import MemoryBindingStore
 from bulklq.testing import make_duid, make_link
 from bulklq.wire import Duid
 
 SERVER_DUID = Duid.en(32473, b"bench-server")
 BASE = int(IPv6Address("2001:db8:1::"))
+LINK = make_link("link-1", ["2001:db8:1::/64"])
 
 
-async def main(reactor: Any, options: argparse.Namespace) -> None:
-    """Run the measurement and print the JSON report."""
-    store = MemoryBindingStore([make_link("link-1", ["2001:db8:1::/64"])], clock=reactor)
-    config = ServerConfig(
-        SERVER_DUID,
-        allow=(parse_access_rule("127.0.0.1/32"),),
-        max_connections=options.watchers + 4,
-        max_connections_per_requestor=options.watchers + 4,
+def numbered_binding(sequence: int, clients: int, now: int) -> Binding:
+    """The binding of put number C{sequence}: its address carries the number."""
+    return Binding(
+        make_duid(sequence % clients + 1),
+        "link-1",
+        now,
+        (AddressLease(IPv6Address(BASE + sequence), 1800, 3600),),
     )
-    factory = BulkLeasequeryFactory(
-        store, config, reactor, active=ActiveConfig(enabled=True, allow_insecure=True)
-    )
-    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-    address = f"127.0.0.1:{port.getHost().port}"
-    put_at: dict[int, float] = {}
-    latencies: list[float] = []
 
-    def delivered(change: BindingChange) -> None:
-        if change.removed or not change.binding.addresses:
-            return
-        sequence = int(change.binding.addresses[0].address) - BASE
-        sent = put_at.get(sequence)
-        if sent is not None:
-            latencies.append(time.perf_counter() - sent)
 
+async def open_store(reactor: Any, options: argparse.Namespace) -> tuple[Any, str | None]:
+    """The store to serve, and its file (SQLite) or C{None}."""
+    if options.store == "memory":
+        return MemoryBindingStore([LINK], clock=reactor), None
+    from bulklq.stores.sqlite import SQLiteBindingStore
+
+    path = os.path.join(tempfile.mkdtemp(prefix="bulklq-bench-"), "bindings.sqlite3")
+    store = SQLiteBindingStore(path, reactor)
+    await store.add_link(LINK)
+    return store, path
+
+
+async def start_watchers(
+    reactor: Any, address: str, count: int, on_change: Callable[[BindingChange], None]
+) -> list[ActiveWatcher]:
+    """C{count} watchers of link-1, all synchronised (or exit after 10 s)."""
     watchers = []
-    for number in range(options.watchers):
+    for number in range(count):
         requestor = Requestor(
             Duid.en(32473, f"watcher-{number}".encode()), reactor, RequestorOptions()
         )
@@ -74,7 +89,7 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
             requestor,
             address,
             ActiveQuery(LeaseQuery.by_link_address(IPv6Address("2001:db8:1::1"))),
-            on_change=delivered,
+            on_change=on_change,
             snapshot=False,
         )
         watcher.start()
@@ -84,55 +99,142 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
         if time.perf_counter() > deadline:
             raise SystemExit("the watchers did not all connect within 10 s")
         await task.deferLater(reactor, 0.05)
+    return watchers
 
-    tick = 0.01
-    per_tick = max(1, round(options.rate * tick))
-    sequence = 0
-    started = time.perf_counter()
 
-    def write() -> None:
-        nonlocal sequence
+class StoreWriter:
+    """Puts through the store's write API on the reactor, C{rate} a second."""
+
+    def __init__(self, store: Any, reactor: Any, rate: int, clients: int) -> None:
+        self.store, self.reactor, self.rate, self.clients = store, reactor, rate, clients
+        self.put_at: dict[int, float] = {}
+        self.sequence = 0
+        self._loop = task.LoopingCall(self._write)
+        self._loop.clock = reactor
+        self._per_tick = max(1, round(rate * 0.01))
+
+    def start(self) -> None:
+        """Start writing."""
+        self.started = time.perf_counter()
+        self._loop.start(0.01)
+
+    def _write(self) -> None:
         # Catch up with the target rate when ticks come late (a busy CPU).
-        due = int((time.perf_counter() - started) * options.rate) - sequence
-        for _ in range(max(per_tick, due) if due > 0 else 0):
-            sequence += 1
-            client = sequence % options.clients + 1
-            put_at[sequence] = time.perf_counter()
-            store.put(
-                Binding(
-                    make_duid(client),
-                    "link-1",
-                    int(reactor.seconds()),
-                    (AddressLease(IPv6Address(BASE + sequence), 1800, 3600),),
-                )
-            )
+        due = int((time.perf_counter() - self.started) * self.rate) - self.sequence
+        now = int(self.reactor.seconds())
+        for _ in range(max(self._per_tick, due) if due > 0 else 0):
+            self.sequence += 1
+            self.put_at[self.sequence] = time.perf_counter()
+            self.store.put(numbered_binding(self.sequence, self.clients, now))
 
-    writer = task.LoopingCall(write)
-    writer.clock = reactor
-    writer.start(tick)
+    def stop(self) -> None:
+        """Stop writing."""
+        self._loop.stop()
+
+
+class OtherConnectionWriter:
+    """Writes the SQLite file through a connection of its own, in a thread, C{rate} a
+    second, in one transaction per batch due; timed from each commit."""
+
+    def __init__(self, path: str, rate: int, clients: int) -> None:
+        self.path, self.rate, self.clients = path, rate, clients
+        self.put_at: dict[int, float] = {}
+        self.sequence = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def start(self) -> None:
+        """Start writing."""
+        self.started = time.perf_counter()
+        self._thread.start()
+
+    def _run(self) -> None:
+        from bulklq.stores.sqlite import SQLiteDatabase
+
+        database = SQLiteDatabase(self.path)
+        now = int(time.time())
+        while not self._stop.is_set():
+            due = int((time.perf_counter() - self.started) * self.rate) - self.sequence
+            if due <= 0:
+                time.sleep(0.001)
+                continue
+            first = self.sequence + 1
+            database.put_many([numbered_binding(first + n, self.clients, now) for n in range(due)])
+            committed = time.perf_counter()
+            for n in range(due):
+                self.put_at[first + n] = committed
+            self.sequence += due
+        database.close()
+
+    def stop(self) -> None:
+        """Stop writing (waits for the batch in progress)."""
+        self._stop.set()
+        self._thread.join()
+
+
+async def main(reactor: Any, options: argparse.Namespace) -> None:
+    """Run the measurement and print the JSON report."""
+    store, path = await open_store(reactor, options)
+    config = ServerConfig(
+        SERVER_DUID,
+        allow=(parse_access_rule("127.0.0.1/32"),),
+        max_connections=options.watchers + 4,
+        max_connections_per_requestor=options.watchers + 4,
+    )
+    service = BulkLeasequeryService(
+        store,
+        config,
+        ["tcp:0:interface=127.0.0.1"],
+        reactor=reactor,
+        active=ActiveConfig(enabled=True, allow_insecure=True),
+        expiry_interval=options.interval,
+    )
+    service.startService()
+    await service.listening
+    address = f"127.0.0.1:{service.ports[0].getHost().port}"
+    writer: StoreWriter | OtherConnectionWriter
+    if options.writer == "other":
+        assert path is not None
+        writer = OtherConnectionWriter(path, options.rate, options.clients)
+    else:
+        writer = StoreWriter(store, reactor, options.rate, options.clients)
+    latencies: list[float] = []
+
+    def delivered(change: BindingChange) -> None:
+        if change.removed or not change.binding.addresses:
+            return
+        sent = writer.put_at.get(int(change.binding.addresses[0].address) - BASE)
+        if sent is not None:
+            latencies.append(time.perf_counter() - sent)
+
+    watchers = await start_watchers(reactor, address, options.watchers, delivered)
+    writer.start()
     await task.deferLater(reactor, options.seconds)
     writer.stop()
-    elapsed = time.perf_counter() - started
-    await task.deferLater(reactor, 1.0)  # let the last changes arrive
+    elapsed = time.perf_counter() - writer.started
+    await task.deferLater(reactor, options.interval + 1.0)  # let the last changes arrive
     for watcher in watchers:
         await watcher.stop()
-    await port.stopListening()
+    await service.stopService()
     ordered = sorted(latencies)
     report = {
         "benchmark": "active_latency",
+        "store": options.store,
+        "writer": options.writer,
         "watchers": options.watchers,
         "target_rate": options.rate,
-        "achieved_rate": round(sequence / elapsed, 1),
-        "changes_put": sequence,
+        "achieved_rate": round(writer.sequence / elapsed, 1),
+        "changes_put": writer.sequence,
         "deliveries": len(ordered),
-        "deliveries_expected": sequence * options.watchers,
+        "deliveries_expected": writer.sequence * options.watchers,
         "latency_ms": {
             "median": round(statistics.median(ordered) * 1000, 3) if ordered else None,
             "p99": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 3) if ordered else None,
             "max": round(ordered[-1] * 1000, 3) if ordered else None,
         },
-        "note": "server, writer and watchers in one process and reactor; coalesced changes "
-        "are delivered once (their latest put is what is timed)",
+        "load_average": os.getloadavg()[0],
+        "note": "server, watchers and the store writer in one process and reactor; "
+        "coalesced changes are delivered once (their latest put is what is timed)",
     }
     print(json.dumps(report, indent=2))
 
@@ -140,11 +242,23 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
 def run() -> None:
     """Parse arguments and run on the global reactor."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=("memory", "sqlite"), default="memory")
+    parser.add_argument(
+        "--writer",
+        choices=("store", "other"),
+        default="store",
+        help="the store's put (default), or another connection to the SQLite file",
+    )
     parser.add_argument("--rate", type=int, default=1000, help="changes per second (1000)")
     parser.add_argument("--watchers", type=int, default=10, help="active watchers (10)")
     parser.add_argument("--clients", type=int, default=5000, help="distinct clients (5000)")
     parser.add_argument("--seconds", type=float, default=5.0, help="writing time (5 s)")
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="the expiry/change-log sweep interval (1 s)"
+    )
     options = parser.parse_args()
+    if options.writer == "other" and options.store != "sqlite":
+        parser.error("--writer other needs --store sqlite")
     task.react(lambda reactor: Deferred.fromCoroutine(main(reactor, options)))
 
 
