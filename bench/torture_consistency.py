@@ -450,7 +450,10 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
             batches, summary = loop.batches, loop.summary()
         else:
             writer.transport.closeStdin()
-            await writer.ended
+            if await writer.ended != 0 or not os.path.exists(writer_output):
+                raise RuntimeError(
+                    "the writer failed: " + writer.err.decode(errors="replace")[-1000:]
+                )
             with open(writer_output, "rb") as written:
                 result = pickle.load(written)
             batches, summary = result["batches"], result["summary"]
