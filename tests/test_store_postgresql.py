@@ -37,6 +37,7 @@ from bulklq.stores.postgresql import (
     _group,
     _iterate_bindings,
     _lazy_page,
+    _read_rows,
     _row_bindings,
     open_store_uri,
     parse_postgresql_uri,
@@ -466,6 +467,31 @@ class PostgreSQLStoreTests(TestCase):
             self.assertEqual([b.key for b in rest], [b.key for b in bindings])
 
         return _run(test)
+
+    def test_rows_handed_over_while_query_runs(self) -> None:
+        """
+        A page read ahead in the same worker hands the previous page over while the server
+        already works on this page's query (in pipeline mode); an error still surfaces as
+        the driver's, and the connection stays usable.
+        """
+        from psycopg import Error, pq
+
+        database = ScratchDatabase(V19)
+        self.addCleanup(database.drop)
+        with _connect(database.dsn) as conn:
+            seen: list[tuple[Any, ...]] = []
+
+            def handover() -> None:
+                seen.append((conn.pgconn.transaction_status, conn.pgconn.pipeline_status))
+
+            rows = _read_rows(conn, "SELECT %(x)s::int, 'a'", {"x": 5}, handover)
+            self.assertEqual(rows, [(5, "a")])
+            self.assertEqual(seen, [(pq.TransactionStatus.ACTIVE, pq.PipelineStatus.ON)])
+            with self.assertRaises(Error):
+                _read_rows(conn, "SELECT 1 / 0", {}, handover)
+            self.assertEqual(len(seen), 2)
+            self.assertEqual(conn.execute("SELECT 2").fetchall(), [(2,)])
+            self.assertEqual(_read_rows(conn, "SELECT 3", {}, None), [(3,)])
 
     def test_links_without_kea_config(self) -> Deferred[None]:
         """

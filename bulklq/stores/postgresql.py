@@ -724,25 +724,35 @@ class PostgreSQLBindingStore:
         call = self._reactor.callFromThread
         try:
             with self._pool.connection() as conn:
+                handover: _Once | None = None
                 while True:
                     try:
-                        page = self._fetch_page(
-                            conn,
-                            self._current_schema(conn),
-                            query,
-                            resume=resume,
-                            limit=limit,
-                            now=now,
-                        )
+                        try:
+                            page = self._fetch_page(
+                                conn,
+                                self._current_schema(conn),
+                                query,
+                                resume=resume,
+                                limit=limit,
+                                now=now,
+                                handover=handover,
+                            )
+                        finally:
+                            if handover is not None:
+                                handover()  # if the page ended without its main query
                     except psycopg.Error as error:
                         call(deliver, Failure(self._store_error(error)))
                         return
                     ahead = None
                     if page.resume_after is not None:
                         ahead = self._claim_ahead(query, page.resume_after, limit)
-                    call(deliver, page)
                     if ahead is None:
+                        call(deliver, page)
                         return
+                    # This page goes to the reactor thread once the next page's query is
+                    # sent: handing it over first would let the consumer take the
+                    # interpreter lock before the query leaves.
+                    handover = _Once(partial(call, deliver, page))
                     resume, now = ahead.resume, ahead.started
                     deliver = partial(ahead.finished, store=self)
         except PoolTimeout as error:
@@ -930,7 +940,12 @@ class PostgreSQLBindingStore:
         resume: tuple[str, bytes] | None,
         limit: int,
         now: float,
+        handover: Callable[[], object] | None = None,
     ) -> BindingPage:
+        """
+        One page. C{handover}, if given, is called once the page's main query is on its way
+        to the server, before this thread waits for its rows (see L{_read_pages}).
+        """
         rows_wanted = math.ceil(limit * self._leases_per_binding) + 1
         params: dict[str, Any] = {
             "now": now,
@@ -959,8 +974,9 @@ class PostgreSQLBindingStore:
                     while len(self._snapshots) > self.snapshots:
                         del self._snapshots[next(iter(self._snapshots))]
         if keys is not None:
-            return self._snapshot_page(conn, schema, query, keys, resume, limit, now)
-        rows = conn.execute(sql, params, binary=True).fetchall()
+            return self._snapshot_page(conn, schema, query, keys, resume, limit, now, handover)
+        assert sql is not None  # a plan, not a snapshot, without keys
+        rows = _read_rows(conn, sql, params, handover)
         groups = _group(rows)
         more = len(rows) >= rows_wanted
         if more and groups:
@@ -992,6 +1008,7 @@ class PostgreSQLBindingStore:
         resume: tuple[str, bytes] | None,
         limit: int,
         now: float,
+        handover: Callable[[], object] | None,
     ) -> BindingPage:
         """
         A page of a query with many matches: C{keys} are the sorted keys of the matching
@@ -1005,15 +1022,16 @@ class PostgreSQLBindingStore:
             return BindingPage((), None)
         # The keys as one text: PostgreSQL splits it faster than the driver dumps an array
         # of a thousand values.
-        rows = conn.execute(
+        rows = _read_rows(
+            conn,
             f"SELECT {schema.columns('l')} FROM unnest("  # noqa: S608
             "string_to_array(%(keys)s, ' ')) WITH ORDINALITY c(k, n) "
             "JOIN lease6 l ON l.subnet_id = split_part(c.k, ',', 1)::bigint "
             "AND l.duid = decode(split_part(c.k, ',', 2), 'hex') "
             f"WHERE {_active('l')} ORDER BY c.n",
             {"keys": " ".join(chosen), "now": now},
-            binary=True,
-        ).fetchall()
+            handover,
+        )
         resume_after = None
         if start + limit < len(keys):
             subnet_text, duid_hex = chosen[-1].split(",")
@@ -1129,6 +1147,41 @@ class PostgreSQLBindingStore:
                 continue
         return None
 
+
+class _Once:
+    """Calls a function the first time it is called, and does nothing after."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Callable[[], object]) -> None:
+        self._function: Callable[[], object] | None = function
+
+    def __call__(self) -> None:
+        function, self._function = self._function, None
+        if function is not None:
+            function()
+
+
+def _read_rows(
+    conn: Any, sql: str, params: dict[str, Any], handover: Callable[[], object] | None
+) -> list[Any]:
+    """
+    The rows of a page's main query (binary results). With C{handover}, the query goes in
+    pipeline mode, so that it leaves for the server at once and C{handover} runs while the
+    server works on it; this thread then waits for the rows.
+    """
+    if handover is None or not _PIPELINE:
+        if handover is not None:
+            handover()
+        return conn.execute(sql, params, binary=True).fetchall()  # type: ignore[no-any-return]
+    with conn.pipeline():
+        cursor = conn.execute(sql, params, binary=True)
+        handover()
+        return cursor.fetchall()  # type: ignore[no-any-return]
+
+
+#: Whether this libpq has pipeline mode (14 and newer).
+_PIPELINE = psycopg.Pipeline.is_supported()
 
 #: What L{PostgreSQLBindingStore._page_sql} answers for a query paged by key snapshot.
 _SNAPSHOT = "snapshot"
