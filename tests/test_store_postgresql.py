@@ -456,13 +456,39 @@ class PostgreSQLStoreTests(TestCase):
             store, _ = self.open(V19, bindings)
             first = await store.fetch(query, None, 1)
             self.assertEqual([b.key for b in first.bindings], [bindings[0].key])
-            ahead = store._ahead[(query, 1)]
+            ahead = store._ahead[query]
             self.assertEqual(ahead.resume_after, first.resume_after)
             self.assertEqual(len(store._ahead), 1)
             second = await store.fetch(query, first.resume_after, 1)
             self.assertEqual([b.key for b in second.bindings], [bindings[1].key])
             self.assertTrue(ahead.done)
-            self.assertEqual(store._ahead[(query, 1)].resume_after, second.resume_after)
+            self.assertEqual(store._ahead[query].resume_after, second.resume_after)
+            rest = await collect_bindings(store, query)
+            self.assertEqual([b.key for b in rest], [b.key for b in bindings])
+
+        return _run(test)
+
+    def test_small_first_page_then_larger(self) -> Deferred[None]:
+        """
+        The server asks for a small first page, then larger ones: the page read ahead after
+        the small one serves the next larger fetch (fewer bindings than asked for is
+        allowed), and the pages read ahead from then on have the larger limit.
+        """
+        now = int(reactor.seconds())
+        bindings = [make_binding(n, "subnet-3", cltt=now) for n in range(1, 9)]
+        query = BindingQuery.by_link("subnet-3")
+
+        async def test() -> None:
+            store, _ = self.open(V19, bindings)
+            first = await store.fetch(query, None, 1)
+            ahead = store._ahead[query]
+            self.assertEqual(ahead.limit, 1)
+            second = await store.fetch(query, first.resume_after, 3)
+            self.assertEqual([b.key for b in second.bindings], [bindings[1].key])
+            self.assertEqual(ahead.requested, 3)
+            self.assertEqual(store._ahead[query].limit, 3)
+            third = await store.fetch(query, second.resume_after, 3)
+            self.assertEqual([b.key for b in third.bindings], [b.key for b in bindings[2:5]])
             rest = await collect_bindings(store, query)
             self.assertEqual([b.key for b in rest], [b.key for b in bindings])
 

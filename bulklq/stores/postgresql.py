@@ -555,6 +555,7 @@ class _Ahead:
     resume_after: BindingKey
     started: float
     resume: tuple[str, bytes] | None = None  # resume_after as the SQL takes it
+    requested: int | None = None  # the limit of the fetch that took it (under the lock)
     done: bool = False
     result: object = None
     waiters: list[Deferred[BindingPage]] = attrs.Factory(list)
@@ -585,7 +586,7 @@ class _Ahead:
     def _read_on(self, store: PostgreSQLBindingStore) -> None:
         page = self.result
         if isinstance(page, BindingPage) and page.resume_after is not None:
-            store._read_ahead(self.query, page.resume_after, self.limit)
+            store._read_ahead(self.query, page.resume_after, self.requested or self.limit)
 
 
 def _deliver(waiter: Deferred[BindingPage], result: object) -> None:
@@ -662,9 +663,9 @@ class PostgreSQLBindingStore:
         # Sorted client keys of the queries with many matches, least recently used first.
         self._snapshots: dict[BindingQuery, list[str]] = {}
         self._snapshot_lock = threading.Lock()
-        # The page read ahead for each (query, limit) being streamed, under its lock (the
+        # The page read ahead for each query being streamed, under its lock (the
         # workers start them, the reactor thread takes them).
-        self._ahead: dict[tuple[BindingQuery, int], _Ahead] = {}
+        self._ahead: dict[BindingQuery, _Ahead] = {}
         self._ahead_lock = threading.Lock()
         self._closed = False
         self._shutdown_trigger = reactor.addSystemEventTrigger(
@@ -725,6 +726,7 @@ class PostgreSQLBindingStore:
         try:
             with self._pool.connection() as conn:
                 handover: _Once | None = None
+                current: _Ahead | None = None  # the page being read, if read ahead
                 while True:
                     try:
                         try:
@@ -745,7 +747,7 @@ class PostgreSQLBindingStore:
                         return
                     ahead = None
                     if page.resume_after is not None:
-                        ahead = self._claim_ahead(query, page.resume_after, limit)
+                        ahead = self._claim_ahead(query, page.resume_after, limit, current)
                     if ahead is None:
                         call(deliver, page)
                         return
@@ -753,8 +755,9 @@ class PostgreSQLBindingStore:
                     # sent: handing it over first would let the consumer take the
                     # interpreter lock before the query leaves.
                     handover = _Once(partial(call, deliver, page))
-                    resume, now = ahead.resume, ahead.started
+                    resume, now, limit = ahead.resume, ahead.started, ahead.limit
                     deliver = partial(ahead.finished, store=self)
+                    current = ahead
         except PoolTimeout as error:
             call(deliver, Failure(self._store_error(error)))
         except Exception:  # anything else: the requester sees it, the worker lives on
@@ -795,11 +798,13 @@ class PostgreSQLBindingStore:
         except StopIteration:
             return defer.succeed(BindingPage((), None))
         now = self._clock.seconds()
-        stream = (query, limit)
         with self._ahead_lock:
-            ahead = self._ahead.get(stream)
-            if ahead is not None and ahead.resume_after == resume_after:
-                del self._ahead[stream]
+            ahead = self._ahead.get(query)
+            # A page read ahead with a smaller limit serves too (a page may hold fewer
+            # bindings than asked for): the server's first page is small, its next ones not.
+            if ahead is not None and ahead.resume_after == resume_after and ahead.limit <= limit:
+                del self._ahead[query]
+                ahead.requested = limit
             else:
                 ahead = None
         if ahead is not None and now - ahead.started <= AHEAD_MAX_AGE:
@@ -826,28 +831,34 @@ class PostgreSQLBindingStore:
             self._pool.open(wait=False)
 
     def _claim_ahead(
-        self, query: BindingQuery, resume_after: BindingKey, limit: int
+        self,
+        query: BindingQuery,
+        resume_after: BindingKey,
+        limit: int,
+        after: _Ahead | None = None,
     ) -> _Ahead | None:
         """
         The page after C{resume_after}, registered as read ahead (any thread), or C{None}
         when it must not be read now: a page of the query is read ahead already (one at a
-        time), too many are, or the store is closed.
+        time), too many are, or the store is closed. Its limit is that of the fetch that
+        took C{after} (the page just read, if it was read ahead), else C{limit}.
         """
-        stream = (query, limit)
         try:
             resume = _resume_text(resume_after)
         except StopIteration:
             return None
         now = self._clock.seconds()
         with self._ahead_lock:
-            if self._closed or stream in self._ahead:
+            if self._closed or query in self._ahead:
                 return None
+            if after is not None and after.requested is not None:
+                limit = after.requested
             for key, stale in list(self._ahead.items()):
                 if now - stale.started > AHEAD_MAX_AGE:
                     del self._ahead[key]
             if len(self._ahead) >= self.read_ahead:
                 return None
-            ahead = self._ahead[stream] = _Ahead(query, limit, resume_after, now, resume)
+            ahead = self._ahead[query] = _Ahead(query, limit, resume_after, now, resume)
         return ahead
 
     def _read_ahead(self, query: BindingQuery, resume_after: BindingKey, limit: int) -> None:
