@@ -9,7 +9,7 @@ assumed. Text columns are unescaped (C{&#xNN}). For each address the last row wi
 with valid lifetime 0, a state other than 0 (declined, expired-reclaimed, Kea 3.2's
 released) or an expiry in the past removes the lease. The active leases of one DUID in one
 subnet form one binding (see L{bulklq.stores.kea_leases} for the relay chain, CLTT and
-lifetimes). A malformed row is skipped with a warning naming the file and line; the lease
+lifetimes; on a CLTT tie, the lease whose row came last is the newest). A malformed row is skipped with a warning naming the file and line; the lease
 the address had before stays.
 
 B{Live follow.} Once loaded, the store polls the lease file every second (a C{LoopingCall}
@@ -424,6 +424,11 @@ class _LeaseTable:
             elif old[0] is not group:
                 members_of[old[0]].remove(key)
                 mark(old[0])
+                members.append(key)
+            elif members[-1] != key:
+                # Members stay in the order of their last rows: on a CLTT tie, the lease
+                # written last gives the binding its relay chain.
+                members.remove(key)
                 members.append(key)
             mark(group)
             if derive is not None and (
