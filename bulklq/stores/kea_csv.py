@@ -9,8 +9,9 @@ assumed. Text columns are unescaped (C{&#xNN}). For each address the last row wi
 with valid lifetime 0, a state other than 0 (declined, expired-reclaimed, Kea 3.2's
 released) or an expiry in the past removes the lease. The active leases of one DUID in one
 subnet form one binding (see L{bulklq.stores.kea_leases} for the relay chain, CLTT and
-lifetimes; on a CLTT tie, the lease whose row came last is the newest). A malformed row is skipped with a warning naming the file and line; the lease
-the address had before stays.
+lifetimes; on a CLTT tie, the lease whose row came last is the newest). A malformed row
+is skipped with a warning naming the file and line; the lease the address had before
+stays.
 
 B{Live follow.} Once loaded, the store polls the lease file every second (a C{LoopingCall}
 on the injected reactor): complete rows appended since are applied, so a change Kea writes
