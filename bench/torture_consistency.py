@@ -394,7 +394,15 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
     async def main() -> None:
         stopping: list[bool] = []
         if target is None:
-            loop = WriteLoop(new_writer(args.bindings, base_time), memory_writes(store), args.rate)
+            # No transactions here: a batch is writes made in one turn of the reactor, and
+            # a turn may take longer than 50 ms while it serves the streams, so a writer
+            # behind catches up with up to 250 ms of writes a turn.
+            loop = WriteLoop(
+                new_writer(args.bindings, base_time),
+                memory_writes(store),
+                args.rate,
+                max_seconds=0.25,
+            )
             writing = ensureDeferred(in_reactor_writer(loop, stopping))
         else:
             writer_output = os.path.join(scratch, "writes.pickle")

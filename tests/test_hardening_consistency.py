@@ -90,20 +90,22 @@ def fingerprint(binding: Binding) -> frozenset[IPv6Address]:
 @attrs.define
 class WriteLog:
     """
-    Every write with the sequence numbers at which it was issued and completed, per key.
-    C{seq} advances on each issue and each completion; a query's window is the sequence
-    numbers when it was sent and when its answer ended. A write still in flight when a
-    query is judged counts as completing after it (C{done} is infinite until then).
+    Every write, per key, with the stamps at which it began and completed: [began,
+    completed, new state or C{None} for a removal].
+
+    Writes made here (L{issue}, L{done}) are stamped with a sequence number C{seq} that
+    advances on each issue and each completion; a query's window is then C{seq} when it was
+    sent and when its answer ended. A write still in flight when a query is judged counts
+    as completing after it (C{done} is infinite until then). Writes made elsewhere are
+    L{record}ed with clock readings around their transactions, and queries are judged by
+    readings of the same clock.
     """
 
     seq: float = 0
     history: dict[BindingKey, list[list[Any]]] = attrs.Factory(dict)
-    #: When given, stamps come from this clock (C{time.monotonic}, shared by processes
-    #: on one host) instead of a counter, so queries run elsewhere can be judged.
-    clock: Callable[[], float] | None = None
 
     def _tick(self) -> float:
-        self.seq = self.clock() if self.clock is not None else self.seq + 1
+        self.seq += 1
         return self.seq
 
     def initial(self, bindings: Iterable[Binding]) -> None:
@@ -233,8 +235,11 @@ class Writer:
     Random writes against a store: a third add a new client, a third update a present one
     (new version: new address and CLT_TIME), a third remove one; each logged in L{log}.
 
-    @param put: writes one binding (may return a Deferred).
-    @param remove: removes one key (may return a Deferred).
+    L{write} makes writes one at a time through C{put} and C{remove}, logging each; L{batch}
+    only chooses them (as (client, version), for a writer elsewhere that logs them).
+
+    @param put: writes one binding (may return a Deferred); only for L{write}.
+    @param remove: removes one key (may return a Deferred); only for L{write}.
     """
 
     def __init__(
@@ -242,8 +247,8 @@ class Writer:
         log: WriteLog,
         *,
         present: dict[int, int],
-        put: Callable[[Binding], Any],
-        remove: Callable[[BindingKey], Any],
+        put: Callable[[Binding], Any] | None,
+        remove: Callable[[BindingKey], Any] | None,
         base_time: int,
         seed: int = 1,
     ) -> None:
@@ -308,6 +313,7 @@ class Writer:
 
     async def write(self, count: int) -> None:
         """C{count} writes, one after the other, each logged."""
+        assert self.put is not None and self.remove is not None, "a writer that only chooses"
         for _ in range(count):
             key, binding = self.choose()
             entry = self.log.issue(key, binding)
@@ -695,7 +701,7 @@ class SQLiteBatchWriterTests(_BatchWriterMixin, SynchronousTestCase):
 
 
 class KeaBatchWriterTests(_BatchWriterMixin, SynchronousTestCase):
-    """L{KeaBatchWriter}, read back by the PostgreSQL store (BULKLQ_TEST_POSTGRES_DSN)."""
+    """L{KeaBatchWriter}, its leases read back from C{lease6} (BULKLQ_TEST_POSTGRES_DSN)."""
 
     def open_writer(self, initial: list[Binding]) -> tuple[Any, Callable[[], list[Binding]]]:
         from .test_store_postgresql import V17, ScratchDatabase
@@ -823,12 +829,9 @@ class SQLiteConsistencyTests(_RealReactorConsistency, TestCase):
 
 class PostgreSQLConsistencyTests(_RealReactorConsistency, TestCase):
     """
-    The PostgreSQL store over Kea's schema (BULKLQ_TEST_POSTGRES_DSN); smaller, as each
-    write is a transaction of its own on a new connection.
+    The PostgreSQL store over Kea's schema (BULKLQ_TEST_POSTGRES_DSN), written by
+    L{KeaBatchWriter}, one transaction per write.
     """
-
-    bindings = 150
-    page_size = 10
 
     async def open_store(self, initial: list[Binding], base_time: int) -> Any:
         from bulklq.stores.postgresql import PostgreSQLBindingStore, PostgreSQLSettings
@@ -838,12 +841,14 @@ class PostgreSQLConsistencyTests(_RealReactorConsistency, TestCase):
         _require_postgresql()
         database = ScratchDatabase(V17)
         self.addCleanup(database.drop)
-        database.put(initial)
+        sink = KeaBatchWriter(database.dsn)
+        self.addCleanup(sink.close)
+        sink.apply(initial, [])
         store = PostgreSQLBindingStore(
             PostgreSQLSettings(database.dsn, pool_size=2), reactor, [LINK]
         )
         self.addCleanup(store.close)
-        return store, lambda b: database.put([b]), lambda k: database.remove([k])
+        return store, lambda b: sink.apply([b], []), lambda k: sink.apply([], [k])
 
 
 def _require_postgresql() -> None:
