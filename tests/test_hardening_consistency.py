@@ -327,9 +327,8 @@ class Writer:
 class SQLiteBatchWriter:
     """
     Writes batches into a bulklq SQLite database through L{SQLiteDatabase}, on a
-    connection of its own (WAL lets it write while the server reads): every put of a batch
-    in one transaction, then each removal in one of its own (L{SQLiteDatabase} removes one
-    key per transaction).
+    connection of its own (WAL lets it write while the server reads): the puts and the
+    removals of a batch in one transaction (L{SQLiteDatabase.apply}).
     """
 
     def __init__(self, path: str) -> None:
@@ -338,11 +337,12 @@ class SQLiteBatchWriter:
         self.database = SQLiteDatabase(path)
 
     def apply(self, puts: list[Binding], removes: list[BindingKey]) -> None:
-        """Put C{puts}, remove C{removes}; returns once everything is committed."""
+        """Put C{puts}, remove C{removes}; returns once the transaction has committed."""
+        writes: list[tuple[bool, Any]] = [(False, key) for key in removes]
         if puts:
-            self.database.put_many(puts)
-        for key in removes:
-            self.database.remove(key)
+            writes.append((True, puts))
+        if writes:
+            self.database.apply(writes)
 
     def close(self) -> None:
         """Close the connection."""
