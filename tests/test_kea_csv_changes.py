@@ -214,6 +214,35 @@ class AppendedRowTests(_LeaseFileCase):
         self.assertEqual(old.binding.addresses, ())
         self.assertEqual(changes[moved.client_id].binding, self.served(8))
 
+    def test_restated_lease_on_a_tie(self) -> None:
+        """
+        RFC 7653 section 7: two leases of one client with the same CLTT and different relay
+        chains; the binding carries the chain of the lease written last, so restating the
+        other lease unchanged changes the binding (published), and restating it again does
+        not (nothing published).
+        """
+        address_row = kea_rows(client(9, remote=b"a"))[0]
+        prefix_row = kea_rows(client(9, remote=b"b"))[1]
+        self.append([address_row, prefix_row])
+        self.clock.advance(1)
+        [first] = self.published
+        self.assertIn(RemoteId(32473, b"b"), self.chain_options(first.binding))
+        self.published.clear()
+        self.append([address_row])
+        self.clock.advance(1)
+        [second] = self.published
+        self.assertIn(RemoteId(32473, b"a"), self.chain_options(second.binding))
+        self.assertEqual(second.binding, self.served(9))
+        self.published.clear()
+        self.append([address_row])
+        self.clock.advance(1)
+        self.assertEqual(self.published, [])
+
+    def chain_options(self, binding: Binding) -> tuple[object, ...]:
+        """The options of the outermost relay of C{binding}'s LQ_RELAY_DATA."""
+        assert binding.relay_data is not None
+        return binding.relay_data.relay_message.options
+
     def test_rows_of_one_poll_coalesce_per_binding(self) -> None:
         """
         RFC 7653 section 7 (the current state is sent): a client written several times

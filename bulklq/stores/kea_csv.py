@@ -505,9 +505,9 @@ class _LeaseTable:
             for group, old in before.items():
                 members = self.members.get(group)
                 new = {} if members is None else {a: leases[a] for a in members[1:]}
-                if new == old:
-                    continue
                 key: BindingKey = (self.link_id(group[0]), group[1])
+                if new == old and (list(new) == list(old) or self._same_binding(key, old, new)):
+                    continue
                 if new:
                     pending.append((key, None))
                     continue
@@ -628,6 +628,14 @@ class _LeaseTable:
         built = self._build(key, addresses, [leases[address] for address in addresses])
         entry[4] = built
         return built
+
+    def _same_binding(
+        self, key: BindingKey, old: dict[bytes, _Record], new: dict[bytes, _Record]
+    ) -> bool:
+        """Whether the same leases in another order (a CLTT tie) make the same binding."""
+        return self._build(key, list(old), list(old.values())) == self._build(
+            key, list(new), list(new.values())
+        )
 
     def _build(self, key: BindingKey, addresses: list[bytes], records: list[_Record]) -> Binding:
         """The binding of a group's leases (C{addresses} and their records; not empty)."""
@@ -755,8 +763,14 @@ class _LeaseTable:
             previous = old_entries.get(key)
             if previous is not None:
                 members = members_of[entry[0]]
-                if len(members) == len(old_members_of[previous[0]]) and all(
-                    leases[address] == old_leases.get(address) for address in members[1:]
+                old_members = old_members_of[previous[0]]
+                if (
+                    len(members) == len(old_members)
+                    and all(leases[address] == old_leases.get(address) for address in members[1:])
+                    and (
+                        members[1:] == old_members[1:]
+                        or self.binding(key, entry) == old.binding(key, previous)
+                    )
                 ):
                     continue
             changes.append((self.binding(key, entry), False))
