@@ -40,6 +40,7 @@ __all__ = [
     "ChangeHistory",
     "ExpiryPublisher",
     "ExpirySweep",
+    "HistoryFeed",
     "PublishesExpiry",
     "SweepableStore",
 ]
@@ -205,6 +206,36 @@ class ChangeHistory:
 
     def __len__(self) -> int:
         return len(self._history)
+
+
+class HistoryFeed:
+    """
+    L{IBindingChangeFeed} for a store whose changes go through a L{ChangeHistory} in its
+    C{changes} attribute: the three methods delegate to it. A store that must start
+    something when changes are first wanted (a file watcher, a listening connection)
+    overrides L{_changes_wanted}, called after every C{subscribe} and C{keep_history}.
+    """
+
+    changes: ChangeHistory
+
+    def subscribe(self, callback: Callable[[BindingChange], None]) -> Callable[[], None]:
+        """Call C{callback} with every change from now on; returns the unsubscriber."""
+        unsubscribe = self.changes.subscribe(callback)
+        self._changes_wanted()
+        return unsubscribe
+
+    def changes_since(self, time: float) -> Deferred[Sequence[BindingChange] | None]:
+        """The latest change per binding since C{time}, or C{None} (history too short:
+        DataMissing, RFC 7653 section 8.4.1)."""
+        return self.changes.changes_since(time)
+
+    def keep_history(self) -> None:
+        """Start keeping change history for catch-up (RFC 7653 section 9.3)."""
+        self.changes.keep_history()
+        self._changes_wanted()
+
+    def _changes_wanted(self) -> None:
+        """Somebody wants changes (idempotent hook; nothing by default)."""
 
 
 @runtime_checkable

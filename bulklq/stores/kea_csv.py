@@ -58,7 +58,7 @@ import gc
 import heapq
 import os
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv6Address, IPv6Network
 from itertools import takewhile
 from operator import itemgetter
@@ -76,7 +76,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .._trusted import set_address_lease, set_binding, set_duid_raw, set_prefix_lease
-from ..changes import BindingChange, ChangeHistory
+from ..changes import ChangeHistory, HistoryFeed
 from ..interfaces import IBindingChangeFeed, IBindingStore
 from ..model import (
     AddressLease,
@@ -921,7 +921,7 @@ class _FollowedFile:
 
 
 @implementer(IBindingStore, IBindingChangeFeed)
-class KeaCsvStore:
+class KeaCsvStore(HistoryFeed):
     """
     Bindings from Kea's memfile lease file, kept in a L{MemoryBindingStore} and followed
     live (see the module docstring for the rules).
@@ -1234,19 +1234,8 @@ class KeaCsvStore:
         self.expired += published
         return published
 
-    def subscribe(self, callback: Callable[[BindingChange], None]) -> Callable[[], None]:
-        """Call C{callback} with every change from now on; returns the unsubscriber."""
-        unsubscribe = self.changes.subscribe(callback)
-        self._watch()
-        return unsubscribe
-
-    def changes_since(self, time: float) -> Deferred[Sequence[BindingChange] | None]:
-        """The latest change per binding since C{time}, or C{None} (history too short)."""
-        return self.changes.changes_since(time)
-
-    def keep_history(self) -> None:
-        """Start keeping change history for catch-up, and publishing expiries."""
-        self.changes.keep_history()
+    def _changes_wanted(self) -> None:
+        """Changes are wanted: watch the file and sweep expiries from now on."""
         self._watch()
 
     def _apply_changes(self) -> None:

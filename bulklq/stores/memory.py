@@ -12,7 +12,7 @@ so a lookup costs O(log n) and a page of M bindings O(log n + M); nothing is sor
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator
 from ipaddress import IPv6Address
 from itertools import takewhile
 from typing import Any, TypeAlias, TypeVar
@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ..changes import BindingChange, ChangeHistory
+from ..changes import ChangeHistory, HistoryFeed
 from ..interfaces import IBindingChangeFeed, IBindingStore
 from ..model import Binding, BindingKey, BindingPage, BindingQuery, Link, QueryKind
 
@@ -221,7 +221,7 @@ class _PrefixIndex:
 
 
 @implementer(IBindingStore, IBindingChangeFeed)
-class MemoryBindingStore:
+class MemoryBindingStore(HistoryFeed):
     """
     Bindings held in memory with an index per query type; answers synchronously.
 
@@ -403,20 +403,6 @@ class MemoryBindingStore:
         self._now()
         assert self._clock is not None
         return self._clock
-
-    # IBindingChangeFeed (delegated to L{changes})
-
-    def subscribe(self, callback: Callable[[BindingChange], None]) -> Callable[[], None]:
-        """Call C{callback} with every change from now on; returns the unsubscriber."""
-        return self.changes.subscribe(callback)
-
-    def changes_since(self, time: float) -> Deferred[Sequence[BindingChange] | None]:
-        """The latest change per binding since C{time}, or C{None} (history too short)."""
-        return self.changes.changes_since(time)
-
-    def keep_history(self) -> None:
-        """Start keeping change history for catch-up."""
-        self.changes.keep_history()
 
     def _now(self) -> float:
         clock = self._clock

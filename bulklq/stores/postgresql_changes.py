@@ -56,7 +56,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..changes import DEFAULT_EXPIRY_INTERVAL, BindingChange, ChangeHistory
+from ..changes import DEFAULT_EXPIRY_INTERVAL, BindingChange, ChangeHistory, HistoryFeed
 from ..interfaces import IBindingChangeFeed, IBindingStore
 from ..model import Binding, BindingKey, BindingPage, BindingQuery, Link
 from . import postgresql as _pg
@@ -352,7 +352,7 @@ def current_bindings(
 
 
 @implementer(IBindingStore, IBindingChangeFeed)
-class PostgreSQLChangeFeedStore:
+class PostgreSQLChangeFeedStore(HistoryFeed):
     """
     A L{PostgreSQLBindingStore<bulklq.stores.postgresql.PostgreSQLBindingStore>} that also
     publishes the changes written to C{lease6} (by Kea or anyone) through the trigger of
@@ -466,11 +466,6 @@ class PostgreSQLChangeFeedStore:
 
     # -- IBindingChangeFeed ---------------------------------------------------------------
 
-    def subscribe(self, callback: Callable[[BindingChange], None]) -> Callable[[], None]:
-        """See L{IBindingChangeFeed.subscribe}; starts listening if not yet."""
-        self._want()
-        return self.changes.subscribe(callback)
-
     def changes_since(self, time: float) -> Deferred[Sequence[BindingChange] | None]:
         """
         See L{IBindingChangeFeed.changes_since}: C{None} (DataMissing, RFC 7653 section
@@ -482,9 +477,8 @@ class PostgreSQLChangeFeedStore:
             return defer.succeed(None)
         return self.changes.changes_since(time)
 
-    def keep_history(self) -> None:
-        """See L{IBindingChangeFeed.keep_history}; starts listening if not yet."""
-        self.changes.keep_history()
+    def _changes_wanted(self) -> None:
+        """Changes are wanted (a subscriber, or history kept): start listening if not yet."""
         self._want()
 
     # -- the listener's life --------------------------------------------------------------

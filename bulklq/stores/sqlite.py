@@ -60,7 +60,7 @@ from .._trusted import (
     set_relay_message,
     set_remote_id,
 )
-from ..changes import DEFAULT_EXPIRY_INTERVAL, BindingChange, ChangeHistory
+from ..changes import DEFAULT_EXPIRY_INTERVAL, ChangeHistory, HistoryFeed
 from ..interfaces import IBindingChangeFeed, IBindingStore
 from ..model import (
     AddressLease,
@@ -1448,7 +1448,7 @@ _Write = tuple[bool, Any, list[Binding]]
 
 
 @implementer(IBindingStore, IBindingChangeFeed)
-class SQLiteBindingStore:
+class SQLiteBindingStore(HistoryFeed):
     """
     An L{IBindingStore} over an SQLite database, every statement run in a thread pool the
     store owns (each pool thread has its own connection), so the reactor never waits on the
@@ -1714,20 +1714,6 @@ class SQLiteBindingStore:
                 changes.publish(old, removed=True)
 
         return self._write((False, key, []), publish).addCallback(lambda old: old is not None)
-
-    # IBindingChangeFeed (delegated to L{changes})
-
-    def subscribe(self, callback: Callable[[BindingChange], None]) -> Callable[[], None]:
-        """Call C{callback} with every change from now on; returns the unsubscriber."""
-        return self.changes.subscribe(callback)
-
-    def changes_since(self, time: float) -> Deferred[Sequence[BindingChange] | None]:
-        """The latest change of each binding since C{time}, or C{None} (DataMissing)."""
-        return self.changes.changes_since(time)
-
-    def keep_history(self) -> None:
-        """Start keeping history for catch-up (RFC 7653 section 9.3)."""
-        self.changes.keep_history()
 
     # Writes by other processes (the change log)
 
