@@ -5,12 +5,14 @@ bindings at a fixed rate. Each put carries a sequence number in its address; a w
 change callback looks it up to get put-to-delivery time. Prints JSON (median, p99, max in
 milliseconds; changes delivered; achieved rate).
 
+The watchers run in a process of their own (C{--same-process}: in the server's), as
+relays would: the two processes compare C{time.monotonic()}, one clock for the machine.
+
 Writers: C{--writer store} puts through the store's own write API (timed from the put
 call, queueing included); with C{--store sqlite}, C{--writer other} writes the same file
 through another connection, as another process would (published from the change log by
 the store's sweep, every C{--interval} seconds; timed from that connection's commit).
-Server, watchers and the store writer run in one process and one reactor, sharing a CPU:
-the figures are upper bounds.
+The server and the store writer share one process and one reactor.
 
     python bench/active_latency.py --rate 1000 --watchers 10 --seconds 5
     python bench/active_latency.py --store sqlite --rate 1000 --watchers 10 --seconds 5
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -30,8 +33,9 @@ from collections.abc import Callable
 from ipaddress import IPv6Address
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import protocol, stdio, task
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from bulklq.client import (
     ActiveQuery,
@@ -94,12 +98,67 @@ async def start_watchers(
         )
         watcher.start()
         watchers.append(watcher)
-    deadline = time.perf_counter() + 10
+    deadline = time.monotonic() + 10
     while not all(watcher.synchronised for watcher in watchers):
-        if time.perf_counter() > deadline:
+        if time.monotonic() > deadline:
             raise SystemExit("the watchers did not all connect within 10 s")
         await task.deferLater(reactor, 0.05)
     return watchers
+
+
+class _UntilStdinCloses(protocol.Protocol):
+    """Fires C{closed} when the parent closes this process's standard input."""
+
+    def __init__(self) -> None:
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed.callback(None)
+
+
+async def watch_only(reactor: Any, options: argparse.Namespace) -> None:
+    """The watcher process: C{--watchers} watchers of C{--watch-only ADDRESS}; prints
+    C{ready} once all are synchronised, then, when standard input closes, the arrival time
+    (C{time.monotonic()}) of every delivered change as JSON C{[[sequence, time], ...]}."""
+    arrivals: list[tuple[int, float]] = []
+
+    def delivered(change: BindingChange) -> None:
+        if not change.removed and change.binding.addresses:
+            arrivals.append((int(change.binding.addresses[0].address) - BASE, time.monotonic()))
+
+    watchers = await start_watchers(reactor, options.watch_only, options.watchers, delivered)
+    until = _UntilStdinCloses()
+    stdio.StandardIO(until, reactor=reactor)
+    print("ready", flush=True)
+    await until.closed
+    for watcher in watchers:
+        await watcher.stop()
+    sys.stdout.write(json.dumps(arrivals) + "\n")
+    sys.stdout.flush()
+
+
+class _WatcherProcess(protocol.ProcessProtocol):
+    """The parent's side of the watcher process."""
+
+    def __init__(self) -> None:
+        self.ready: Deferred[None] = Deferred()
+        self.ended: Deferred[list[tuple[int, float]]] = Deferred()
+        self._output = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self._output += data
+        if not self.ready.called and b"ready\n" in self._output:
+            self._output = self._output.split(b"ready\n", 1)[1]
+            self.ready.callback(None)
+
+    def errReceived(self, data: bytes) -> None:
+        sys.stderr.write(data.decode(errors="replace"))
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.ready.called:
+            self.ready.errback(RuntimeError("the watcher process ended before it was ready"))
+            return
+        self.ended.callback([tuple(pair) for pair in json.loads(self._output or b"[]")])
 
 
 class StoreWriter:
@@ -115,16 +174,16 @@ class StoreWriter:
 
     def start(self) -> None:
         """Start writing."""
-        self.started = time.perf_counter()
+        self.started = time.monotonic()
         self._loop.start(0.01)
 
     def _write(self) -> None:
         # Catch up with the target rate when ticks come late (a busy CPU).
-        due = int((time.perf_counter() - self.started) * self.rate) - self.sequence
+        due = int((time.monotonic() - self.started) * self.rate) - self.sequence
         now = int(self.reactor.seconds())
         for _ in range(max(self._per_tick, due) if due > 0 else 0):
             self.sequence += 1
-            self.put_at[self.sequence] = time.perf_counter()
+            self.put_at[self.sequence] = time.monotonic()
             self.store.put(numbered_binding(self.sequence, self.clients, now))
 
     def stop(self) -> None:
@@ -145,7 +204,7 @@ class OtherConnectionWriter:
 
     def start(self) -> None:
         """Start writing."""
-        self.started = time.perf_counter()
+        self.started = time.monotonic()
         self._thread.start()
 
     def _run(self) -> None:
@@ -154,13 +213,13 @@ class OtherConnectionWriter:
         database = SQLiteDatabase(self.path)
         now = int(time.time())
         while not self._stop.is_set():
-            due = int((time.perf_counter() - self.started) * self.rate) - self.sequence
+            due = int((time.monotonic() - self.started) * self.rate) - self.sequence
             if due <= 0:
                 time.sleep(0.001)
                 continue
             first = self.sequence + 1
             database.put_many([numbered_binding(first + n, self.clients, now) for n in range(due)])
-            committed = time.perf_counter()
+            committed = time.monotonic()
             for n in range(due):
                 self.put_at[first + n] = committed
             self.sequence += due
@@ -198,25 +257,35 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
         writer = OtherConnectionWriter(path, options.rate, options.clients)
     else:
         writer = StoreWriter(store, reactor, options.rate, options.clients)
-    latencies: list[float] = []
+    arrivals: list[tuple[int, float]] = []
+    watchers: list[ActiveWatcher] = []
+    child: _WatcherProcess | None = None
+    if options.same_process:
 
-    def delivered(change: BindingChange) -> None:
-        if change.removed or not change.binding.addresses:
-            return
-        sent = writer.put_at.get(int(change.binding.addresses[0].address) - BASE)
-        if sent is not None:
-            latencies.append(time.perf_counter() - sent)
+        def delivered(change: BindingChange) -> None:
+            if not change.removed and change.binding.addresses:
+                arrivals.append((int(change.binding.addresses[0].address) - BASE, time.monotonic()))
 
-    watchers = await start_watchers(reactor, address, options.watchers, delivered)
+        watchers = await start_watchers(reactor, address, options.watchers, delivered)
+    else:
+        child = _WatcherProcess()
+        argv = [sys.executable, __file__, "--watch-only", address]
+        argv += ["--watchers", str(options.watchers)]
+        reactor.spawnProcess(child, sys.executable, argv, env=os.environ)
+        await child.ready
     writer.start()
     await task.deferLater(reactor, options.seconds)
     writer.stop()
-    elapsed = time.perf_counter() - writer.started
+    elapsed = time.monotonic() - writer.started
     await task.deferLater(reactor, options.interval + 1.0)  # let the last changes arrive
     for watcher in watchers:
         await watcher.stop()
+    if child is not None:
+        child.transport.closeStdin()  # type: ignore[union-attr]
+        arrivals = await child.ended
     await service.stopService()
-    ordered = sorted(latencies)
+    put_at = writer.put_at
+    ordered = sorted(at - put_at[sequence] for sequence, at in arrivals if sequence in put_at)
     report = {
         "benchmark": "active_latency",
         "store": options.store,
@@ -233,8 +302,9 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
             "max": round(ordered[-1] * 1000, 3) if ordered else None,
         },
         "load_average": os.getloadavg()[0],
-        "note": "server, watchers and the store writer in one process and reactor; "
-        "coalesced changes are delivered once (their latest put is what is timed)",
+        "watchers_process": "the server's" if options.same_process else "their own",
+        "note": "server and store writer in one process and reactor; coalesced changes "
+        "are delivered once (their latest put is what is timed)",
     }
     print(json.dumps(report, indent=2))
 
@@ -256,7 +326,15 @@ def run() -> None:
     parser.add_argument(
         "--interval", type=float, default=1.0, help="the expiry/change-log sweep interval (1 s)"
     )
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="run the watchers in the server's process and reactor (default: their own)",
+    )
+    parser.add_argument("--watch-only", metavar="ADDRESS", help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.watch_only:
+        task.react(lambda reactor: Deferred.fromCoroutine(watch_only(reactor, options)))
     if options.writer == "other" and options.store != "sqlite":
         parser.error("--writer other needs --store sqlite")
     task.react(lambda reactor: Deferred.fromCoroutine(main(reactor, options)))
