@@ -725,19 +725,28 @@ class _LeaseTable:
         page: list[Binding] = []
         budget = max(4 * limit, 4096)
         last: BindingKey | None = None
-        for key in candidates:
-            entry = entries.get(key)
-            if entry is not None and entry[1] > now:
-                binding = entry[4] or self.binding(key, entry)
-                if check is None or check(binding):
-                    page.append(binding)
-                    if len(page) == limit:
-                        last = key
-                        break
-            budget -= 1
-            if not budget:
-                last = key
-                break
+        # Building a page's bindings allocates thousands of long-lived objects: without
+        # this pause the collector rescans every binding built so far again and again (the
+        # first stream after a load spent more time collecting than building).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for key in candidates:
+                entry = entries.get(key)
+                if entry is not None and entry[1] > now:
+                    binding = entry[4] or self.binding(key, entry)
+                    if check is None or check(binding):
+                        page.append(binding)
+                        if len(page) == limit:
+                            last = key
+                            break
+                budget -= 1
+                if not budget:
+                    last = key
+                    break
+        finally:
+            if collecting:
+                gc.enable()
         if last is None or next(candidates, None) is None:
             return BindingPage(page, None)
         return BindingPage(page, last)
