@@ -999,3 +999,91 @@ class FastPathEquivalenceTests(SynchronousTestCase):
             self.assertEqual(binding.relay_data, relay)
             if relay is not None:
                 self.assertEqual(binding.relay_data.relay_message, relay.relay_message)  # type: ignore[union-attr]
+
+
+def _bulk_rows() -> list[str]:
+    """Rows of more clients than the store indexes one by one (L{_BULK}): DUIDs on two
+    subnets, Remote-IDs shared by two clients, Relay-IDs shared by hundreds, clients with
+    two chains, and clients whose leases were all released."""
+    rows = []
+    for number in range(1, 1301):
+        duid = ":".join(f"{octet:02x}" for octet in Duid.ll(1, number.to_bytes(6, "big")).raw)
+        remote = RemoteId(32473, b"line-%d" % (number // 2))
+        relay = _RELAY_IDS[number % 3]
+        context = escape(
+            kea_json(
+                {
+                    "ISC": {
+                        "relay-info": [
+                            {
+                                "hop": 0,
+                                "link": "2001:db8:1::1",
+                                "peer": "fe80::a",
+                                "options": _options_hex(b"eth0", remote, relay),
+                            }
+                        ]
+                    }
+                }
+            )
+        )
+        subnets = (1, 2) if number % 7 == 0 else (1 + number % 2,)
+        for subnet in subnets:
+            address = f"2001:db8:{subnet}::{number:x}"
+            valid = 0 if number % 11 == 0 else 3600
+            rows.append(
+                f"{address},{duid},{valid},{T + valid},{subnet},1800,0,1,128,"
+                f"0,0,,,0,{context},1,0,0"
+            )
+            if number % 5 == 0:
+                eth0, eth1 = b"eth0".hex().upper(), b"eth1".hex().upper()
+                other = "" if number % 10 else context.replace(eth0, eth1)
+                rows.append(
+                    f"2001:db8:{subnet}:1::{number:x},{duid},3600,{T + 3600},{subnet},1800,0,2,"
+                    f"128,0,0,,,0,{other},1,0,0"
+                )
+    return rows
+
+
+class BulkIndexTests(SynchronousTestCase):
+    """The index built at once for a large load answers as the one built row by row."""
+
+    def store_of(self, loaded: list[str], appended: list[str]) -> KeaCsvStore:
+        """A store that loaded C{loaded}, then read C{appended}."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "kea-leases6.csv"
+        path.write_text("\n".join([HEADER_3, *loaded]) + "\n", encoding="ascii")
+        clock = Clock()
+        clock.advance(NOW_EQ)
+        store = KeaCsvStore(path, clock)
+        store.load()
+        with open(path, "a", encoding="ascii") as handle:
+            handle.write("".join(row + "\n" for row in appended))
+        store.poll()
+        return store
+
+    def test_same_answers(self) -> None:
+        """
+        Every client-id, relay-id, remote-id and link query gets the same bindings, in the
+        same order, from a store that indexed 1,300 clients at once and from one that
+        indexed them one by one (the rows appended after a load of one row).
+        """
+        rows = _bulk_rows()
+        at_once = self.store_of(rows, [])
+        one_by_one = self.store_of(rows[:1], rows[1:])
+        self.assertGreater(len(at_once._table.entries), 1000)
+        queries = [BindingQuery.by_link(f"subnet-{subnet}") for subnet in (1, 2)]
+        queries += [BindingQuery.by_relay_id(relay) for relay in _RELAY_IDS]
+        queries += [
+            BindingQuery.by_remote_id(RemoteId(32473, b"line-%d" % n)) for n in range(0, 660, 7)
+        ]
+        queries += [
+            BindingQuery.by_client_id(Duid.ll(1, number.to_bytes(6, "big")))
+            for number in range(1, 1301, 3)
+        ]
+        answered = 0
+        for query in queries:
+            expected = fetch_all(one_by_one, query, limit=97)
+            self.assertEqual(fetch_all(at_once, query, limit=97), expected, query)
+            answered += len(expected)
+        self.assertGreater(answered, 3000)

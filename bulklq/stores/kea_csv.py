@@ -569,48 +569,65 @@ class _LeaseTable:
         link_id = self.link_id
         members_of = self.members
         leases = self.leases
-        by_link: dict[str, list[BindingKey]] = {}
+        # A link's (DUID, key, entry) rows, to sort by DUID alone.
+        by_link: dict[str, list[tuple[bytes, BindingKey, list[Any]]]] = {}
         links: dict[int, str] = {}
-        for group in self.dirty:
-            members = members_of.get(group)
-            count = 0 if members is None else len(members)
-            if count == 2 or (count == 3 and leases[members[1]][3] is leases[members[2]][3]):  # type: ignore[index]
+        empty: list[_Group] = []
+        # With an empty index every group is dirty (a flush leaves only indexed groups):
+        # the groups' own items then save a lookup each.
+        dirty = self.dirty
+        groups: Iterable[tuple[_Group, list[Any]]] = (
+            members_of.items()
+            if len(dirty) == len(members_of)
+            else [(group, members_of[group]) for group in dirty if group in members_of]
+        )
+        for group, members in groups:
+            count = len(members)
+            if count == 2 or (count == 3 and leases[members[1]][3] is leases[members[2]][3]):
                 # One lease, or two with one user context (the common cases), inline.
-                _, _, expires, relay = leases[members[1]]  # type: ignore[index]
+                _, _, expires, relay = leases[members[1]]
                 if count == 3:
-                    expires = max(expires, leases[members[2]][2])  # type: ignore[index]
+                    expires = max(expires, leases[members[2]][2])
                 relay_ids, remote_ids = relay.relay_ids, relay.remote_ids
             else:
                 summary = self._summary(group)
                 if summary is None:
-                    members_of.pop(group, None)
+                    empty.append(group)
                     continue
                 expires, relay_ids, remote_ids = summary
-            link = links.get(group[0])
+            subnet, duid = group
+            link = links.get(subnet)
             if link is None:
-                link = links[group[0]] = link_id(group[0])
-            key: BindingKey = (link, group[1])
-            entries[key] = [group, expires, relay_ids, remote_ids, None]
-            keys = by_link.get(link)
-            if keys is None:
-                by_link[link] = [key]
+                link = links[subnet] = link_id(subnet)
+            key: BindingKey = (link, duid)
+            entry = entries[key] = [group, expires, relay_ids, remote_ids, None]
+            rows = by_link.get(link)
+            if rows is None:
+                by_link[link] = [(duid, key, entry)]
             else:
-                keys.append(key)
+                rows.append((duid, key, entry))
+        for group in empty:
+            del members_of[group]
         ordered: list[BindingKey] = []
-        for link in sorted(by_link):
-            keys = by_link[link]
-            keys.sort(key=itemgetter(1))
-            ordered += keys
+        add_key = ordered.append
         by_client: _Sparse = {}
         by_relay: _Sparse = {}
         by_remote: _Sparse = {}
-        for key in ordered:
-            entry = entries[key]
-            _append(by_client, key[1], key)
-            for relay_id in entry[2]:
-                _append(by_relay, relay_id, key)
-            for remote_id in entry[3]:
-                _append(by_remote, remote_id, key)
+        first_client = by_client.setdefault
+        first_remote = by_remote.setdefault
+        for link in sorted(by_link):
+            rows = by_link[link]
+            rows.sort(key=itemgetter(0))
+            for duid, key, entry in rows:
+                add_key(key)
+                # Most DUIDs and Remote-IDs have one key: setdefault stores it at once.
+                if first_client(duid, key) is not key:
+                    _append(by_client, duid, key)
+                for relay_id in entry[2]:
+                    _append(by_relay, relay_id, key)
+                for remote_id in entry[3]:
+                    if first_remote(remote_id, key) is not key:
+                        _append(by_remote, remote_id, key)
         self.keys = _SortedKeys(ordered, ordered=True)
         for index in (by_client, by_relay, by_remote):
             _chunk_long(index)
