@@ -217,10 +217,11 @@ def unescape(text: str) -> str:
     Undo Kea's memfile escaping: C{&#xNN} (C{&#x2c} comma, C{&#x26} ampersand, any other
     octet) becomes the character C{NN}. Text without C{&#x} is returned as it is.
     """
-    if "&#x" not in text:
-        return text
     # Kea escapes commas and ampersands; other escapes are rare and need the full pass.
+    # (Replacing an escape by a comma cannot make a new "&#x".)
     plain = text.replace("&#x2c", ",")
+    if "&#x" not in plain:
+        return plain
     if "&#x" in plain.replace("&#x26", ""):
         return _ESCAPE.sub(_replace_escape, text)
     return plain.replace("&#x26", "&")
@@ -716,7 +717,9 @@ def _usual_summary(entries: list[Any], count: int, decoded_ids: bool) -> RelaySu
         ):
             return None
         try:
-            link = _link_number(link_text)
+            link = _LINK_NUMBERS.get(link_text)
+            if link is None:
+                link = _link_number(link_text)
             peer = int.from_bytes(inet_pton(AF_INET6, peer_text))
         except (OSError, ValueError):
             return None
@@ -748,8 +751,12 @@ def _usual_summary(entries: list[Any], count: int, decoded_ids: bool) -> RelaySu
                     return None
                 if code == 53:
                     raw = octets[begin:offset]
-                    if duid_problem(raw) is not None:
-                        return None
+                    if raw not in _VALID_RELAY_IDS:
+                        if duid_problem(raw) is not None:
+                            return None
+                        if len(_VALID_RELAY_IDS) >= 65536:
+                            _VALID_RELAY_IDS.clear()
+                        _VALID_RELAY_IDS.add(raw)
                     relay_ids.append(raw)
                     has_relay = True
                 elif code == 37:
@@ -777,6 +784,9 @@ def _usual_summary(entries: list[Any], count: int, decoded_ids: bool) -> RelaySu
         ),
     )
 
+
+#: Relay-ID octets known to be valid DUIDs (few relays serve many clients).
+_VALID_RELAY_IDS: set[bytes] = set()
 
 #: Relay-ID tuples seen: few relays serve many clients, so summaries share them.
 _SHARED: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
