@@ -196,12 +196,14 @@ def main(reactor: Any, options: argparse.Namespace) -> defer.Deferred[None]:
 
     async def run() -> None:
         store = PostgreSQLBindingStore(PostgreSQLSettings(dsn, pool_size=2), reactor)
+        store.snapshot_parallel = options.snapshot_parallel
         monitor = psycopg.connect(admin, autocommit=True)
         results: dict[str, Any] = {
             "bindings": options.bindings,
             "relays": options.relays,
             "subnets": options.subnets,
             "page_size": options.page,
+            "snapshot_parallel": options.snapshot_parallel,
             "distinct_contexts": options.distinct_contexts,
             "load_seconds": None if load_seconds is None else round(load_seconds, 1),
         }
@@ -251,6 +253,12 @@ if __name__ == "__main__":
     parser.add_argument("--relays", type=int, default=4, help="bindings spread over N relays")
     parser.add_argument("--subnets", type=int, default=16)
     parser.add_argument("--page", type=int, default=1000, help="bindings per fetch")
+    parser.add_argument(
+        "--snapshot-parallel",
+        type=int,
+        default=PostgreSQLBindingStore.snapshot_parallel,
+        help="pages of a query paged by key snapshot read at once (1: one page ahead)",
+    )
     parser.add_argument("--keep", metavar="NAME", help="keep/reuse the loaded database NAME")
     parser.add_argument(
         "--distinct-contexts",

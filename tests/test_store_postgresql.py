@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv6Address, IPv6Network
@@ -21,10 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
+import psycopg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from bulklq.interfaces import IBindingStore
@@ -456,15 +458,42 @@ class PostgreSQLStoreTests(TestCase):
             store, _ = self.open(V19, bindings)
             first = await store.fetch(query, None, 1)
             self.assertEqual([b.key for b in first.bindings], [bindings[0].key])
-            ahead = store._ahead[query]
+            [ahead] = store._ahead[query]
             self.assertEqual(ahead.resume_after, first.resume_after)
             self.assertEqual(len(store._ahead), 1)
             second = await store.fetch(query, first.resume_after, 1)
             self.assertEqual([b.key for b in second.bindings], [bindings[1].key])
             self.assertTrue(ahead.done)
-            self.assertEqual(store._ahead[query].resume_after, second.resume_after)
+            [following] = store._ahead[query]
+            self.assertEqual(following.resume_after, second.resume_after)
             rest = await collect_bindings(store, query)
             self.assertEqual([b.key for b in rest], [b.key for b in bindings])
+
+        return _run(test)
+
+    def test_each_page_read_once(self) -> Deferred[None]:
+        """
+        Streaming a query whose consumer waits for each page read ahead, and asks for the
+        next one as soon as it gets it, reads every page once: the page after the one
+        delivered is not claimed again once the consumer has taken it.
+        """
+        now = int(reactor.seconds())
+        bindings = [make_binding(n, "subnet-3", cltt=now) for n in range(1, 9)]
+        query = BindingQuery.by_link("subnet-3")
+
+        async def test() -> None:
+            store, _ = self.open(V19, bindings)
+            read = store._fetch_page
+            starts: list[Any] = []
+
+            def counted(conn: Any, schema: Any, query: BindingQuery, **kwargs: Any) -> Any:
+                starts.append(kwargs["resume"])
+                return read(conn, schema, query, **kwargs)
+
+            store._fetch_page = counted  # type: ignore[method-assign]
+            found = await collect_bindings(store, query, limit=1)
+            self.assertEqual([b.key for b in found], [b.key for b in bindings])
+            self.assertEqual(len(starts), len(set(starts)))
 
         return _run(test)
 
@@ -481,16 +510,129 @@ class PostgreSQLStoreTests(TestCase):
         async def test() -> None:
             store, _ = self.open(V19, bindings)
             first = await store.fetch(query, None, 1)
-            ahead = store._ahead[query]
+            [ahead] = store._ahead[query]
             self.assertEqual(ahead.limit, 1)
             second = await store.fetch(query, first.resume_after, 3)
             self.assertEqual([b.key for b in second.bindings], [bindings[1].key])
             self.assertEqual(ahead.requested, 3)
-            self.assertEqual(store._ahead[query].limit, 3)
+            self.assertEqual([a.limit for a in store._ahead[query]], [3])
             third = await store.fetch(query, second.resume_after, 3)
             self.assertEqual([b.key for b in third.bindings], [b.key for b in bindings[2:5]])
             rest = await collect_bindings(store, query)
             self.assertEqual([b.key for b in rest], [b.key for b in bindings])
+
+        return _run(test)
+
+    def open_snapshot_query(
+        self, count: int = 9, fail_at: int | None = None
+    ) -> tuple[PostgreSQLBindingStore, BindingQuery, list[Binding], _Gate]:
+        """
+        A store whose Relay-ID query has C{count} bindings and goes through the key
+        snapshot plan, its page reads held by a L{_Gate} (the read of page C{fail_at}, from
+        0, in pages of 2) fails.
+        """
+        now = int(reactor.seconds())
+        relay = make_duid(900)
+        bindings = [make_binding(n, "subnet-4", cltt=now, relay_id=relay) for n in range(count)]
+        store, _ = self.open(V19, bindings, pool_size=3)
+        store.sparse_threshold = 1
+        bindings.sort(key=lambda binding: binding.key)
+        fail_after = None if fail_at is None else bindings[2 * fail_at - 1].key
+        gate = _Gate(store, fail_after)
+        self.addCleanup(gate.open)  # before the store closes, whatever happened
+        return store, BindingQuery.by_relay_id(relay), bindings, gate
+
+    def test_snapshot_pages_read_in_parallel_served_in_order(self) -> Deferred[None]:
+        """
+        A query paged by key snapshot has its next two pages read at once (each on its own
+        connection) once its first page is read; they and the pages after them are served
+        in order, each page read once.
+        """
+
+        async def test() -> None:
+            store, query, bindings, gate = self.open_snapshot_query()
+            first = await store.fetch(query, None, 2)
+            await gate.started(3)
+            chain = store._ahead[query]
+            self.assertEqual(len(chain), 2)
+            self.assertEqual(chain[0].resume_after, first.resume_after)
+            self.assertFalse(chain[0].done or chain[1].done)
+            gate.open()
+            keys = [b.key for b in first.bindings]
+            resume = first.resume_after
+            while resume is not None:
+                page = await store.fetch(query, resume, 2)
+                self.assertEqual(len(store._ahead.get(query, [])) <= 2, True)
+                keys.extend(b.key for b in page.bindings)
+                resume = page.resume_after
+            self.assertEqual(keys, sorted(b.key for b in bindings))
+            self.assertEqual(len(gate.entered), 5)  # 9 bindings in pages of 2
+            self.assertEqual(len(set(gate.entered)), 5)
+
+        return _run(test)
+
+    def test_failure_in_second_parallel_page(self) -> Deferred[None]:
+        """
+        A database error reading the second of two pages read at once fails that page's
+        fetch with L{PostgreSQLStoreError} (the server ends the query with QueryTerminated);
+        the page before it is served whole.
+        """
+
+        async def test() -> None:
+            store, query, bindings, gate = self.open_snapshot_query(fail_at=2)
+            first = await store.fetch(query, None, 2)
+            await gate.started(3)
+            gate.open()
+            second = await store.fetch(query, first.resume_after, 2)
+            self.assertEqual([b.key for b in second.bindings], [b.key for b in bindings[2:4]])
+            with self.assertRaises(PostgreSQLStoreError):
+                await store.fetch(query, second.resume_after, 2)
+
+        return _run(test)
+
+    def test_cancel_while_two_pages_read(self) -> Deferred[None]:
+        """
+        Cancelling the fetch of a page while it and the next are being read is harmless:
+        the fetch fails with CancelledError, the reads end, and the query streams whole
+        again.
+        """
+
+        async def test() -> None:
+            store, query, bindings, gate = self.open_snapshot_query()
+            first = await store.fetch(query, None, 2)
+            await gate.started(3)
+            waiting = store.fetch(query, first.resume_after, 2)
+            waiting.cancel()
+            with self.assertRaises(CancelledError):
+                await waiting
+            gate.open()
+            found = await collect_bindings(store, query)
+            self.assertEqual([b.key for b in found], sorted(b.key for b in bindings))
+
+        return _run(test)
+
+    def test_close_while_two_pages_read(self) -> Deferred[None]:
+        """
+        Closing the store while two pages are being read: the page waited for is still
+        delivered, the close waits for the reads, no worker thread is left, and a fetch
+        after it fails with L{PostgreSQLStoreError}.
+        """
+
+        async def test() -> None:
+            store, query, bindings, gate = self.open_snapshot_query()
+            first = await store.fetch(query, None, 2)
+            await gate.started(3)
+            waiting = store.fetch(query, first.resume_after, 2)
+            closing = store.close()
+            gate.open()
+            page = await waiting
+            self.assertEqual([b.key for b in page.bindings], [b.key for b in bindings[2:4]])
+            await closing
+            self.assertFalse(store._threads.started)
+            self.assertEqual([t for t in store._threads.threads if t.is_alive()], [])
+            self.assertEqual(len(gate.entered), 3)  # nothing read after the close
+            with self.assertRaises(PostgreSQLStoreError):
+                await store.fetch(query, page.resume_after, 2)
 
         return _run(test)
 
@@ -631,6 +773,59 @@ class PostgreSQLStoreTests(TestCase):
             self.assertEqual(len(await collect_bindings(store, query)), 3)
 
         return _run(test)
+
+
+class _Gate:
+    """
+    Holds a store's page reads (all but the first) until opened, and tells the reactor
+    thread which reads started; the read of the page after C{fail_after} (a binding key)
+    fails with a driver error.
+    """
+
+    def __init__(self, store: PostgreSQLBindingStore, fail_after: BindingKey | None = None) -> None:
+        self.entered: list[Any] = []  # the resume point of each read, as it starts
+        self._open = threading.Event()
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+        read = store._fetch_page
+        fail = None if fail_after is None else (fail_after[0].split("-")[1], fail_after[1])
+        lock = threading.Lock()
+        starts: list[Any] = []
+
+        def gated(conn: Any, schema: Any, query: BindingQuery, **kwargs: Any) -> Any:
+            handover = kwargs.pop("handover", None)
+            if handover is not None:
+                handover()  # the page before goes at once: only this one is held
+            with lock:
+                number = len(starts)
+                starts.append(kwargs["resume"])
+            reactor.callFromThread(self._entered, kwargs["resume"])
+            if number:
+                self._open.wait(30)
+            if fail is not None and kwargs["resume"] == fail:
+                raise psycopg.OperationalError("injected failure")
+            return read(conn, schema, query, **kwargs)
+
+        store._fetch_page = gated  # type: ignore[method-assign]
+
+    def _entered(self, resume: Any) -> None:
+        self.entered.append(resume)
+        ready = [d for count, d in self._waiters if count <= len(self.entered)]
+        self._waiters = [(c, d) for c, d in self._waiters if d not in ready]
+        for waiter in ready:
+            waiter.callback(None)
+
+    def started(self, count: int) -> Deferred[None]:
+        """Fires once C{count} reads have started."""
+        waiter: Deferred[None] = Deferred()
+        if len(self.entered) >= count:
+            waiter.callback(None)
+        else:
+            self._waiters.append((count, waiter))
+        return waiter
+
+    def open(self) -> None:
+        """Let the reads held, and all later ones, go on."""
+        self._open.set()
 
 
 class ScratchWriter:

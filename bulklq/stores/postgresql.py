@@ -23,7 +23,9 @@ L{SPARSE_THRESHOLD}). A worker thread only reads a page's rows: the page is a
 L{LazyBindings<bulklq.stores._materialise.LazyBindings>} whose bindings are built when the
 consumer (the server's encoder) reaches them, so each dies young. As soon as the worker
 knows where its page ends it hands the next page's query to the thread pool
-(L{READ_AHEAD}), so the database reads that page while this one is built and sent.
+(L{READ_AHEAD}), so the database reads that page while this one is built and sent. A
+query paged by key snapshot knows where each of its pages ends before reading it, so its
+next L{SNAPSHOT_PARALLEL} pages are read at once on as many connections.
 """
 
 from __future__ import annotations
@@ -97,8 +99,12 @@ SPARSE_THRESHOLD = 5000
 #: about 100 octets per matching client).
 SNAPSHOTS = 8
 
-#: Pages read ahead at most at a time (one per query being streamed).
+#: Pages read ahead at most at a time (over all the queries being streamed).
 READ_AHEAD = 16
+#: Pages of a query paged by key snapshot read ahead at a time, each on a connection of its
+#: own (other queries read one page ahead): the database reads them in parallel while the
+#: consumer builds the page before them. Pages are always served in order.
+SNAPSHOT_PARALLEL = 2
 #: Seconds after which a page read ahead is no longer served (it is read again).
 AHEAD_MAX_AGE = 5.0
 
@@ -578,15 +584,34 @@ class _Ahead:
         self.done = True
         self.result = result
         waiters, self.waiters = self.waiters, []
+        if waiters:
+            # Before the page is delivered: its consumer may take the next page at once
+            # (in the callback), and that page must not be read a second time.
+            self._read_on(store)
         for waiter in waiters:
             _deliver(waiter, result)
-        if waiters:
-            self._read_on(store)
 
     def _read_on(self, store: PostgreSQLBindingStore) -> None:
         page = self.result
         if isinstance(page, BindingPage) and page.resume_after is not None:
             store._read_ahead(self.query, page.resume_after, self.requested or self.limit)
+
+
+def _snapshot_next(keys: list[str], resume_after: BindingKey, limit: int) -> BindingKey | None:
+    """
+    Where the page of at most C{limit} clients after C{resume_after} ends in the snapshot
+    C{keys} (the C{resume_after} of that page, as L{PostgreSQLBindingStore._snapshot_page}
+    answers it), or C{None} if it is the last page.
+    """
+    try:
+        resume = _resume_text(resume_after)
+    except StopIteration:
+        return None
+    start = 0 if resume is None else bisect_right(keys, f"{resume[0]},{resume[1].hex()}")
+    if start + limit >= len(keys):
+        return None
+    subnet_text, duid_hex = keys[start + limit - 1].split(",")
+    return (LINK_PREFIX + subnet_text, bytes.fromhex(duid_hex))
 
 
 def _deliver(waiter: Deferred[BindingPage], result: object) -> None:
@@ -607,11 +632,13 @@ class PostgreSQLBindingStore:
     @ivar sparse_threshold: see L{SPARSE_THRESHOLD}.
     @ivar snapshots: see L{SNAPSHOTS}.
     @ivar read_ahead: see L{READ_AHEAD}.
+    @ivar snapshot_parallel: see L{SNAPSHOT_PARALLEL}.
     """
 
     sparse_threshold = SPARSE_THRESHOLD
     snapshots = SNAPSHOTS
     read_ahead = READ_AHEAD
+    snapshot_parallel = SNAPSHOT_PARALLEL
 
     def __init__(
         self,
@@ -663,9 +690,9 @@ class PostgreSQLBindingStore:
         # Sorted client keys of the queries with many matches, least recently used first.
         self._snapshots: dict[BindingQuery, list[str]] = {}
         self._snapshot_lock = threading.Lock()
-        # The page read ahead for each query being streamed, under its lock (the
-        # workers start them, the reactor thread takes them).
-        self._ahead: dict[BindingQuery, _Ahead] = {}
+        # The pages read ahead for each query being streamed, in order, under its lock
+        # (the workers start them, the reactor thread takes them, the first first).
+        self._ahead: dict[BindingQuery, list[_Ahead]] = {}
         self._ahead_lock = threading.Lock()
         self._closed = False
         self._shutdown_trigger = reactor.addSystemEventTrigger(
@@ -717,10 +744,11 @@ class PostgreSQLBindingStore:
         Read a page in this worker thread and hand it (or the failure) to C{deliver} in the
         reactor thread; then, if that page is being waited for (no page of the query is
         read ahead yet), read the next one at once in this same thread, on the same
-        connection. Reading ahead from here, not from the reactor thread, is what makes the
-        database work while the consumer builds and sends a page: a job started through
-        the reactor thread would wait for the consumer to let go of Python's interpreter
-        lock, that is until the page was consumed.
+        connection (and, for a query paged by key snapshot, the one after it in another
+        worker: L{SNAPSHOT_PARALLEL}). Reading ahead from here, not from the reactor
+        thread, is what makes the database work while the consumer builds and sends a
+        page: a job started through the reactor thread would wait for the consumer to let
+        go of Python's interpreter lock, that is until the page was consumed.
         """
         call = self._reactor.callFromThread
         try:
@@ -745,12 +773,14 @@ class PostgreSQLBindingStore:
                     except psycopg.Error as error:
                         call(deliver, Failure(self._store_error(error)))
                         return
-                    ahead = None
+                    claimed = []
                     if page.resume_after is not None:
-                        ahead = self._claim_ahead(query, page.resume_after, limit, current)
-                    if ahead is None:
+                        claimed = self._claim_ahead(query, page.resume_after, limit, current)
+                    if not claimed:
                         call(deliver, page)
                         return
+                    ahead = claimed[0]
+                    self._start_reads(claimed[1:])  # on other connections, at once
                     # This page goes to the reactor thread once the next page's query is
                     # sent: handing it over first would let the consumer take the
                     # interpreter lock before the query leaves.
@@ -797,16 +827,22 @@ class PostgreSQLBindingStore:
             resume = _resume_text(resume_after)
         except StopIteration:
             return defer.succeed(BindingPage((), None))
+        if self._closed:
+            return defer.fail(PostgreSQLStoreError("the store is closed"))
         now = self._clock.seconds()
         with self._ahead_lock:
-            ahead = self._ahead.get(query)
-            # A page read ahead with a smaller limit serves too (a page may hold fewer
-            # bindings than asked for): the server's first page is small, its next ones not.
-            if ahead is not None and ahead.resume_after == resume_after and ahead.limit <= limit:
-                del self._ahead[query]
-                ahead.requested = limit
-            else:
-                ahead = None
+            ahead = None
+            chain = self._ahead.get(query)
+            if chain:
+                # A page read ahead with a smaller limit serves too (a page may hold fewer
+                # bindings than asked for): the server's first page is small, its next
+                # ones not. Any other page read ahead is of no use: the consumer is
+                # elsewhere.
+                if chain[0].resume_after == resume_after and chain[0].limit <= limit:
+                    ahead = chain.pop(0)
+                    ahead.requested = limit
+                if ahead is None or not chain:
+                    del self._ahead[query]
         if ahead is not None and now - ahead.started <= AHEAD_MAX_AGE:
             return ahead.take(self)
         return self._page_deferred(query, resume, limit, now)
@@ -836,49 +872,80 @@ class PostgreSQLBindingStore:
         resume_after: BindingKey,
         limit: int,
         after: _Ahead | None = None,
-    ) -> _Ahead | None:
+    ) -> list[_Ahead]:
         """
-        The page after C{resume_after}, registered as read ahead (any thread), or C{None}
-        when it must not be read now: a page of the query is read ahead already (one at a
-        time), too many are, or the store is closed. Its limit is that of the fetch that
-        took C{after} (the page just read, if it was read ahead), else C{limit}.
+        The pages to read now (any thread), registered as read ahead, in order: the page
+        after C{resume_after} (which ends a page just read or taken) if none of the query
+        is read ahead yet; for a query paged by key snapshot, also the pages after those
+        read ahead already, up to L{snapshot_parallel} in all (their ends are known from
+        the snapshot). None when too many pages are read ahead (L{read_ahead}), or the
+        store is closed. Their limit is that of the fetch that took C{after} (the page just
+        read, if it was read ahead), else C{limit}.
         """
-        try:
-            resume = _resume_text(resume_after)
-        except StopIteration:
-            return None
         now = self._clock.seconds()
+        if after is not None and after.requested is not None:
+            limit = after.requested
+        keys = None
+        if query.kind in (QueryKind.RELAY_ID, QueryKind.REMOTE_ID) and self.snapshot_parallel > 1:
+            with self._snapshot_lock:
+                keys = self._snapshots.get(query)
+        claimed: list[_Ahead] = []
         with self._ahead_lock:
-            if self._closed or query in self._ahead:
-                return None
-            if after is not None and after.requested is not None:
-                limit = after.requested
-            for key, stale in list(self._ahead.items()):
-                if now - stale.started > AHEAD_MAX_AGE:
+            if self._closed:
+                return claimed
+            for key, chain in list(self._ahead.items()):
+                if now - chain[0].started > AHEAD_MAX_AGE:
                     del self._ahead[key]
-            if len(self._ahead) >= self.read_ahead:
-                return None
-            ahead = self._ahead[query] = _Ahead(query, limit, resume_after, now, resume)
-        return ahead
+            chain = self._ahead.get(query, [])
+            if chain and (keys is None or chain[0].resume_after != resume_after):
+                return claimed  # read ahead already, or from elsewhere than this page
+            wanted = 1 if keys is None else self.snapshot_parallel
+            count = sum(map(len, self._ahead.values()))
+            following: BindingKey | None = resume_after
+            while len(chain) < wanted and count < self.read_ahead:
+                if chain:
+                    assert keys is not None
+                    following = _snapshot_next(keys, chain[-1].resume_after, chain[-1].limit)
+                if following is None:
+                    break
+                try:
+                    resume = _resume_text(following)
+                except StopIteration:
+                    break
+                ahead = _Ahead(query, limit, following, now, resume)
+                chain.append(ahead)
+                claimed.append(ahead)
+                count += 1
+            if chain:
+                self._ahead[query] = chain
+        return claimed
 
-    def _read_ahead(self, query: BindingQuery, resume_after: BindingKey, limit: int) -> None:
-        """
-        Start reading the page after C{resume_after} (reactor thread): a page read ahead
-        has been taken, so the next one may be read. (A worker that finishes a page that
-        is already waited for reads the next one itself: see L{_read_pages}.)
-        """
-        if not self._threads.started:
-            return
-        ahead = self._claim_ahead(query, resume_after, limit)
-        if ahead is not None:
+    def _start_reads(self, claimed: Iterable[_Ahead]) -> None:
+        """Read the pages C{claimed} (any thread), each in a worker of its own."""
+        for ahead in claimed:
             self._threads.callInThread(
                 self._read_pages,
-                query,
+                ahead.query,
                 ahead.resume,
-                limit,
+                ahead.limit,
                 ahead.started,
                 partial(ahead.finished, store=self),
             )
+            if self._threads.joined:  # closed meanwhile: the page will not be read
+                self._reactor.callFromThread(
+                    ahead.finished, Failure(PostgreSQLStoreError("the store is closed")), self
+                )
+
+    def _read_ahead(self, query: BindingQuery, resume_after: BindingKey, limit: int) -> None:
+        """
+        Start reading the page after C{resume_after} (reactor thread), and for a query paged
+        by key snapshot the pages after it: a page read ahead has been taken, so the next
+        ones may be read. (A worker that finishes a page that is already waited for reads
+        the next one itself: see L{_read_pages}.)
+        """
+        if not self._threads.started:
+            return
+        self._start_reads(self._claim_ahead(query, resume_after, limit))
 
     def find_link(self, address: IPv6Address) -> Deferred[Link | None]:
         """
