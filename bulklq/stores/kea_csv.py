@@ -569,8 +569,7 @@ class _LeaseTable:
         link_id = self.link_id
         members_of = self.members
         leases = self.leases
-        # A link's (DUID, key, entry) rows, to sort by DUID alone.
-        by_link: dict[str, list[tuple[bytes, BindingKey, list[Any]]]] = {}
+        by_link: dict[str, list[BindingKey]] = {}
         links: dict[int, str] = {}
         empty: list[_Group] = []
         # With an empty index every group is dirty (a flush leaves only indexed groups):
@@ -600,12 +599,12 @@ class _LeaseTable:
             if link is None:
                 link = links[subnet] = link_id(subnet)
             key: BindingKey = (link, duid)
-            entry = entries[key] = [group, expires, relay_ids, remote_ids, None]
-            rows = by_link.get(link)
-            if rows is None:
-                by_link[link] = [(duid, key, entry)]
+            entries[key] = [group, expires, relay_ids, remote_ids, None]
+            keys = by_link.get(link)
+            if keys is None:
+                by_link[link] = [key]
             else:
-                rows.append((duid, key, entry))
+                keys.append(key)
         for group in empty:
             del members_of[group]
         ordered: list[BindingKey] = []
@@ -616,10 +615,12 @@ class _LeaseTable:
         first_client = by_client.setdefault
         first_remote = by_remote.setdefault
         for link in sorted(by_link):
-            rows = by_link[link]
-            rows.sort(key=itemgetter(0))
-            for duid, key, entry in rows:
+            keys = by_link[link]
+            keys.sort(key=itemgetter(1))  # each link's DUIDs apart: cheaper than tuples
+            for key in keys:
                 add_key(key)
+                duid = key[1]
+                entry = entries[key]
                 # Most DUIDs and Remote-IDs have one key: setdefault stores it at once.
                 if first_client(duid, key) is not key:
                     _append(by_client, duid, key)
