@@ -1087,3 +1087,32 @@ class BulkIndexTests(SynchronousTestCase):
             self.assertEqual(fetch_all(at_once, query, limit=97), expected, query)
             answered += len(expected)
         self.assertGreater(answered, 3000)
+
+
+class InvalidDuidTests(SynchronousTestCase):
+    """A row whose DUID column is hex but not a valid DUID is malformed."""
+
+    def test_skipped_with_reason(self) -> None:
+        """
+        The row of a DUID of 2 octets is skipped with a warning naming the file, the line
+        and the DUID's problem; a valid client's row after it is read.
+        """
+        events = capture_log(self)
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "kea-leases6.csv"
+        good = "00:03:00:01:02:00:00:00:01:00"
+        rows = [
+            f"2001:db8:1::1,00:01,3600,{T + 3600},1,1800,0,1,128,0,0,,,0,,1,0,0",
+            f"2001:db8:1::2,{good},3600,{T + 3600},1,1800,0,1,128,0,0,,,0,,1,0,0",
+        ]
+        path.write_text("\n".join([HEADER_3, *rows]) + "\n", encoding="ascii")
+        clock = Clock()
+        clock.advance(NOW_EQ)
+        store = KeaCsvStore(path, clock)
+        store.load()
+        [message] = warnings_of(events)
+        self.assertIn(f"{path}:2: malformed lease row skipped: duid:", message)
+        self.assertIn("shorter than 3", message)
+        [binding] = store.bindings()
+        self.assertEqual(binding.client_id, Duid.from_text(good))

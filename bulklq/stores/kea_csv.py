@@ -91,6 +91,7 @@ from ..model import (
 from ..wire import Duid
 from ..wire._fast import ipv6_from_packed
 from ..wire._fast import new as _new
+from ..wire.duid import duid_problem
 from ._materialise import ipv6_network
 from .kea_config import load_kea_config
 from .kea_leases import (
@@ -404,11 +405,12 @@ class _LeaseTable:
                 relay_cache[text] = relay
             members = members_of.get((subnet, duid))
             if members is None:
-                try:
-                    client_duid(duid)
-                except KeaLeaseError as error:
-                    yield number, str(error)
-                    continue
+                if duid_problem(duid) is not None:
+                    try:
+                        client_duid(duid)  # for its message
+                    except KeaLeaseError as error:
+                        yield number, str(error)
+                        continue
                 group: _Group = (subnet, duid)
                 members = members_of[group] = [group]
             else:
