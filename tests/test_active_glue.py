@@ -7,13 +7,12 @@ requestor certificates generated at test time.
 
 from __future__ import annotations
 
-import struct
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, endpoints
 from twisted.internet.address import IPv6Address as TwistedIPv6Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -32,11 +31,10 @@ from bulklq.wire import (
     Message,
     MessageType,
     StatusCode,
-    decode_message,
 )
 
 from .test_server import REQUESTOR, SERVER_DUID, ControlledStore, framed, status_of, take
-from .test_server_tls import _issue, _pem
+from .test_server_tls import StartTLSRequestor, _issue, _pem
 
 
 @attrs.frozen
@@ -234,59 +232,6 @@ class ServiceTests(SynchronousTestCase):
         self.assertIs(factory.wrappedFactory, service.factory)
 
 
-class _Requestor(protocol.Protocol):
-    """Sends C{first}; collects every message; on a REPLY to STARTTLS, starts TLS and sends
-    an ACTIVELEASEQUERY."""
-
-    def __init__(self, first: Message, tls: Any = None) -> None:
-        self.first = first
-        self.tls = tls
-        self.buffer = b""
-        self.messages: list[Message] = []
-        self.waiting: list[tuple[int, defer.Deferred[None]]] = []
-        self.lost: defer.Deferred[None] = defer.Deferred()
-
-    def send(self, message: Message) -> None:
-        data = message.encode()
-        self.transport.write(struct.pack("!H", len(data)) + data)  # type: ignore[union-attr]
-
-    def connectionMade(self) -> None:
-        self.send(self.first)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= 2:
-            (size,) = struct.unpack_from("!H", self.buffer)
-            if len(self.buffer) < 2 + size:
-                return
-            message = decode_message(self.buffer[2 : 2 + size])
-            self.buffer = self.buffer[2 + size :]
-            assert isinstance(message, Message)
-            self.messages.append(message)
-            if message.msg_type == MessageType.REPLY:
-                self.transport.startTLS(self.tls)  # type: ignore[union-attr]
-                self.send(active_query())
-            for count, waiter in list(self.waiting):
-                if len(self.messages) >= count:
-                    self.waiting.remove((count, waiter))
-                    waiter.callback(None)
-
-    def received(self, count: int) -> defer.Deferred[None]:
-        """Fires once C{count} messages have arrived (or fails if the connection goes)."""
-        waiter: defer.Deferred[None] = defer.Deferred()
-        if len(self.messages) >= count:
-            waiter.callback(None)
-        else:
-            self.waiting.append((count, waiter))
-        return waiter
-
-    def connectionLost(self, reason: Any = None) -> None:
-        for _, waiter in self.waiting:
-            waiter.errback(RuntimeError(f"connection lost after {self.messages}"))
-        self.waiting = []
-        self.lost.callback(None)
-
-
 class LoopbackTLSTests(TestCase):
     """The service over real loopback TCP and TLS, requestor certificates generated now."""
 
@@ -316,7 +261,7 @@ class LoopbackTLSTests(TestCase):
             "localhost", self.certs.ca.read_bytes(), cert.read_bytes(), key.read_bytes()
         )
 
-    async def connect(self, index: int, requestor: _Requestor, tls: Any = None) -> None:
+    async def connect(self, index: int, requestor: StartTLSRequestor, tls: Any = None) -> None:
         """Connect C{requestor} to listener C{index} (0: ssl:, 1: tcp:), with TLS if given."""
         port = self.service.ports[index].getHost().port
         endpoint: Any = endpoints.TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
@@ -337,7 +282,7 @@ class LoopbackTLSTests(TestCase):
         store write."""
 
         async def run() -> None:
-            requestor = _Requestor(active_query())
+            requestor = StartTLSRequestor(active_query())
             await self.connect(
                 0, requestor, self.client_tls(self.certs.requestor_cert, self.certs.requestor_key)
             )
@@ -358,7 +303,7 @@ class LoopbackTLSTests(TestCase):
         from another CA on the C{ssl:} listener gets no reply; the connection closes."""
 
         async def run() -> None:
-            requestor = _Requestor(active_query())
+            requestor = StartTLSRequestor(active_query())
             tls = self.client_tls(self.certs.stranger_cert, self.certs.stranger_key)
             port = self.service.ports[0].getHost().port
             endpoint = endpoints.wrapClientTLS(
@@ -376,7 +321,7 @@ class LoopbackTLSTests(TestCase):
 
         async def run() -> None:
             tls = self.client_tls(self.certs.requestor_cert, self.certs.requestor_key)
-            requestor = _Requestor(Message(MessageType.STARTTLS, 1, (REQUESTOR,)), tls)
+            requestor = StartTLSRequestor(Message(MessageType.STARTTLS, 1, (REQUESTOR,)), tls)
             await self.connect(1, requestor)
             await requestor.received(2)
             self.assertEqual(

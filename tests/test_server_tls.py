@@ -74,21 +74,24 @@ def _pem(obj: Any) -> bytes:
     )
 
 
-class _Requestor(protocol.Protocol):
-    """Sends STARTTLS, then on the REPLY starts TLS and sends an ACTIVELEASEQUERY."""
+class StartTLSRequestor(protocol.Protocol):
+    """Sends C{first}; collects every message; on a REPLY to STARTTLS, starts TLS and sends
+    an ACTIVELEASEQUERY (xid 7, the requestor's CLIENTID)."""
 
-    def __init__(self, options: Any) -> None:
-        self.options = options
+    def __init__(self, first: Message, tls: Any = None) -> None:
+        self.first = first
+        self.tls = tls
         self.buffer = b""
         self.messages: list[Message] = []
-        self.done: defer.Deferred[list[Message]] = defer.Deferred()
+        self.waiting: list[tuple[int, defer.Deferred[None]]] = []
+        self.lost: defer.Deferred[None] = defer.Deferred()
 
     def send(self, message: Message) -> None:
         data = message.encode()
         self.transport.write(struct.pack("!H", len(data)) + data)  # type: ignore[union-attr]
 
     def connectionMade(self) -> None:
-        self.send(Message(MessageType.STARTTLS, 1, ()))
+        self.send(self.first)
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
@@ -101,13 +104,50 @@ class _Requestor(protocol.Protocol):
             assert isinstance(message, Message)
             self.messages.append(message)
             if message.msg_type == MessageType.REPLY:
-                self.transport.startTLS(self.options)  # type: ignore[union-attr]
-                self.send(Message(MessageType.ACTIVELEASEQUERY, 2, (REQUESTOR,)))
-            elif message.msg_type == MessageType.LEASEQUERY_REPLY:
-                self.transport.loseConnection()  # type: ignore[union-attr]
+                self.transport.startTLS(self.tls)  # type: ignore[union-attr]
+                self.send(Message(MessageType.ACTIVELEASEQUERY, 7, (REQUESTOR,)))
+            for count, waiter in list(self.waiting):
+                if len(self.messages) >= count:
+                    self.waiting.remove((count, waiter))
+                    waiter.callback(None)
+
+    def received(self, count: int) -> defer.Deferred[None]:
+        """Fires once C{count} messages have arrived (or fails if the connection goes)."""
+        waiter: defer.Deferred[None] = defer.Deferred()
+        if len(self.messages) >= count:
+            waiter.callback(None)
+        else:
+            self.waiting.append((count, waiter))
+        return waiter
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.done.callback(self.messages)
+        for _, waiter in self.waiting:
+            waiter.errback(RuntimeError(f"connection lost after {self.messages}"))
+        self.waiting = []
+        self.lost.callback(None)
+
+
+async def starttls_exchange(reactor: Any, factory: Any, options: Any) -> list[Message]:
+    """Over loopback TCP to C{factory}: STARTTLS, then (on its REPLY) TLS with C{options}
+    and an ACTIVELEASEQUERY; the messages received until the active REPLY (then the
+    requestor closes) or until the server closes (a refused handshake). The factory is
+    shut down after."""
+    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    try:
+        requestor = StartTLSRequestor(Message(MessageType.STARTTLS, 1, ()), options)
+        client = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await endpoints.connectProtocol(client, requestor)
+        try:
+            await requestor.received(2)
+        except RuntimeError:
+            pass  # the connection went before a second message: refused
+        else:
+            requestor.transport.loseConnection()  # type: ignore[union-attr]
+        await requestor.lost
+        await factory.shutdown(grace=1)
+    finally:
+        await port.stopListening()
+    return requestor.messages
 
 
 class TLSOptionsTests(SynchronousTestCase):
@@ -208,15 +248,9 @@ class MutualTLSTests(TestCase):
         return mutual_tls_options("localhost", _pem(self.ca_cert), _pem(cert), _pem(key))
 
     async def exchange(self, key: Any, cert: Any) -> list[Message]:
-        endpoint = endpoints.TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
-        port = await endpoint.listen(self.factory)
-        self.addCleanup(port.stopListening)
-        requestor = _Requestor(self.client_options(key, cert))
-        client = endpoints.TCP4ClientEndpoint(self.reactor, "127.0.0.1", port.getHost().port)
-        await endpoints.connectProtocol(client, requestor)
-        messages = await requestor.done
-        await self.factory.shutdown(grace=1)
-        return messages
+        """STARTTLS then ACTIVELEASEQUERY with this certificate: the messages received."""
+        options = self.client_options(key, cert)
+        return await starttls_exchange(self.reactor, self.factory, options)
 
     def test_mutual_authentication(self) -> None:
         """RFC 7653 section 9.1 (MUST validate the requestor's certificate; all TLS

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -27,7 +27,7 @@ from bulklq.wire import MessageType
 
 from .test_active_glue import write_certificates
 from .test_server import SERVER_DUID
-from .test_server_tls import _issue, _pem, _Requestor
+from .test_server_tls import _issue, _pem, starttls_exchange
 
 ENV = {"STATE_DIRECTORY": "/nonexistent/state"}
 
@@ -127,15 +127,8 @@ class AllowListHandshakeTests(TestCase):
 
     async def exchange(self, key: Any, cert: Any) -> list[MessageType]:
         """STARTTLS then ACTIVELEASEQUERY with this certificate: the message types seen."""
-        endpoint = endpoints.TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
-        port = await endpoint.listen(self.factory)
-        self.addCleanup(port.stopListening)
         options = mutual_tls_options("localhost", _pem(self.ca_cert), _pem(cert), _pem(key))
-        requestor = _Requestor(options)
-        client = endpoints.TCP4ClientEndpoint(self.reactor, "127.0.0.1", port.getHost().port)
-        await endpoints.connectProtocol(client, requestor)
-        messages = await requestor.done
-        await self.factory.shutdown(grace=1)
+        messages = await starttls_exchange(self.reactor, self.factory, options)
         return [message.msg_type for message in messages]
 
     def test_listed_accepted(self) -> None:

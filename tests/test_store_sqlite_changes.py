@@ -44,8 +44,9 @@ from bulklq.stores.sqlite import (
 from bulklq.testing import DEFAULT_CLTT, make_binding, make_duid
 from bulklq.wire import ClientData, LQBaseTime, MessageType, RemoteId, StatusCode
 
-from .test_active_glue import _Requestor, active_query, lifetimes
+from .test_active_glue import active_query, lifetimes
 from .test_server import SERVER_DUID, framed, status_of, take
+from .test_server_tls import StartTLSRequestor
 
 
 class _SyncPool:
@@ -874,7 +875,7 @@ class LoopbackTests(TestCase):
         a binding another connection to the file writes."""
 
         async def run() -> None:
-            requestor = _Requestor(active_query())
+            requestor = StartTLSRequestor(active_query())
             port = self.service.ports[0].getHost().port
             endpoint = endpoints.TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
             await endpoints.connectProtocol(endpoint, requestor)
@@ -913,7 +914,7 @@ class LoopbackTests(TestCase):
         examples = Path(__file__).resolve().parents[1] / "examples" / "bindings.jsonl"
 
         async def run() -> None:
-            requestor = _Requestor(active_query())
+            requestor = StartTLSRequestor(active_query())
             port = self.service.ports[0].getHost().port
             endpoint = endpoints.TCP4ClientEndpoint(self.reactor, "127.0.0.1", port)
             await endpoints.connectProtocol(endpoint, requestor)
