@@ -95,6 +95,23 @@ def active_query(xid: int = 7) -> Message:
     return Message(MessageType.ACTIVELEASEQUERY, xid, (REQUESTOR,))
 
 
+def open_active_query(
+    test: SynchronousTestCase, service: BulkLeasequeryService
+) -> tuple[Any, StringTransport]:
+    """An ACTIVELEASEQUERY from ::1 to C{service}'s factory over a L{StringTransport},
+    checked to get a LEASEQUERY-REPLY without a status (success); the server's protocol
+    and the transport, emptied."""
+    server = service.factory.buildProtocol(TwistedIPv6Address("TCP", "::1", 40000))
+    assert server is not None
+    transport = StringTransport()
+    server.makeConnection(transport)
+    server.dataReceived(framed(active_query()))
+    (reply,) = take(transport)
+    test.assertEqual(reply.msg_type, MessageType.LEASEQUERY_REPLY)
+    test.assertIsNone(status_of(reply))
+    return server, transport
+
+
 def lifetimes(message: Message) -> list[tuple[int, int]]:
     """(preferred, valid) of every IAADDR of the CLIENT_DATA in C{message}."""
     data = message.option(ClientData)
@@ -182,14 +199,7 @@ class ServiceTests(SynchronousTestCase):
         query ends with DONE(QueryTerminated) (RFC 7653 section 8.4)."""
         service = self.service()
         service.startService()
-        server = service.factory.buildProtocol(TwistedIPv6Address("TCP", "::1", 40000))
-        assert server is not None
-        transport = StringTransport()
-        server.makeConnection(transport)
-        server.dataReceived(framed(active_query()))
-        (reply,) = take(transport)
-        self.assertEqual(reply.msg_type, MessageType.LEASEQUERY_REPLY)
-        self.assertIsNone(status_of(reply))
+        server, transport = open_active_query(self, service)
 
         now = int(self.reactor.seconds())
         binding = make_binding(1, cltt=now - 100, preferred_lifetime=50, valid_lifetime=105)

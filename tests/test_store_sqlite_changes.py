@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, endpoints, utils
-from twisted.internet.address import IPv6Address as TwistedIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -44,8 +43,8 @@ from bulklq.stores.sqlite import (
 from bulklq.testing import DEFAULT_CLTT, make_binding, make_duid
 from bulklq.wire import ClientData, LQBaseTime, MessageType, RemoteId, StatusCode
 
-from .test_active_glue import active_query, lifetimes
-from .test_server import SERVER_DUID, framed, status_of, take
+from .test_active_glue import active_query, lifetimes, open_active_query
+from .test_server import SERVER_DUID, status_of, take
 from .test_server_tls import StartTLSRequestor
 
 
@@ -763,14 +762,7 @@ class ServiceTests(SyncStoreCase):
         with no write, one for a binding another process writes to the file; at shutdown
         DONE(QueryTerminated) (RFC 7653 section 8.4), and the sweep is stopped."""
         service = self.service()
-        server = service.factory.buildProtocol(TwistedIPv6Address("TCP", "::1", 40000))
-        assert server is not None
-        transport = StringTransport()
-        server.makeConnection(transport)
-        server.dataReceived(framed(active_query()))
-        (reply,) = take(transport)
-        self.assertEqual(reply.msg_type, MessageType.LEASEQUERY_REPLY)
-        self.assertIsNone(status_of(reply))
+        server, transport = open_active_query(self, service)
 
         now = int(self.reactor.seconds())
         kept = make_binding(1, cltt=now, preferred_lifetime=50, valid_lifetime=600)
