@@ -89,13 +89,13 @@ from ..model import (
     QueryKind,
 )
 from ..wire import Duid
-from ..wire._fast import ipv6_from_packed
 from ..wire._fast import new as _new
 from ..wire.duid import duid_problem
-from ._materialise import ipv6_network
+from ._materialise import ipv6_address, ipv6_network
 from .kea_config import load_kea_config
 from .kea_leases import (
     LEASE_TYPE_PD,
+    NO_RELAY_SUMMARY,
     STATE_DEFAULT,
     KeaLeaseError,
     RelayInfo,
@@ -109,7 +109,6 @@ from .kea_leases import (
     unescape,
 )
 from .memory import (
-    _BULK,
     _SMALL,
     MemoryBindingStore,
     _index_add,
@@ -149,12 +148,8 @@ _CACHE_SIZE = 4096
 #: Times the LFC file set is re-read when LFC renamed files during a load.
 _LOAD_ATTEMPTS = 5
 
-#: A client's group: (subnet id, DUID octets).
-_Group = tuple[int, bytes]
 #: What many leases share: (lease type, prefix length, preferred and valid lifetimes).
 _Shape = tuple[int, int, int, int]
-#: An active lease: (group, shape, expiry, relay summary).
-_Record = tuple[_Group, _Shape, int, RelaySummary]
 
 
 class KeaCsvError(Exception):
@@ -280,48 +275,61 @@ def _chunk_long(index: _Sparse) -> None:
 
 class _LeaseTable:
     """
-    The active leases by address (16 octets) in a compact form, grouped by client, and the
+    The active leases in a compact form, one list per client (subnet and DUID), and the
     index of the clients' bindings, whose L{Binding} objects are built when a query first
     returns them (and kept until the client's leases change).
+
+    A client's list (its I{entry}) is C{[key, expiry, relay ids, remote ids, binding]} (the
+    first four as indexed at the last flush; C{None} ids before the first) followed by
+    four slots per active lease, in the order of their last rows: address (a number), shape
+    (type, prefix length, lifetimes: a tuple shared by many leases), expiry and relay
+    summary (shared by the rows of one transaction). The leases by address point at their
+    client's entry.
     """
 
     def __init__(self, derive_links: bool, link_id: Callable[[int], str]) -> None:
-        self.leases: dict[bytes, _Record] = {}
-        #: group -> [the group's key tuple (shared by its records), lease keys ...]
-        self.members: dict[_Group, list[Any]] = {}
-        self.dirty: set[_Group] = set()
+        #: address (a number) -> the entry of the client leasing it
+        self.leases: dict[int, list[Any]] = {}
+        #: binding key -> entry: every client with a lease or still indexed
+        self.entries: dict[BindingKey, list[Any]] = {}
+        #: keys of the entries changed since the last flush (unused until the first)
+        self.dirty: set[BindingKey] = set()
+        #: whether nothing was indexed yet: the first flush indexes every entry at once
+        self.fresh = True
         #: escaped user_context -> its summary (the rows of one transaction repeat it)
         self.relay_cache: dict[str, RelaySummary] = {}
         #: DUID text -> octets (a client's rows repeat it)
         self.duid_cache: dict[str, bytes] = {}
-        #: one shape object per distinct (type, length, lifetimes), shared by the records
+        #: one shape object per distinct (type, length, lifetimes), shared by the leases
         self.shapes: dict[_Shape, _Shape] = {}
         self.derive_links = derive_links
         self.link_id = link_id
+        #: subnet id -> link id
+        self.link_ids: dict[int, str] = {}
         #: subnet id -> prefixes derived from its leases (when there is no configuration)
         self.derived: dict[int, dict[IPv6Network, None]] = {}
         self.seen_links: set[tuple[int, Any]] = set()
         self.links_dirty: set[int] = set()
-        # The bindings' index: key -> [group, expiry, relay ids, remote ids, Binding|None]
-        self.entries: dict[BindingKey, list[Any]] = {}
         self.keys = _SortedKeys()
         self.by_client: _Sparse = {}
         self.by_relay: _Sparse = {}
         self.by_remote: _Sparse = {}
-        #: While changes are published: each group touched since the last flush -> its
-        #: leases (address -> record) as they were at that flush; else C{None}.
-        self.before: dict[_Group, dict[bytes, _Record]] | None = None
+        #: While changes are published: each key touched since the last flush -> its lease
+        #: slots as they were at that flush; else C{None}.
+        self.before: dict[BindingKey, list[Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.leases)
 
-    def _touch(self, group: _Group) -> None:
-        """Remember C{group}'s leases as they were at the last flush (first touch only)."""
+    def _touch(self, entry: list[Any]) -> None:
+        """Remember C{entry}'s leases as they were at the last flush (first touch only)."""
         before = self.before
-        if before is not None and group not in before:
-            members = self.members.get(group)
-            leases = self.leases
-            before[group] = {} if members is None else {a: leases[a] for a in members[1:]}
+        if before is not None and entry[0] not in before:
+            before[entry[0]] = entry[_LEASES:]
+
+    def _link(self, subnet: int) -> str:
+        link = self.link_ids[subnet] = self.link_id(subnet)
+        return link
 
     def read(self, lines: list[str], columns: _Columns, now: float) -> Iterator[tuple[int, str]]:
         """
@@ -334,15 +342,24 @@ class _LeaseTable:
         i_subnet, i_pref, i_type, i_plen = c.subnet, c.pref, c.lease_type, c.prefix_len
         i_state, i_context = c.state, c.user_context
         leases = self.leases
-        members_of = self.members
-        mark = self.dirty.add
+        entries = self.entries
+        mark = None if self.fresh else self.dirty.add
         relay_cache = self.relay_cache
         duid_cache = self.duid_cache
         shape_of = self.shapes.setdefault
+        link_ids = self.link_ids
         derive = self._derive if self.derive_links else None
         seen = self.seen_links
         pton = inet_pton
+        from_bytes = int.from_bytes
         touch = self._touch if self.before is not None else None
+        # The rows of one transaction follow each other: their client and user context
+        # are those of the row before.
+        last_duid = last_context = None
+        last_subnet = -1
+        entry: list[Any] = []
+        duid = b""
+        relay = NO_RELAY_SUMMARY
         for number, line in enumerate(lines):
             if not line:
                 continue
@@ -359,7 +376,7 @@ class _LeaseTable:
                 yield number, f"{len(fields)} fields where the header has {count}"
                 continue
             try:
-                key = pton(AF_INET6, fields[i_address].strip())
+                address = from_bytes(pton(AF_INET6, fields[i_address].strip()))
                 valid = int(fields[i_valid])
                 expire = int(fields[i_expire])
                 subnet = int(fields[i_subnet])
@@ -368,23 +385,28 @@ class _LeaseTable:
                 yield number, _row_problem(fields, c)
                 continue
             if valid <= 0 or state != STATE_DEFAULT or expire <= now:
-                self._remove(key)
+                self._remove(address)
                 continue
+            duid_text = fields[i_duid]
             try:
                 pref = int(fields[i_pref])
                 lease_type = int(fields[i_type])
                 prefix_len = int(fields[i_plen])
-                duid_text = fields[i_duid]
-                duid = duid_cache.get(duid_text)
-                if duid is None:
-                    duid = bytes.fromhex(duid_text.replace(":", ""))
-                    if len(duid_cache) >= _CACHE_SIZE:
-                        duid_cache.clear()
-                    duid_cache[duid_text] = duid
+                if duid_text != last_duid or subnet != last_subnet:
+                    cached = duid_cache.get(duid_text)
+                    if cached is None:
+                        cached = bytes.fromhex(duid_text.replace(":", ""))
+                        if len(duid_cache) >= _CACHE_SIZE:
+                            duid_cache.clear()
+                        duid_cache[duid_text] = cached
+                    duid = cached
+                    same_client = False
+                else:
+                    same_client = True
                 if lease_type and (
                     lease_type != LEASE_TYPE_PD
                     or not 0 <= prefix_len <= 128
-                    or int.from_bytes(key) & ((1 << (128 - prefix_len)) - 1)
+                    or address & ((1 << (128 - prefix_len)) - 1)
                 ):
                     lease_item(
                         parse_address(fields[i_address].strip()), lease_type, prefix_len, 0, 0
@@ -393,222 +415,197 @@ class _LeaseTable:
                 yield number, str(error)
                 continue
             text = fields[i_context] if i_context >= 0 else ""
-            relay = relay_cache.get(text)
-            if relay is None:
-                try:
-                    relay = relay_summary(unescape(text))
-                except KeaLeaseError as error:
-                    yield number, str(error)
-                    continue
-                if len(relay_cache) >= _CACHE_SIZE:
-                    relay_cache.clear()
-                relay_cache[text] = relay
-            members = members_of.get((subnet, duid))
-            if members is None:
-                if duid_problem(duid) is not None:
+            if text != last_context:
+                found = relay_cache.get(text)
+                if found is None:
                     try:
-                        client_duid(duid)  # for its message
+                        found = relay_summary(unescape(text))
                     except KeaLeaseError as error:
                         yield number, str(error)
                         continue
-                group: _Group = (subnet, duid)
-                members = members_of[group] = [group]
-            else:
-                group = members[0]
-            old = leases.get(key)
+                    if len(relay_cache) >= _CACHE_SIZE:
+                        relay_cache.clear()
+                    relay_cache[text] = found
+                relay = found
+                last_context = text
+            if not same_client:
+                link = link_ids.get(subnet) or self._link(subnet)
+                key: BindingKey = (link, duid)
+                found_entry = entries.get(key)
+                if found_entry is None:
+                    if duid_problem(duid) is not None:
+                        try:
+                            client_duid(duid)  # for its message
+                        except KeaLeaseError as error:
+                            yield number, str(error)
+                            continue
+                    found_entry = entries[key] = [key, 0, None, None, None]
+                entry = found_entry
+                last_duid = duid_text
+                last_subnet = subnet
+            old = leases.get(address)
             if touch is not None:
-                touch(group)
-                if old is not None:
-                    touch(old[0])
+                touch(entry)
+                if old is not None and old is not entry:
+                    touch(old)
             shape = (lease_type, prefix_len, pref, valid)
-            leases[key] = (group, shape_of(shape, shape), expire, relay)
+            shape = shape_of(shape, shape)
             if old is None:
-                members.append(key)
-            elif old[0] is not group:
-                members_of[old[0]].remove(key)
-                mark(old[0])
-                members.append(key)
-            elif members[-1] != key:
-                # Members stay in the order of their last rows: on a CLTT tie, the lease
-                # written last gives the binding its relay chain.
-                members.remove(key)
-                members.append(key)
-            mark(group)
+                entry += (address, shape, expire, relay)
+                leases[address] = entry
+            else:
+                slot = _slot(old, address)
+                if old is entry and slot == len(entry) - _STRIDE:
+                    entry[slot + 1 : slot + _STRIDE] = (shape, expire, relay)
+                else:
+                    # Leases stay in the order of their last rows: on a CLTT tie, the
+                    # lease written last gives the binding its relay chain.
+                    del old[slot : slot + _STRIDE]
+                    entry += (address, shape, expire, relay)
+                    if old is not entry:
+                        leases[address] = entry
+                        if mark is not None:
+                            mark(old[0])
+            if mark is not None:
+                mark(entry[0])
             if derive is not None and (
                 (relay.link_address is not None and (subnet, relay.link_address) not in seen)
-                or (lease_type != LEASE_TYPE_PD and (subnet, key[:8]) not in seen)
+                or (lease_type != LEASE_TYPE_PD and (subnet, address >> 64) not in seen)
             ):
-                derive(subnet, relay.link_address, key if lease_type != LEASE_TYPE_PD else None)
+                derive(subnet, relay.link_address, address if lease_type != LEASE_TYPE_PD else None)
 
-    def _remove(self, key: bytes) -> None:
-        old = self.leases.get(key)
-        if old is not None:
-            group = old[0]
-            self._touch(group)
-            del self.leases[key]
-            self.members[group].remove(key)
-            self.dirty.add(group)
+    def _remove(self, address: int) -> None:
+        entry = self.leases.pop(address, None)
+        if entry is not None:
+            self._touch(entry)
+            slot = _slot(entry, address)
+            del entry[slot : slot + _STRIDE]
+            if not self.fresh:
+                self.dirty.add(entry[0])
 
-    def _derive(self, subnet: int, link_address: int | None, address: bytes | None) -> None:
+    def _derive(self, subnet: int, link_address: int | None, address: int | None) -> None:
         seen = self.seen_links
         if link_address is not None and (subnet, link_address) not in seen:
             seen.add((subnet, link_address))
             self.derived.setdefault(subnet, {})[IPv6Network((link_address, 128))] = None
             self.links_dirty.add(subnet)
         if address is not None:
-            block = address[:8]
+            block = address >> 64
             if (subnet, block) not in seen:
                 seen.add((subnet, block))
-                network = IPv6Network((int.from_bytes(block) << 64, 64))
+                network = IPv6Network((block << 64, 64))
                 self.derived.setdefault(subnet, {})[network] = None
                 self.links_dirty.add(subnet)
 
     # The index
 
-    def _summary(self, group: _Group) -> tuple[int, tuple[bytes, ...], tuple[Any, ...]] | None:
-        """A group's expiry, Relay-IDs and Remote-IDs, or C{None} when it has no lease."""
-        members = self.members.get(group)
-        if members is None or len(members) < 2:
-            return None
-        leases = self.leases
-        if len(members) == 2:
-            record = leases[members[1]]
-            relay = record[3]
-            return record[2], relay.relay_ids, relay.remote_ids
-        records = [leases[key] for key in members[1:]]
-        relays = {id(record[3]): record[3] for record in records}
-        expires = max(record[2] for record in records)
-        if len(relays) == 1:
-            relay = records[0][3]
-            return expires, relay.relay_ids, relay.remote_ids
-        return (
-            expires,
-            tuple(dict.fromkeys(value for relay in relays.values() for value in relay.relay_ids)),
-            tuple(dict.fromkeys(value for relay in relays.values() for value in relay.remote_ids)),
-        )
-
     def flush(
         self, links: MemoryBindingStore, now: float | None = None
     ) -> list[tuple[Binding, bool]]:
         """
-        Bring the index up to date with the changed groups; add the derived links that
+        Bring the index up to date with the changed entries; add the derived links that
         changed to C{links}.
 
         @return: while L{before} is kept, the binding changes since the last flush, in the
-            order their groups were first touched: (the new binding, C{False}) for a group
-            whose leases differ, (the binding it had, C{True}) for one left with none, unless
-            that binding had expired by C{now} (its expiry was published when it came).
+            order their entries were first touched: (the new binding, C{False}) for a client
+            whose leases differ, (the binding it had, C{True}) for one left with none,
+            unless that binding had expired by C{now} (its expiry was published when it
+            came).
         """
         before = self.before
         pending: list[tuple[BindingKey, Binding | None]] = []
+        entries = self.entries
         if before:
-            leases = self.leases
-            entries = self.entries
-            for group, old in before.items():
-                members = self.members.get(group)
-                new = {} if members is None else {a: leases[a] for a in members[1:]}
-                key: BindingKey = (self.link_id(group[0]), group[1])
-                if new == old and (list(new) == list(old) or self._same_binding(key, old, new)):
+            for key, old in before.items():
+                entry = entries.get(key)
+                new = [] if entry is None else entry[_LEASES:]
+                if _same_leases(old, new) and (
+                    new == old or self._build(key, old) == self._build(key, new)
+                ):
                     continue
                 if new:
                     pending.append((key, None))
                     continue
-                entry = entries.get(key)
-                if entry is not None and (now is None or entry[1] > now):
-                    gone = entry[4] or self._build(key, list(old), list(old.values()))
+                if entry is not None and entry[2] is not None and (now is None or entry[1] > now):
+                    gone = entry[4] or self._build(key, old)
                     pending.append((key, gone))
             self.before = {}
-        if not self.entries and len(self.dirty) >= _BULK:
+        if self.fresh:
             self._bulk_index()
+            self.fresh = False
         else:
-            for group in self.dirty:
-                self._reindex(group)
+            for key in self.dirty:
+                self._reindex(key)
         self.dirty.clear()
         for subnet in self.links_dirty:
             links.add_link(Link(self.link_id(subnet), tuple(sorted(self.derived[subnet]))))
         self.links_dirty.clear()
-        entries = self.entries
         return [
             (self.binding(key, entries[key]), False) if gone is None else (gone, True)
             for key, gone in pending
         ]
 
-    def _reindex(self, group: _Group) -> None:
-        key: BindingKey = (self.link_id(group[0]), group[1])
-        old = self.entries.get(key)
-        summary = self._summary(group)
-        if summary is None:
-            self.members.pop(group, None)
-            if old is not None:
-                del self.entries[key]
+    def _reindex(self, key: BindingKey) -> None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return
+        indexed = entry[2] is not None
+        if len(entry) == _LEASES:
+            del self.entries[key]
+            if indexed:
                 self.keys.discard(key)
                 _unindex(self.by_client, (key[1],), key)
-                _unindex(self.by_relay, old[2], key)
-                _unindex(self.by_remote, old[3], key)
+                _unindex(self.by_relay, entry[2], key)
+                _unindex(self.by_remote, entry[3], key)
             return
-        expires, relay_ids, remote_ids = summary
-        if old is None:
+        expires, relay_ids, remote_ids = _summary(entry)
+        if not indexed:
             self.keys.add(key)
             _index(self.by_client, (key[1],), key)
-        else:
-            if old[2] != relay_ids:
-                _unindex(self.by_relay, old[2], key)
-            if old[3] != remote_ids:
-                _unindex(self.by_remote, old[3], key)
-        if old is None or old[2] != relay_ids:
             _index(self.by_relay, relay_ids, key)
-        if old is None or old[3] != remote_ids:
             _index(self.by_remote, remote_ids, key)
-        self.entries[key] = [group, expires, relay_ids, remote_ids, None]
+        else:
+            if entry[2] != relay_ids:
+                _unindex(self.by_relay, entry[2], key)
+                _index(self.by_relay, relay_ids, key)
+            if entry[3] != remote_ids:
+                _unindex(self.by_remote, entry[3], key)
+                _index(self.by_remote, remote_ids, key)
+        entry[1:_LEASES] = (expires, relay_ids, remote_ids, None)
 
     def _bulk_index(self) -> None:
         """
-        Index every dirty group of an empty index at once: the keys are sorted once (each
-        link's DUIDs apart, cheaper than comparing tuples), then every index is filled in
-        key order, so its lists come out sorted.
+        Index every entry of a table never indexed: the keys are sorted once (each link's
+        DUIDs apart, cheaper than comparing tuples), then every index is filled in key
+        order, so its lists come out sorted.
         """
         entries = self.entries
-        link_id = self.link_id
-        members_of = self.members
-        leases = self.leases
         by_link: dict[str, list[BindingKey]] = {}
-        links: dict[int, str] = {}
-        empty: list[_Group] = []
-        # With an empty index every group is dirty (a flush leaves only indexed groups):
-        # the groups' own items then save a lookup each.
-        dirty = self.dirty
-        groups: Iterable[tuple[_Group, list[Any]]] = (
-            members_of.items()
-            if len(dirty) == len(members_of)
-            else [(group, members_of[group]) for group in dirty if group in members_of]
-        )
-        for group, members in groups:
-            count = len(members)
-            if count == 2 or (count == 3 and leases[members[1]][3] is leases[members[2]][3]):
+        empty: list[BindingKey] = []
+        for key, entry in entries.items():
+            count = len(entry)
+            if count == _LEASES + _STRIDE:
                 # One lease, or two with one user context (the common cases), inline.
-                _, _, expires, relay = leases[members[1]]
-                if count == 3:
-                    expires = max(expires, leases[members[2]][2])
-                relay_ids, remote_ids = relay.relay_ids, relay.remote_ids
+                expires = entry[7]
+                relay = entry[8]
+                entry[1:4] = (expires, relay.relay_ids, relay.remote_ids)
+            elif count == _LEASES + 2 * _STRIDE and entry[8] is entry[12]:
+                expires = entry[7] if entry[7] >= entry[11] else entry[11]
+                relay = entry[8]
+                entry[1:4] = (expires, relay.relay_ids, relay.remote_ids)
+            elif count == _LEASES:
+                empty.append(key)
+                continue
             else:
-                summary = self._summary(group)
-                if summary is None:
-                    empty.append(group)
-                    continue
-                expires, relay_ids, remote_ids = summary
-            subnet, duid = group
-            link = links.get(subnet)
-            if link is None:
-                link = links[subnet] = link_id(subnet)
-            key: BindingKey = (link, duid)
-            entries[key] = [group, expires, relay_ids, remote_ids, None]
+                entry[1:4] = _summary(entry)
+            link = key[0]
             keys = by_link.get(link)
             if keys is None:
                 by_link[link] = [key]
             else:
                 keys.append(key)
-        for group in empty:
-            del members_of[group]
+        for key in empty:
+            del entries[key]
         ordered: list[BindingKey] = []
         add_key = ordered.append
         by_client: _Sparse = {}
@@ -641,42 +638,32 @@ class _LeaseTable:
     def binding(self, key: BindingKey, entry: list[Any]) -> Binding:
         """The binding of an index entry, built on first use and kept in the entry."""
         binding: Binding | None = entry[4]
-        if binding is not None:
-            return binding
-        leases = self.leases
-        addresses = self.members[entry[0]][1:]
-        built = self._build(key, addresses, [leases[address] for address in addresses])
-        entry[4] = built
-        return built
+        if binding is None:
+            binding = entry[4] = self._build(key, entry[_LEASES:])
+        return binding
 
-    def _same_binding(
-        self, key: BindingKey, old: dict[bytes, _Record], new: dict[bytes, _Record]
-    ) -> bool:
-        """Whether the same leases in another order (a CLTT tie) make the same binding."""
-        return self._build(key, list(old), list(old.values())) == self._build(
-            key, list(new), list(new.values())
-        )
-
-    def _build(self, key: BindingKey, addresses: list[bytes], records: list[_Record]) -> Binding:
-        """The binding of a group's leases (C{addresses} and their records; not empty)."""
-        first = records[0]
-        cltt = first[2] - first[1][3]
-        relay = first[3]
-        built: Binding | None
-        if len(records) == 1 or all(
-            record[3] is relay and record[2] - record[1][3] == cltt for record in records
-        ):
-            return _one_transaction(key, cltt, relay, addresses, records)
+    def _build(self, key: BindingKey, slots: list[Any]) -> Binding:
+        """The binding of a client's lease slots (not empty)."""
+        relay = slots[3]
+        shape = slots[1]
+        cltt = slots[2] - shape[3]
+        if len(slots) == _STRIDE:
+            return _one_transaction(key, cltt, relay, slots)
+        for start in range(_STRIDE, len(slots), _STRIDE):
+            if slots[start + 3] is not relay or slots[start + 2] - slots[start + 1][3] != cltt:
+                break
+        else:
+            return _one_transaction(key, cltt, relay, slots)
         built = assemble_binding(
             _duid(key[1]),
             key[0],
             [
                 (
-                    lease_item(ipv6_from_packed(address), *record[1]),
-                    record[2] - record[1][3],
-                    _relay_info(record[3]),
+                    lease_item(ipv6_address(slots[start]), *slots[start + 1]),
+                    slots[start + 2] - slots[start + 1][3],
+                    _relay_info(slots[start + 3]),
                 )
-                for address, record in zip(addresses, records, strict=True)
+                for start in range(0, len(slots), _STRIDE)
             ],
         )
         assert built is not None
@@ -715,16 +702,17 @@ class _LeaseTable:
         value = int(address)
         leases = self.leases
         for length in range(128, -1, -1):
-            record = leases.get((value & _mask(length)).to_bytes(16))
-            if record is None:
+            network = value & _mask(length)
+            entry = leases.get(network)
+            if entry is None:
                 continue
-            if record[1][0] == LEASE_TYPE_PD:
-                if record[1][1] != length:
+            lease_type, prefix_len = entry[_slot(entry, network) + 1][:2]
+            if lease_type == LEASE_TYPE_PD:
+                if prefix_len != length:
                     continue
             elif length != 128:
                 continue
-            group = record[0]
-            yield (self.link_id(group[0]), group[1])
+            yield entry[0]
 
     def page(
         self, query: BindingQuery, resume_after: BindingKey | None, limit: int, now: float
@@ -742,6 +730,7 @@ class _LeaseTable:
             candidates = takewhile((link_id + "\x00", b"").__gt__, candidates)
         check = query.matches if query.kind is QueryKind.ADDRESS else None
         entries = self.entries
+        build = self._build
         page: list[Binding] = []
         budget = max(4 * limit, 4096)
         last: BindingKey | None = None
@@ -754,7 +743,9 @@ class _LeaseTable:
             for key in candidates:
                 entry = entries.get(key)
                 if entry is not None and entry[1] > now:
-                    binding = entry[4] or self.binding(key, entry)
+                    binding = entry[4]
+                    if binding is None:
+                        binding = entry[4] = build(key, entry[_LEASES:])
                     if check is None or check(binding):
                         page.append(binding)
                         if len(page) == limit:
@@ -785,21 +776,14 @@ class _LeaseTable:
         """
         changes: list[tuple[Binding, bool]] = []
         entries, old_entries = self.entries, old.entries
-        leases, old_leases = self.leases, old.leases
-        members_of, old_members_of = self.members, old.members
         for key in self.keys:
             entry = entries[key]
             previous = old_entries.get(key)
             if previous is not None:
-                members = members_of[entry[0]]
-                old_members = old_members_of[previous[0]]
-                if (
-                    len(members) == len(old_members)
-                    and all(leases[address] == old_leases.get(address) for address in members[1:])
-                    and (
-                        members[1:] == old_members[1:]
-                        or self.binding(key, entry) == old.binding(key, previous)
-                    )
+                slots, old_slots = entry[_LEASES:], previous[_LEASES:]
+                if slots == old_slots or (
+                    _same_leases(old_slots, slots)
+                    and self.binding(key, entry) == old.binding(key, previous)
                 ):
                     continue
             changes.append((self.binding(key, entry), False))
@@ -810,36 +794,79 @@ class _LeaseTable:
         return changes
 
 
+#: Where an entry's lease slots start, and how many slots a lease takes.
+_LEASES = 5
+_STRIDE = 4
+
+
+def _slot(entry: list[Any], address: int) -> int:
+    """Where C{address}'s slots start in C{entry} (it holds them)."""
+    for start in range(_LEASES, len(entry), _STRIDE):
+        if entry[start] == address:
+            return start
+    raise KeyError(address)  # pragma: no cover - the leases by address point at holders
+
+
+def _same_leases(old: list[Any], new: list[Any]) -> bool:
+    """Whether two lists of lease slots hold the same leases, in any order."""
+    if len(old) != len(new):
+        return False
+    if old == new:
+        return True
+    return _by_address_slots(old) == _by_address_slots(new)
+
+
+def _by_address_slots(slots: list[Any]) -> dict[int, tuple[Any, ...]]:
+    return {
+        slots[start]: tuple(slots[start + 1 : start + _STRIDE])
+        for start in range(0, len(slots), _STRIDE)
+    }
+
+
+def _summary(entry: list[Any]) -> tuple[int, tuple[bytes, ...], tuple[Any, ...]]:
+    """An entry's expiry, Relay-IDs and Remote-IDs (it has a lease)."""
+    expires = max(entry[_LEASES + 2 :: _STRIDE])
+    relays = {id(relay): relay for relay in entry[_LEASES + 3 :: _STRIDE]}
+    if len(relays) == 1:
+        relay = entry[_LEASES + 3]
+        return expires, relay.relay_ids, relay.remote_ids
+    return (
+        expires,
+        tuple(dict.fromkeys(value for relay in relays.values() for value in relay.relay_ids)),
+        tuple(dict.fromkeys(value for relay in relays.values() for value in relay.remote_ids)),
+    )
+
+
 def _one_transaction(
     key: BindingKey,
     cltt: int,
     relay: RelaySummary,
-    addresses: list[bytes],
-    records: list[_Record],
+    slots: list[Any],
 ) -> Binding:
     """
     The binding of leases with one CLTT and one relay summary (the rows of one
     transaction, the common case): no lifetime to shorten, one chain; built with slot
     setters from values checked when the rows were read.
     """
-    found: list[AddressLease] = []
-    delegated: list[tuple[bytes, int, PrefixLease]] = []
-    for address, record in zip(addresses, records, strict=True):
-        lease_type, prefix_len, pref, valid = record[1]
+    found: list[tuple[int, AddressLease]] = []
+    delegated: list[tuple[int, int, PrefixLease]] = []
+    for start in range(0, len(slots), _STRIDE):
+        address = slots[start]
+        lease_type, prefix_len, pref, valid = slots[start + 1]
         if lease_type == LEASE_TYPE_PD:
             prefix = _new(PrefixLease)
-            _set_prefix(prefix, ipv6_network(int.from_bytes(address), prefix_len))
+            _set_prefix(prefix, ipv6_network(address, prefix_len))
             _set_prefix_preferred(prefix, pref)
             _set_prefix_valid(prefix, valid)
             delegated.append((address, prefix_len, prefix))
         else:
             lease = _new(AddressLease)
-            _set_address(lease, ipv6_from_packed(address))
+            _set_address(lease, ipv6_address(address))
             _set_preferred(lease, pref)
             _set_valid(lease, valid)
-            found.append(lease)
+            found.append((address, lease))
     if len(found) > 1:
-        found.sort(key=_by_address)
+        found.sort(key=itemgetter(0))
     if len(delegated) > 1:
         delegated.sort(key=_by_prefix)
     relay_data, relay_ids, remote_ids = relay.binding_parts()
@@ -860,8 +887,8 @@ def _one_transaction(
     set_client(binding, duid)
     set_link(binding, key[0])
     set_cltt(binding, cltt)
-    set_addresses(binding, tuple(found))
-    set_prefixes(binding, tuple(item for _, _, item in delegated) if delegated else ())
+    set_addresses(binding, tuple([item for _, item in found]) if found else ())
+    set_prefixes(binding, tuple([item for _, _, item in delegated]) if delegated else ())
     set_relay(binding, relay_data)
     set_ids(binding, relay_ids)
     set_remotes(binding, remote_ids)
@@ -869,11 +896,7 @@ def _one_transaction(
     return binding
 
 
-def _by_address(lease: AddressLease) -> IPv6Address:
-    return lease.address
-
-
-def _by_prefix(item: tuple[bytes, int, PrefixLease]) -> tuple[bytes, int]:
+def _by_prefix(item: tuple[int, int, PrefixLease]) -> tuple[int, int]:
     return item[0], item[1]
 
 
