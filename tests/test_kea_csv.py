@@ -17,7 +17,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bulklq.model import Binding, BindingKey, BindingQuery, Link
-from bulklq.stores import open_store
+from bulklq.stores import kea_csv, open_store
 from bulklq.stores.kea_csv import KeaCsvError, KeaCsvStore, lease_file_set, open_store_uri
 from bulklq.testing import BindingStoreContractMixin
 from bulklq.wire import Duid, InterfaceId, RelayId, RelayMessageOption, RemoteId, encode_options
@@ -767,7 +767,7 @@ class OpenerTests(SynchronousTestCase):
         clock.advance(1795694800)
         uri = (
             f"kea-csv:{FIXTURES / 'real-kea-2.2-leases6.csv'}"
-            f"?kea-config={FIXTURES / 'real-kea-2.2-dhcp6.json'}&interval=0.5"
+            f"?kea-config={FIXTURES / 'real-kea-2.2-dhcp6.json'}&interval=0.5&warm=no"
         )
         store = open_store(uri, clock)
         self.addCleanup(store.close)
@@ -779,13 +779,72 @@ class OpenerTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls()[0].getTime(), 1795694800.5)
 
     def test_no_follow(self) -> None:
-        """follow=no loads once and schedules nothing."""
+        """follow=no and warm=no load once and schedule nothing."""
         clock = Clock()
         store = open_store_uri(
-            f"kea-csv:{FIXTURES / 'kea-2.2-relays-leases6.csv'}?follow=no", clock
+            f"kea-csv:{FIXTURES / 'kea-2.2-relays-leases6.csv'}?follow=no&warm=no", clock
         )
         self.assertEqual(clock.getDelayedCalls(), [])
         store.close()
+
+    def test_warm_by_default(self) -> None:
+        """
+        Unless warm=no, every active binding is built in the background, one slice of keys
+        per delayed call, and the bindings then served are those built; close cancels it.
+        """
+        slices: list[int] = []
+        build_slice = KeaCsvStore._warm_slice
+
+        def counted(store: KeaCsvStore) -> None:
+            slices.append(sum(entry[4] is not None for entry in store._table.entries.values()))
+            build_slice(store)
+
+        self.patch(KeaCsvStore, "_warm_slice", counted)
+        self.patch(kea_csv, "WARM_SLICE", 2)
+        clock = Clock()
+        clock.advance(1795694800)
+        store = open_store_uri(f"kea-csv:{FIXTURES / 'real-kea-2.2-leases6.csv'}?follow=no", clock)
+        self.assertTrue(store.warming)
+        entries = store._table.entries
+        self.assertTrue(all(entry[4] is None for entry in entries.values()))
+        clock.advance(0)
+        self.assertFalse(store.warming)
+        self.assertEqual(slices, list(range(0, len(entries) + 1, 2)))
+        built = {key: entry[4] for key, entry in entries.items()}
+        self.assertTrue(all(built.values()))
+        served = fetch_all(store, BindingQuery.by_link("subnet-101"), limit=100)
+        self.assertTrue(served)
+        for binding in served:
+            self.assertIs(binding, built[binding.key])
+        store.warm()
+        self.assertTrue(store.warming)
+        store.close()
+        self.assertFalse(store.warming)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_warm_after_reload(self) -> None:
+        """A full reload builds the new state in the background again."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "kea-leases6.csv"
+        rows = (FIXTURES / "real-kea-2.2-leases6.csv").read_text(encoding="ascii")
+        path.write_text(rows, encoding="ascii")
+        clock = Clock()
+        clock.advance(1795694800)
+        store = open_store_uri(f"kea-csv:{path}", clock)
+        self.addCleanup(store.close)
+        clock.advance(0)
+        self.assertFalse(store.warming)
+        replacement = directory / "new.csv"
+        replacement.write_text(rows, encoding="ascii")
+        replacement.rename(path)
+        clock.advance(1)
+        self.assertEqual(store.reloads, 1)
+        while store.warming:
+            clock.advance(0)
+        entries = store._table.entries
+        self.assertTrue(entries)
+        self.assertTrue(all(entry[4] is not None for entry in entries.values()))
 
     def test_bad_uris(self) -> None:
         """Bad URIs are refused with one line naming the problem."""
@@ -795,6 +854,7 @@ class OpenerTests(SynchronousTestCase):
             ("kea-csv:/x.csv?nope=1", "unknown parameter"),
             ("kea-csv:/x.csv?interval=5", "interval"),
             ("kea-csv:/x.csv?follow=maybe", "follow"),
+            ("kea-csv:/x.csv?warm=maybe", "warm"),
             ("kea-csv:/x.csv?kea-config=/nonexistent/kea.conf", "cannot read Kea configuration"),
             ("sqlite:/x.db", "not a kea-csv"),
         ):

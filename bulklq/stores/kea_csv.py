@@ -70,7 +70,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -145,6 +145,8 @@ MAX_ROW_WARNINGS = 20
 #: Distinct user contexts and DUID texts remembered while reading (the rows of one
 #: transaction repeat them).
 _CACHE_SIZE = 4096
+#: Bindings built per reactor turn by L{KeaCsvStore.warm} (a few tens of milliseconds).
+WARM_SLICE = 1000
 #: Times the LFC file set is re-read when LFC renamed files during a load.
 _LOAD_ATTEMPTS = 5
 
@@ -356,7 +358,7 @@ class _LeaseTable:
         # The rows of one transaction follow each other: their client and user context
         # are those of the row before.
         last_duid = last_context = None
-        last_subnet = -1
+        last_subnet = last_expire = -1
         entry: list[Any] = []
         duid = b""
         relay = NO_RELAY_SUMMARY
@@ -387,6 +389,10 @@ class _LeaseTable:
             if valid <= 0 or state != STATE_DEFAULT or expire <= now:
                 self._remove(address)
                 continue
+            if expire == last_expire:
+                expire = last_expire  # one number object for the leases of a transaction
+            else:
+                last_expire = expire
             duid_text = fields[i_duid]
             try:
                 pref = int(fields[i_pref])
@@ -848,56 +854,61 @@ def _one_transaction(
     transaction, the common case): no lifetime to shorten, one chain; built with slot
     setters from values checked when the rows were read.
     """
-    found: list[tuple[int, AddressLease]] = []
-    delegated: list[tuple[int, int, PrefixLease]] = []
+    addresses: list[AddressLease] = []
+    prefixes: list[PrefixLease] = []
     for start in range(0, len(slots), _STRIDE):
-        address = slots[start]
         lease_type, prefix_len, pref, valid = slots[start + 1]
         if lease_type == LEASE_TYPE_PD:
             prefix = _new(PrefixLease)
-            _set_prefix(prefix, ipv6_network(address, prefix_len))
+            _set_prefix(prefix, ipv6_network(slots[start], prefix_len))
             _set_prefix_preferred(prefix, pref)
             _set_prefix_valid(prefix, valid)
-            delegated.append((address, prefix_len, prefix))
+            prefixes.append(prefix)
         else:
             lease = _new(AddressLease)
-            _set_address(lease, ipv6_address(address))
+            _set_address(lease, ipv6_address(slots[start]))
             _set_preferred(lease, pref)
             _set_valid(lease, valid)
-            found.append((address, lease))
-    if len(found) > 1:
-        found.sort(key=itemgetter(0))
-    if len(delegated) > 1:
-        delegated.sort(key=_by_prefix)
+            addresses.append(lease)
+    if len(addresses) > 1:
+        addresses.sort(key=_address_number)
+    if len(prefixes) > 1:
+        prefixes.sort(key=_prefix_order)
     relay_data, relay_ids, remote_ids = relay.binding_parts()
     binding = _new(Binding)
-    (
-        set_client,
-        set_link,
-        set_cltt,
-        set_addresses,
-        set_prefixes,
-        set_relay,
-        set_ids,
-        set_remotes,
-        set_options,
-    ) = set_binding
     duid = _new(Duid)
     _set_duid_raw(duid, key[1])
-    set_client(binding, duid)
-    set_link(binding, key[0])
-    set_cltt(binding, cltt)
-    set_addresses(binding, tuple([item for _, item in found]) if found else ())
-    set_prefixes(binding, tuple([item for _, _, item in delegated]) if delegated else ())
-    set_relay(binding, relay_data)
-    set_ids(binding, relay_ids)
-    set_remotes(binding, remote_ids)
-    set_options(binding, ())
+    _set_client(binding, duid)
+    _set_link(binding, key[0])
+    _set_cltt(binding, cltt)
+    _set_addresses(binding, tuple(addresses))
+    _set_prefixes(binding, tuple(prefixes))
+    _set_relay(binding, relay_data)
+    _set_ids(binding, relay_ids)
+    _set_remotes(binding, remote_ids)
+    _set_options(binding, ())
     return binding
 
 
-def _by_prefix(item: tuple[int, int, PrefixLease]) -> tuple[int, int]:
-    return item[0], item[1]
+(
+    _set_client,
+    _set_link,
+    _set_cltt,
+    _set_addresses,
+    _set_prefixes,
+    _set_relay,
+    _set_ids,
+    _set_remotes,
+    _set_options,
+) = set_binding
+
+
+def _address_number(lease: AddressLease) -> int:
+    return int(lease.address)
+
+
+def _prefix_order(lease: PrefixLease) -> tuple[int, int]:
+    return int(lease.prefix.network_address), lease.prefix.prefixlen
 
 
 def _duid(raw: bytes) -> Duid:
@@ -1028,6 +1039,12 @@ class KeaCsvStore(HistoryFeed):
         self._expiries: list[tuple[int, BindingKey]] | None = None
         #: Bindings published as expired so far.
         self.expired = 0
+        #: The background build (L{warm}): whether asked for, its next call, the table it
+        #: builds and the last key it built.
+        self._warm_wanted = False
+        self._warm_call: IDelayedCall | None = None
+        self._warm_table: _LeaseTable | None = None
+        self._warm_after: BindingKey | None = None
 
     # Loading and following
 
@@ -1152,6 +1169,8 @@ class KeaCsvStore(HistoryFeed):
             self._loaded = True
             if self._expiries is not None:
                 self._index_expiries()
+            if self._warm_wanted:
+                self._schedule_warm()
         finally:
             if collecting:
                 gc.enable()
@@ -1166,6 +1185,59 @@ class KeaCsvStore(HistoryFeed):
             leases=len(table),
             bindings=len(table.entries),
         )
+
+    def warm(self) -> None:
+        """
+        Build every binding's objects in the background, L{WARM_SLICE} keys per reactor
+        turn, now and after each full reload, so that queries then stream bindings already
+        built (as fast as the memory store) instead of building each one the first time it
+        is returned. Memory grows to what serving every binding once takes. A binding whose
+        leases change afterwards is built again by the first query that returns it.
+        """
+        self._warm_wanted = True
+        self._schedule_warm()
+
+    @property
+    def warming(self) -> bool:
+        """Whether the background build of L{warm} is under way."""
+        return self._warm_call is not None
+
+    def _schedule_warm(self) -> None:
+        if self._warm_call is None and not self._closed:
+            self._warm_call = self._reactor.callLater(0, self._warm_slice)
+
+    def _warm_slice(self) -> None:
+        self._warm_call = None
+        table = self._table
+        if table is not self._warm_table:
+            self._warm_table = table
+            self._warm_after = None
+        now = self._now()
+        entries = table.entries
+        built = 0
+        last = None
+        collecting = gc.isenabled()
+        gc.disable()  # as in a page: the collector would rescan what is built
+        try:
+            for key in table.keys.after(self._warm_after):
+                entry = entries[key]
+                if entry[4] is None and entry[1] > now:
+                    table.binding(key, entry)
+                last = key
+                built += 1
+                if built == WARM_SLICE:
+                    break
+        finally:
+            if collecting:
+                gc.enable()
+        if built == WARM_SLICE:
+            self._warm_after = last
+            self._schedule_warm()
+            return
+        self._warm_table = self._warm_after = None
+        # What was built lives as long as its leases: keep the collector off it.
+        gc.freeze()
+        log.info("{name}: every binding built", name=self.name)
 
     def start(self) -> None:
         """Poll the lease file every C{interval} seconds until L{close}."""
@@ -1360,6 +1432,9 @@ class KeaCsvStore(HistoryFeed):
     def close(self) -> Deferred[None]:
         """Stop following and close the lease file; the bindings stay readable."""
         self._closed = True
+        if self._warm_call is not None:
+            self._warm_call.cancel()
+            self._warm_call = None
         if self._poller is not None and self._poller.running:
             self._poller.stop()
         self._poller = None
@@ -1371,8 +1446,9 @@ class KeaCsvStore(HistoryFeed):
 
 def open_store_uri(uri: str, reactor: IReactorTime) -> KeaCsvStore:
     """
-    Open C{kea-csv:PATH[?kea-config=KEA_DHCP6_CONF][&interval=SECONDS][&follow=no]}: load
-    the lease files and, unless C{follow=no}, follow them.
+    Open C{kea-csv:PATH[?kea-config=KEA_DHCP6_CONF][&interval=SECONDS][&follow=no][&warm=no]}:
+    load the lease files, unless C{follow=no} follow them, and unless C{warm=no} build every
+    binding in the background (L{KeaCsvStore.warm}).
 
     @raise KeaCsvError: for a malformed URI, an unreadable lease file or Kea configuration.
     """
@@ -1386,7 +1462,7 @@ def open_store_uri(uri: str, reactor: IReactorTime) -> KeaCsvStore:
         params = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         raise KeaCsvError(f"kea-csv: malformed parameters {parts.query!r}") from None
-    unknown = set(params) - {"kea-config", "interval", "follow"}
+    unknown = set(params) - {"kea-config", "interval", "follow", "warm"}
     if unknown:
         raise KeaCsvError(f"kea-csv: unknown parameter {sorted(unknown)[0]!r}")
     links = None
@@ -1407,7 +1483,12 @@ def open_store_uri(uri: str, reactor: IReactorTime) -> KeaCsvStore:
     if follow not in ("yes", "no", "true", "false", "1", "0"):
         raise KeaCsvError("kea-csv: follow must be yes or no")
     store = KeaCsvStore(path, reactor, links, interval)
+    warm = params.get("warm", ["yes"])[-1].lower()
+    if warm not in ("yes", "no", "true", "false", "1", "0"):
+        raise KeaCsvError("kea-csv: warm must be yes or no")
     store.load()
     if follow in ("yes", "true", "1"):
         store.start()
+    if warm in ("yes", "true", "1"):
+        store.warm()
     return store

@@ -457,19 +457,29 @@ class RelaySummary(NamedTuple):
         relay_data = _new(_LazyRelayData)
         _set_lazy_summary(relay_data, self)
         ids = self.relay_ids
-        duids = _RELAY_DUIDS.get(ids)
-        if duids is None:
+        # Summaries share their Relay-ID tuples (_shared): look them up by identity.
+        found = _RELAY_DUIDS.get(id(ids))
+        if found is not None and found[0] is ids:
+            duids = found[1]
+        else:
             duids = tuple(_duid_of(raw) for raw in ids)
             if len(_RELAY_DUIDS) >= 65536:
                 _RELAY_DUIDS.clear()
-            _RELAY_DUIDS[ids] = duids
+            _RELAY_DUIDS[id(ids)] = (ids, duids)
         if not self.remote_ids:
             return relay_data, duids, ()
         set_enterprise, set_value = _set_remote
         remote_ids = []
         for data in self.remote_ids:
             remote_id = _new(RemoteId)
-            set_enterprise(remote_id, int.from_bytes(data[:4]))
+            prefix = data[:4]
+            enterprise = _ENTERPRISES.get(prefix)
+            if enterprise is None:
+                enterprise = int.from_bytes(prefix)
+                if len(_ENTERPRISES) >= 4096:
+                    _ENTERPRISES.clear()
+                _ENTERPRISES[prefix] = enterprise
+            set_enterprise(remote_id, enterprise)
             set_value(remote_id, data[4:])
             remote_ids.append(remote_id)
         return relay_data, duids, tuple(remote_ids)
@@ -548,8 +558,11 @@ class _LazyRelayData(LQRelayData):
     __hash__ = LQRelayData.__hash__
 
 
-#: Relay-ID octets -> their Duid objects, shared by the bindings of a relay's clients.
-_RELAY_DUIDS: dict[tuple[bytes, ...], tuple[Duid, ...]] = {}
+#: id(Relay-ID octets tuple) -> (that tuple, its Duid objects), shared by the bindings of
+#: a relay's clients.
+_RELAY_DUIDS: dict[int, tuple[tuple[bytes, ...], tuple[Duid, ...]]] = {}
+#: Enterprise number octets -> the number (one object for the many Remote-IDs of a vendor).
+_ENTERPRISES: dict[bytes, int] = {}
 
 
 def _duid_of(raw: bytes) -> Duid:
