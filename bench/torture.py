@@ -513,6 +513,7 @@ def consistency(args: argparse.Namespace) -> dict[str, Any]:
             requestors=args.requestors,
             seconds_limit=args.max_seconds,
             writer_nice=args.writer_nice,
+            database_nice=args.database_nice,
         )
     report["ok"] = all(r.get("ok", True) for r in report.values() if isinstance(r, dict))
     return report
@@ -554,6 +555,13 @@ def main() -> None:
         type=int,
         default=-10,
         help="consistency: the writer's niceness (and its PostgreSQL backend's); root only below 0",
+    )
+    parser.add_argument(
+        "--database-nice",
+        type=int,
+        default=None,
+        help="consistency, PostgreSQL: the database cluster's autogroup niceness during the "
+        "run, restored after (root only below 0)",
     )
     args = parser.parse_args()
     chosen = list(SCENARIOS) if "all" in args.scenarios else args.scenarios

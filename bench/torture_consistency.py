@@ -61,6 +61,7 @@ def run_consistency(
     requestors: int,
     seconds_limit: float,
     writer_nice: int = 0,
+    database_nice: int | None = None,
 ) -> dict[str, Any]:
     """Run one store's scenario in a subprocess; its report."""
     command = [
@@ -79,6 +80,8 @@ def run_consistency(
         "--writer-nice",
         str(writer_nice),
     ]
+    if database_nice is not None:
+        command += ["--database-nice", str(database_nice)]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=seconds_limit + 600, check=False
     )
@@ -197,14 +200,22 @@ def writer_process(args: argparse.Namespace) -> None:
     if args.writer == "postgresql":
         backend = sink.connection.execute("SELECT pg_backend_pid()").fetchone()[0]
     cpu = [process_cpu_seconds(None), process_cpu_seconds(backend)]
-    niceness = {"writer": renice(None, args.writer_nice)}
+    niceness: dict[str, int | None] = {"writer": renice(None, args.writer_nice)}
+    database_was: int | None = None
     if backend is not None:
         niceness["writer_backend"] = renice(backend, args.writer_nice)
-    loop.start()
-    print(json.dumps({"started": loop.started, "pid": os.getpid()}), flush=True)
-    while not watch.select(loop.step()):
-        pass
-    loop.stop()
+        if args.database_nice is not None:
+            database_was = autogroup_nice(backend, args.database_nice)
+        niceness["database_autogroup"] = autogroup_nice(backend, None)
+    try:
+        loop.start()
+        print(json.dumps({"started": loop.started, "pid": os.getpid()}), flush=True)
+        while not watch.select(loop.step()):
+            pass
+        loop.stop()
+    finally:
+        if backend is not None and database_was is not None:
+            autogroup_nice(backend, database_was)
     summary = loop.summary()
     summary["writer_nice"] = niceness
     summary["writer_cpu_seconds"] = round(process_cpu_seconds(None) - cpu[0], 1)
@@ -224,6 +235,24 @@ def renice(pid: int | None, niceness: int) -> int:
     with contextlib.suppress(OSError):  # not allowed: it keeps the niceness it has
         os.setpriority(os.PRIO_PROCESS, target, niceness)
     return os.getpriority(os.PRIO_PROCESS, target)
+
+
+def autogroup_nice(pid: int, niceness: int | None) -> int | None:
+    """
+    Set the niceness of process C{pid}'s scheduling autogroup (Linux: every process of its
+    session, so for a PostgreSQL backend the whole cluster) to C{niceness} if it is not
+    C{None} and allowed; the niceness the group had before (C{None}: no autogroups here).
+    """
+    path = f"/proc/{pid}/autogroup"
+    try:
+        with open(path) as group:
+            was = int(group.read().split()[-1])  # "/autogroup-123 nice 0"
+        if niceness is not None:
+            with open(path, "w") as group:
+                group.write(str(niceness))
+    except (OSError, ValueError, IndexError):
+        return None
+    return was
 
 
 def backends_cpu_seconds(dsn: str) -> float:
@@ -422,6 +451,11 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
                     writer_output,
                     "--writer-nice",
                     str(args.writer_nice),
+                    *(
+                        []
+                        if args.database_nice is None
+                        else ["--database-nice", str(args.database_nice)]
+                    ),
                 ]
             )
             if not await writer.first_line:
@@ -632,6 +666,13 @@ def main() -> None:
         type=int,
         default=0,
         help="niceness of the writer process and its PostgreSQL backend (below 0 needs root)",
+    )
+    parser.add_argument(
+        "--database-nice",
+        type=int,
+        default=None,
+        help="PostgreSQL: the database cluster's autogroup niceness during the writes "
+        "(restored after; below 0 needs root)",
     )
     args = parser.parse_args()
     if args.requestors_for:
