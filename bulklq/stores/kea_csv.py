@@ -333,10 +333,12 @@ class _LeaseTable:
         link = self.link_ids[subnet] = self.link_id(subnet)
         return link
 
-    def read(self, lines: list[str], columns: _Columns, now: float) -> Iterator[tuple[int, str]]:
+    def read(
+        self, lines: list[str], columns: _Columns, now: float, returns: bool = True
+    ) -> Iterator[tuple[int, str]]:
         """
         Apply C{lines} (complete rows, header excluded) in order; yield (index, reason) for
-        each malformed one.
+        each malformed one. C{returns=False} says that no line holds a carriage return.
         """
         c = columns
         count = c.count
@@ -358,14 +360,15 @@ class _LeaseTable:
         # The rows of one transaction follow each other: their client and user context
         # are those of the row before.
         last_duid = last_context = None
-        last_subnet = last_expire = -1
+        last_subnet = last_expire = derived_subnet = -1
+        derived_relay = None
         entry: list[Any] = []
         duid = b""
         relay = NO_RELAY_SUMMARY
         for number, line in enumerate(lines):
             if not line:
                 continue
-            if "\r" in line:
+            if returns and "\r" in line:
                 # csv refuses a carriage return inside a row: keep its verdict.
                 try:
                     fields = next(csv.reader([line], quoting=csv.QUOTE_NONE, strict=False))
@@ -474,11 +477,16 @@ class _LeaseTable:
                             mark(old[0])
             if mark is not None:
                 mark(entry[0])
-            if derive is not None and (
-                (relay.link_address is not None and (subnet, relay.link_address) not in seen)
-                or (lease_type != LEASE_TYPE_PD and (subnet, address >> 64) not in seen)
-            ):
-                derive(subnet, relay.link_address, address if lease_type != LEASE_TYPE_PD else None)
+            if derive is not None:
+                link_address = relay[3]  # RelaySummary.link_address
+                if (
+                    link_address is not None
+                    and (relay is not derived_relay or subnet != derived_subnet)
+                    and (subnet, link_address) not in seen
+                ) or (lease_type != LEASE_TYPE_PD and (subnet, address >> 64) not in seen):
+                    derive(subnet, link_address, address if lease_type != LEASE_TYPE_PD else None)
+                derived_relay = relay
+                derived_subnet = subnet
 
     def _remove(self, address: int) -> None:
         entry = self.leases.pop(address, None)
@@ -592,13 +600,15 @@ class _LeaseTable:
             count = len(entry)
             if count == _LEASES + _STRIDE:
                 # One lease, or two with one user context (the common cases), inline.
-                expires = entry[7]
                 relay = entry[8]
-                entry[1:4] = (expires, relay.relay_ids, relay.remote_ids)
+                entry[1] = entry[7]
+                entry[2] = relay[1]  # RelaySummary.relay_ids
+                entry[3] = relay[2]  # RelaySummary.remote_ids
             elif count == _LEASES + 2 * _STRIDE and entry[8] is entry[12]:
-                expires = entry[7] if entry[7] >= entry[11] else entry[11]
                 relay = entry[8]
-                entry[1:4] = (expires, relay.relay_ids, relay.remote_ids)
+                entry[1] = entry[7] if entry[7] >= entry[11] else entry[11]
+                entry[2] = relay[1]
+                entry[3] = relay[2]
             elif count == _LEASES:
                 empty.append(key)
                 continue
@@ -949,10 +959,11 @@ class _FollowedFile:
     def close(self) -> None:
         self.handle.close()
 
-    def chunks(self, final: bool) -> Iterator[tuple[int, list[str]]]:
+    def chunks(self, final: bool) -> Iterator[tuple[int, list[str], bool]]:
         """
         Complete lines from the read position on, in chunks, with the line number of each
-        chunk's first line; C{final} also yields a last line without its newline.
+        chunk's first line and whether a line may hold a carriage return; C{final} also
+        yields a last line without its newline.
         """
         handle = self.handle
         handle.seek(self.offset)
@@ -973,14 +984,15 @@ class _FollowedFile:
             yield from self._lines(pending)
             self.offset += len(pending)
 
-    def _lines(self, data: bytes) -> Iterator[tuple[int, list[str]]]:
+    def _lines(self, data: bytes) -> Iterator[tuple[int, list[str], bool]]:
         text = data.decode("utf-8", "replace")
         lines = text.split("\n")
-        if "\r" in text:
+        returns = "\r" in text
+        if returns:
             lines = [line.rstrip("\r") for line in lines]
         first = self.line + 1
         self.line += len(lines)
-        yield first, lines
+        yield first, lines, returns
 
 
 @implementer(IBindingStore, IBindingChangeFeed)
@@ -1070,7 +1082,7 @@ class KeaCsvStore(HistoryFeed):
         self, table: _LeaseTable, followed: _FollowedFile, now: float, final: bool
     ) -> None:
         warnings = 0
-        for first, lines in followed.chunks(final):
+        for first, lines, returns in followed.chunks(final):
             rows = lines
             number = first
             if followed.columns is None:
@@ -1089,7 +1101,7 @@ class KeaCsvStore(HistoryFeed):
                     return
                 rows = lines[1:]
                 number += 1
-            for index, reason in table.read(rows, followed.columns, now):
+            for index, reason in table.read(rows, followed.columns, now, returns):
                 warnings += 1
                 if warnings <= MAX_ROW_WARNINGS:
                     log.warn(
