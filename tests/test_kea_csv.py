@@ -1059,6 +1059,24 @@ class FastPathEquivalenceTests(SynchronousTestCase):
             self.assertEqual(binding.relay_data, relay)
             if relay is not None:
                 self.assertEqual(binding.relay_data.relay_message, relay.relay_message)  # type: ignore[union-attr]
+        # Every query type answers what the reference bindings match, in key order.
+        ordered = [expected[key] for key in sorted(expected)]
+        queries = [BindingQuery.by_relay_id(relay_id) for relay_id in _RELAY_IDS]
+        queries += [BindingQuery.by_link(f"subnet-{subnet}") for subnet in (1, 2, 3)]
+        for binding in ordered:
+            queries.append(BindingQuery.by_client_id(binding.client_id))
+            queries += [BindingQuery.by_remote_id(remote) for remote in binding.remote_ids]
+            queries += [BindingQuery.by_address(lease.address) for lease in binding.addresses]
+            queries += [
+                BindingQuery.by_address(prefix.prefix.network_address + 1)
+                for prefix in binding.prefixes
+            ]
+        for query in queries:
+            self.assertEqual(
+                fetch_all(store, query, limit=2),
+                [binding for binding in ordered if query.matches(binding)],
+                query,
+            )
 
 
 def _bulk_rows() -> list[str]:
