@@ -10,11 +10,12 @@ gives exactly what L{binding_from_client_data} gives after L{decode_message}.
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv6Address, IPv6Network
+from typing import Any
 
-from .._trusted import set_address_lease, set_binding, set_duid_raw, set_prefix_lease
 from ..model import AddressLease, Binding, PrefixLease, relay_identities
 from ..wire import (
     ClientData,
@@ -24,6 +25,8 @@ from ..wire import (
     IAAddress,
     IAPrefix,
     LQRelayData,
+    Message,
+    MessageType,
     Option,
     WireError,
     decode_options,
@@ -98,110 +101,108 @@ if not _IPADDRESS_SHORTCUTS:  # pragma: no cover - another Python's ipaddress in
         return IPv6Network((value, length))
 
 
-# The slot setters every fast path shares (bulklq._trusted): the attrs constructors minus
-# their per-call overhead.
-_BINDING_SETTERS = set_binding
-_LEASE_SETTERS = set_address_lease
-_PREFIX_SETTERS = set_prefix_lease
-_DUID_SETTERS = (set_duid_raw,)
+# Builders for the fast path: a subclass of each frozen value class that adds no slot and
+# no behaviour but plain attribute assignment and a no-op __init__. An instance is made
+# with a cheap call, filled by ordinary attribute stores (which CPython specialises for
+# slots), then becomes the real class by assigning __class__, which CPython allows
+# because the layouts are the same. The result is an ordinary instance of the real class
+# (its type, equality, hash and repr are the constructor's); it skips what the attrs
+# constructor and the slot setters of bulklq._trusted cost per field. Checked below
+# against the constructors, with the constructors as the fallback.
 
 
-def _plain_binding(
-    client_id: Duid,
-    link_id: str,
-    cltt: int,
-    addresses: tuple[AddressLease, ...],
-    prefixes: tuple[PrefixLease, ...],
-) -> Binding:
-    """C{Binding(client_id, link_id, cltt, addresses, prefixes)} without relay data."""
-    return Binding(client_id, link_id, cltt, addresses, prefixes, None, (), (), ())
-
-
-#: Whether L{fast_single_binding_at} may build the usual shapes field by field (what
-#: _quick_binding does, inlined); set below once the shortcuts are checked.
-_INLINE = False
-
-if _BINDING_SETTERS and _LEASE_SETTERS and _PREFIX_SETTERS and _DUID_SETTERS:
-    # What the attrs constructors do, minus their per-call overhead; checked just below.
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8 = _BINDING_SETTERS
-    _l0, _l1, _l2 = _LEASE_SETTERS
-    _p0, _p1, _p2 = _PREFIX_SETTERS
-    (_d0,) = _DUID_SETTERS
-
-    def _quick_binding(
-        client_id: Duid,
-        link_id: str,
-        cltt: int,
-        addresses: tuple[AddressLease, ...],
-        prefixes: tuple[PrefixLease, ...],
-    ) -> Binding:
-        binding = _new(Binding)
-        _b0(binding, client_id)
-        _b1(binding, link_id)
-        _b2(binding, cltt)
-        _b3(binding, addresses)
-        _b4(binding, prefixes)
-        _b5(binding, None)
-        _b6(binding, ())
-        _b7(binding, ())
-        _b8(binding, ())
-        return binding
-
-    def _quick_lease(address: IPv6Address, preferred: int, valid: int) -> AddressLease:
-        lease = _new(AddressLease)
-        _l0(lease, address)
-        _l1(lease, preferred)
-        _l2(lease, valid)
-        return lease
-
-    def _quick_prefix(prefix: IPv6Network, preferred: int, valid: int) -> PrefixLease:
-        lease = _new(PrefixLease)
-        _p0(lease, prefix)
-        _p1(lease, preferred)
-        _p2(lease, valid)
-        return lease
-
-    def _quick_duid(raw: bytes) -> Duid:
-        duid = _new(Duid)
-        _d0(duid, raw)
-        return duid
-
-    _sample = (
-        _quick_duid(b"\x00\x03\x00\x01\x02"),
-        "link",
-        5,
-        (_quick_lease(IPv6Address(1), 2, 3),),
-        (_quick_prefix(IPv6Network("2001:db8::/56"), 4, 5),),
+def _builder(cls: type) -> type[Any]:
+    """A subclass of C{cls} that may be made empty and filled (see above)."""
+    return type(
+        f"_{cls.__name__}Builder",
+        (cls,),
+        {
+            "__slots__": (),
+            "__init__": object.__init__,
+            "__setattr__": object.__setattr__,
+            "__delattr__": object.__delattr__,
+        },
     )
-    _reference = _plain_binding(
-        Duid(b"\x00\x03\x00\x01\x02"),
-        "link",
-        5,
-        (AddressLease(IPv6Address(1), 2, 3),),
-        (PrefixLease(IPv6Network("2001:db8::/56"), 4, 5),),
-    )
-    _built = _quick_binding(*_sample)
-    if (_built, hash(_built), repr(_built)) == (_reference, hash(_reference), repr(_reference)):
-        _INLINE = _IPADDRESS_SHORTCUTS
+
+
+_BindingBuilder = _builder(Binding)
+_AddressLeaseBuilder = _builder(AddressLease)
+_PrefixLeaseBuilder = _builder(PrefixLease)
+_DuidBuilder = _builder(Duid)
+_AddressBuilder = _builder(IPv6Address)
 
 
 # After type and xid: CLIENT_DATA code and length, CLIENTID code and length, DUID type.
+# (bulklq.client.output reads the same head.)
 _DATA_HEAD = struct.Struct("!HHHHH")
 _unpack_data_head = _DATA_HEAD.unpack_from
+# The same without the DUID type, each option's code and length as one number.
+_unpack_heads = struct.Struct("!II").unpack_from
+# Option code and length as one number: CLIENT_DATA (without its length), CLIENTID (without
+# its length, then of the shortest and the longest DUID), IAADDR, IAPREFIX, CLT_TIME.
+_CLIENT_DATA_HEAD = 45 << 16
+_CLIENT_ID_HEAD = 1 << 16
+_SHORTEST_CLIENT_ID = _CLIENT_ID_HEAD | 3
+_LONGEST_CLIENT_ID = _CLIENT_ID_HEAD | 130
+_IAADDR_HEAD = (5 << 16) | 24
+_IAPREFIX_HEAD = (26 << 16) | 25
+_CLT_TIME_HEAD = (46 << 16) | 4
+# The longest message fast_single_binding_at reads (what a 2-octet length allows).
+_MAX_FRAME = 0xFFFF
 
-# The usual CLIENT_DATA after its CLIENTID: a addresses, p prefixes, CLT_TIME, nothing else.
-# The option headers are unpacked with the values and checked afterwards. Each shape holds
-# its struct's bound unpack_from (one lookup less per frame).
+# The usual CLIENT_DATA after its CLIENTID: a addresses, p prefixes, CLT_TIME, nothing else,
+# by its size: (kind, a, p). The kinds built inline by fast_single_binding_at:
+_ADDRESS_AND_PREFIX = 1
+_ADDRESS_ONLY = 2
+_PREFIX_ONLY = 3
+_OTHER_SHAPE = 0
 _SHAPES = {
     28 * a + 29 * p + 8: (
+        _ADDRESS_AND_PREFIX
+        if (a, p) == (1, 1)
+        else _ADDRESS_ONLY
+        if (a, p) == (1, 0)
+        else _PREFIX_ONLY
+        if (a, p) == (0, 1)
+        else _OTHER_SHAPE,
         a,
         p,
-        struct.Struct("!" + "HHQQII" * a + "HHIIBQQ" * p + "HHI").unpack_from,
     )
     for a in range(4)
     for p in range(4)
     if a or p
 }
+
+# How to read a usual message of one size: the kind and counts of its shape, what its
+# CLIENT_DATA and CLIENTID headers must be (as one number), how to check its DUID type
+# (_ANY_TYPE: DUID-UUID's length, any type fits; _NOT_UUID: long enough for any type but
+# DUID-UUID; _MINIMUM: check the type's minimum length) and the bound unpack_from of the
+# whole message after type and xid: both headers, the DUID octets, then the shape with
+# each option header (code and length as one u32) unpacked with the values.
+_Layout = tuple[int, int, int, int, int, Callable[[bytes, int], tuple[Any, ...]]]
+_ANY_TYPE = 0
+_NOT_UUID = 1
+_MINIMUM = 2
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout(size: int, duid_length: int) -> _Layout | None:
+    """The layout of a message of C{size} octets with a DUID of C{duid_length}, if usual."""
+    shape = _SHAPES.get(size - 12 - duid_length)
+    if shape is None:
+        return None
+    kind, addresses, prefixes = shape
+    heads = ((_CLIENT_DATA_HEAD | (size - 8)) << 32) | _CLIENT_ID_HEAD | duid_length
+    check = _ANY_TYPE if duid_length == 18 else _NOT_UUID if duid_length >= 9 else _MINIMUM
+    unpack = struct.Struct(
+        f"!Q{duid_length}s" + "IQQII" * addresses + "IIIBQQ" * prefixes + "II"
+    ).unpack_from
+    return kind, heads, check, addresses, prefixes, unpack
+
+
+#: The layout last seen for each message size (a message of that size with another DUID
+#: length replaces it). Only usual sizes are kept: at most a few hundred.
+_LAYOUTS: dict[int, _Layout] = {}
 
 
 def granted_lifetime(remaining: int, clt_time: int) -> int:
@@ -424,103 +425,176 @@ def fast_single_binding_at(
     L{fast_single_binding} of the frame C{data[start:end]}, read in place: a requestor
     reading a stream of frames need not copy each one out first.
     """
-    if end - start < 16:
-        return None
-    data_code, data_length, id_code, length, duid_type = _unpack_data_head(data, start + 4)
-    if data_code != 45 or data_length != end - start - 8 or id_code != 1 or not 3 <= length <= 130:
-        return None
-    if duid_type == 4:
-        if length != 18:
-            return None
-    elif length < _DUID_MINIMUM.get(duid_type, 3):
-        return None
-    rest = start + 12 + length
-    shape = _SHAPES.get(end - rest)
-    if shape is None:
-        return None
-    count_addresses, count_prefixes, unpack = shape
-    values = unpack(data, rest)
+    layout = _LAYOUTS.get(end - start)
+    if layout is None:
+        return _new_layout(data, start, end, received_at, query_link)
+    kind, heads, check, count_addresses, count_prefixes, unpack = layout
     link = UNKNOWN_LINK if query_link is None else query_link
-    if _INLINE and count_addresses == 1 and count_prefixes <= 1:
-        # The usual shapes, built in one place: no call per object (see _quick_binding).
-        ceiling = INFINITE_LIFETIME - 1
-        if count_prefixes:
-            (
-                code,
-                size,
-                high,
-                low,
-                preferred,
-                valid,
-                prefix_code,
-                prefix_size,
-                prefix_preferred,
-                prefix_valid,
-                prefix_length,
-                prefix_high,
-                prefix_low,
-                clt_code,
-                clt_size,
-                clt_time,
-            ) = values
-            if prefix_code != 26 or prefix_size != 25 or prefix_length > 128:
-                return None
-        else:
-            code, size, high, low, preferred, valid, clt_code, clt_size, clt_time = values
-        if code != 5 or size != 24 or clt_code != 46 or clt_size != 4:
-            return None
-        duid = _new(Duid)
-        _d0(duid, data[start + 12 : rest])
-        address = _new(IPv6Address)
-        address._ip = (high << 64) | low  # type: ignore[attr-defined]
-        address._scope_id = None  # type: ignore[attr-defined]
-        lease = _new(AddressLease)
-        _l0(lease, address)
+    # The usual shapes are read with one unpack and built here with the builders, no call
+    # per object; the headers are checked against the layout's.
+    if kind == _ADDRESS_AND_PREFIX:
+        (
+            message_heads,
+            raw,
+            head,
+            high,
+            low,
+            preferred,
+            valid,
+            prefix_head,
+            prefix_preferred,
+            prefix_valid,
+            prefix_length,
+            prefix_high,
+            prefix_low,
+            clt_head,
+            clt_time,
+        ) = unpack(data, start + 4)
+        if (
+            message_heads != heads
+            or head != _IAADDR_HEAD
+            or prefix_head != _IAPREFIX_HEAD
+            or clt_head != _CLT_TIME_HEAD
+            or prefix_length > 128
+        ):
+            return _declined(data, start, end, received_at, query_link, message_heads != heads)
+    elif kind == _ADDRESS_ONLY:
+        message_heads, raw, head, high, low, preferred, valid, clt_head, clt_time = unpack(
+            data, start + 4
+        )
+        if message_heads != heads or head != _IAADDR_HEAD or clt_head != _CLT_TIME_HEAD:
+            return _declined(data, start, end, received_at, query_link, message_heads != heads)
+    elif kind == _PREFIX_ONLY:
+        (
+            message_heads,
+            raw,
+            prefix_head,
+            prefix_preferred,
+            prefix_valid,
+            prefix_length,
+            prefix_high,
+            prefix_low,
+            clt_head,
+            clt_time,
+        ) = unpack(data, start + 4)
+        if (
+            message_heads != heads
+            or prefix_head != _IAPREFIX_HEAD
+            or clt_head != _CLT_TIME_HEAD
+            or prefix_length > 128
+        ):
+            return _declined(data, start, end, received_at, query_link, message_heads != heads)
+    else:
+        message_heads, raw, *values = unpack(data, start + 4)
+        if message_heads != heads:
+            return _declined(data, start, end, received_at, query_link, True)
+    if check and raw[1] == 4 and not raw[0]:
+        return None  # DUID-UUID of another length than 16
+    if check == _MINIMUM and len(raw) < _DUID_MINIMUM.get((raw[0] << 8) | raw[1], 3):
+        return None
+    if kind == _OTHER_SHAPE:
+        return _shaped_general(raw, values, count_addresses, count_prefixes, received_at, link)
+    ceiling = INFINITE_LIFETIME - 1
+    duid = _DuidBuilder()
+    duid.raw = raw
+    duid.__class__ = Duid
+    binding = _BindingBuilder()
+    binding.client_id = duid
+    binding.link_id = link
+    binding.cltt = received_at - clt_time
+    if kind == _PREFIX_ONLY:
+        binding.addresses = ()
+    else:
+        address = _AddressBuilder()
+        address._ip = (high << 64) | low
+        address._scope_id = None
+        address.__class__ = IPv6Address
+        lease = _AddressLeaseBuilder()
+        lease.address = address
         preferred += clt_time
-        _l1(lease, preferred if preferred < ceiling else _granted_top(preferred - clt_time))
+        lease.preferred_lifetime = (
+            preferred if preferred < ceiling else _granted_top(preferred - clt_time)
+        )
         valid += clt_time
-        _l2(lease, valid if valid < ceiling else _granted_top(valid - clt_time))
-        binding = _new(Binding)
-        _b0(binding, duid)
-        _b1(binding, link)
-        _b2(binding, received_at - clt_time)
-        _b3(binding, (lease,))
-        if count_prefixes:
-            value = ((prefix_high << 64) | prefix_low) & _MASKS[prefix_length]
-            if prefix_length < 127:
-                network = _new(IPv6Network)
-                network_address = _new(IPv6Address)
-                network_address._ip = value  # type: ignore[attr-defined]
-                network_address._scope_id = None  # type: ignore[attr-defined]
-                network.network_address = network_address
-                network.netmask, network._prefixlen = _NETMASKS[prefix_length]  # type: ignore[attr-defined]
-            else:
-                network = IPv6Network((value, prefix_length))
-            prefix = _new(PrefixLease)
-            _p0(prefix, network)
-            prefix_preferred += clt_time
-            _p1(
-                prefix,
-                prefix_preferred
-                if prefix_preferred < ceiling
-                else _granted_top(prefix_preferred - clt_time),
-            )
-            prefix_valid += clt_time
-            _p2(
-                prefix,
-                prefix_valid if prefix_valid < ceiling else _granted_top(prefix_valid - clt_time),
-            )
-            _b4(binding, (prefix,))
+        lease.valid_lifetime = valid if valid < ceiling else _granted_top(valid - clt_time)
+        lease.__class__ = AddressLease
+        binding.addresses = (lease,)
+    if kind == _ADDRESS_ONLY:
+        binding.prefixes = ()
+    else:
+        value = ((prefix_high << 64) | prefix_low) & _MASKS[prefix_length]
+        if prefix_length < 127:
+            network = _new(IPv6Network)
+            network_address = _AddressBuilder()
+            network_address._ip = value
+            network_address._scope_id = None
+            network_address.__class__ = IPv6Address
+            network.network_address = network_address
+            network.netmask, network._prefixlen = _NETMASKS[prefix_length]  # type: ignore[attr-defined]
         else:
-            _b4(binding, ())
-        _b5(binding, None)
-        _b6(binding, ())
-        _b7(binding, ())
-        _b8(binding, ())
-        return binding
-    return _shaped_general(
-        data, start + 12, rest, values, count_addresses, count_prefixes, received_at, link
-    )
+            network = IPv6Network((value, prefix_length))
+        prefix = _PrefixLeaseBuilder()
+        prefix.prefix = network
+        prefix_preferred += clt_time
+        prefix.preferred_lifetime = (
+            prefix_preferred
+            if prefix_preferred < ceiling
+            else _granted_top(prefix_preferred - clt_time)
+        )
+        prefix_valid += clt_time
+        prefix.valid_lifetime = (
+            prefix_valid if prefix_valid < ceiling else _granted_top(prefix_valid - clt_time)
+        )
+        prefix.__class__ = PrefixLease
+        binding.prefixes = (prefix,)
+    binding.relay_data = None
+    binding.relay_ids = ()
+    binding.remote_ids = ()
+    binding.options = ()
+    binding.__class__ = Binding
+    return binding  # type: ignore[no-any-return]
+
+
+def _declined(  # noqa: PLR0917
+    data: bytes,
+    start: int,
+    end: int,
+    received_at: int,
+    query_link: str | None,
+    other_heads: bool,
+) -> Binding | None:
+    """
+    What L{fast_single_binding_at} answers for a message that its size's layout does not
+    fit: C{None} if the headers were the layout's (so the options are not the usual
+    ones), else (another DUID length, or not a usual message at all) the answer for the
+    message's own layout.
+    """
+    if other_heads:
+        return _new_layout(data, start, end, received_at, query_link)
+    return None
+
+
+def _new_layout(
+    data: bytes, start: int, end: int, received_at: int, query_link: str | None
+) -> Binding | None:
+    """
+    L{fast_single_binding_at} of a message whose size has no layout yet, or whose DUID
+    length differs from the layout's: learn the message's layout if usual, then read it.
+    """
+    size = end - start
+    if not 16 <= size <= _MAX_FRAME:
+        return None
+    data_head, id_head = _unpack_heads(data, start + 4)
+    if (
+        data_head != _CLIENT_DATA_HEAD + size - 8
+        or not _SHORTEST_CLIENT_ID <= id_head <= _LONGEST_CLIENT_ID
+    ):
+        return None
+    layout = _layout(size, id_head - _CLIENT_ID_HEAD)
+    if layout is None:
+        return None
+    _LAYOUTS[size] = layout
+    return fast_single_binding_at(data, start, end, received_at, query_link)
 
 
 def _granted_top(remaining: int) -> int:
@@ -529,26 +603,25 @@ def _granted_top(remaining: int) -> int:
 
 
 def _shaped_general(  # noqa: PLR0917
-    frame: bytes,
-    duid_start: int,
-    rest: int,
-    values: tuple[int, ...],
+    raw: bytes,
+    values: list[int],
     count_addresses: int,
     count_prefixes: int,
     received_at: int,
     link: str,
 ) -> Binding | None:
+    """The binding of a usual shape from its unpacked values, with the constructors."""
     index = 0
     infinite = INFINITE_LIFETIME
     ceiling = INFINITE_LIFETIME - 1
-    clt_index = 6 * count_addresses + 7 * count_prefixes
-    if values[clt_index] != 46 or values[clt_index + 1] != 4:
+    clt_index = 5 * count_addresses + 6 * count_prefixes
+    if values[clt_index] != _CLT_TIME_HEAD:
         return None
-    clt_time = values[clt_index + 2]
+    clt_time = values[clt_index + 1]
     addresses = []
     for _ in range(count_addresses):
-        code, size, high, low, preferred, valid = values[index : index + 6]
-        if code != 5 or size != 24:
+        head, high, low, preferred, valid = values[index : index + 5]
+        if head != _IAADDR_HEAD:
             return None
         addresses.append(
             AddressLease(
@@ -557,11 +630,11 @@ def _shaped_general(  # noqa: PLR0917
                 valid if valid == infinite else min(valid + clt_time, ceiling),
             )
         )
-        index += 6
+        index += 5
     prefixes = []
     for _ in range(count_prefixes):
-        code, size, preferred, valid, prefix_length, high, low = values[index : index + 7]
-        if code != 26 or size != 25 or prefix_length > 128:
+        head, preferred, valid, prefix_length, high, low = values[index : index + 6]
+        if head != _IAPREFIX_HEAD or prefix_length > 128:
             return None
         prefixes.append(
             PrefixLease(
@@ -570,9 +643,9 @@ def _shaped_general(  # noqa: PLR0917
                 valid if valid == infinite else min(valid + clt_time, ceiling),
             )
         )
-        index += 7
+        index += 6
     return Binding(
-        Duid(frame[duid_start:rest]),
+        Duid(raw),
         link,
         received_at - clt_time,
         tuple(addresses),
@@ -612,3 +685,57 @@ def fast_data_bindings(
         bindings.append(binding)
         offset = data_end
     return bindings or None
+
+
+def _builders_agree() -> bool:
+    """
+    Whether the builders make what the constructors make on this Python: the usual shapes
+    decoded by L{fast_single_binding} against the codec, every value compared by type,
+    equality, hash and repr.
+    """
+    now = 1 << 31
+    for raw, lifetimes, items, clt in (
+        (b"\x00\x03\x00\x01\x02\x03\x04\x05\x06\x07", (1, 2, 3, 4), "ap", 30),
+        (b"\x00\x02\x00\x00\x7e\xd9x", (INFINITE_LIFETIME,) * 4, "a", 0),
+        (b"\x00\x04" + bytes(range(16)), (INFINITE_LIFETIME - 9, 0, 7, 8), "p", 5),
+    ):
+        options: list[Option] = [ClientId(Duid(raw))]
+        if "a" in items:
+            options.append(IAAddress(IPv6Address((1 << 128) - 2), *lifetimes[:2]))
+        if "p" in items:
+            options.append(IAPrefix(*lifetimes[2:], 56, IPv6Address(0x20010DB8 << 96)))
+        options.append(CltTime(clt))
+        client_data = ClientData(tuple(options))
+        frame = Message(MessageType.LEASEQUERY_DATA, 1, (client_data,)).encode()
+        try:
+            built = fast_single_binding(frame, now, None)
+        except (TypeError, AttributeError):  # pragma: no cover - another Python or attrs
+            return False
+        reference = binding_from_client_data(client_data, now, None)
+        if built is None or reference is None:  # pragma: no cover - cannot happen
+            return False
+        values: list[object] = [built, built.client_id, *built.addresses, *built.prefixes]
+        values += [lease.address for lease in built.addresses]
+        values += [lease.prefix.network_address for lease in built.prefixes]
+        wanted: list[object] = [
+            reference,
+            reference.client_id,
+            *reference.addresses,
+            *reference.prefixes,
+        ]
+        wanted += [lease.address for lease in reference.addresses]
+        wanted += [lease.prefix.network_address for lease in reference.prefixes]
+        if [(type(v), v, hash(v), repr(v)) for v in values] != [
+            (type(v), v, hash(v), repr(v)) for v in wanted
+        ]:
+            return False
+    return True
+
+
+#: Whether L{fast_single_binding_at} builds the usual shapes with the builders (else with
+#: the constructors, through L{_shaped_general}).
+_INLINE = _IPADDRESS_SHORTCUTS and _builders_agree()
+if not _INLINE:  # pragma: no cover - another Python's ipaddress or attrs
+    _SHAPES.update([(size, (_OTHER_SHAPE, *shape[1:])) for size, shape in _SHAPES.items()])
+    _layout.cache_clear()
+_LAYOUTS.clear()

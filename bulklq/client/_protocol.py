@@ -86,6 +86,7 @@ class _Pending:
     """One outstanding query on a connection."""
 
     __slots__ = (
+        "consume",
         "deferred",
         "discarded",
         "link",
@@ -116,6 +117,9 @@ class _Pending:
         self.on_binding = on_binding
         self.merger = merger
         self.on_frame = on_frame
+        # What takes each fast-decoded binding straight away: the callback when nothing is
+        # kept and no frame callback comes first (the usual streaming query).
+        self.consume = on_binding if merger is None and on_frame is None else None
         self.link: str | None = (
             None if query.link_address == UNSPECIFIED else str(query.link_address)
         )
@@ -250,8 +254,18 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             if pending.deferred is deferred:
                 del self._pending[xid]
                 self._streams.pop(_data_head(xid), None)
-        self._closing_reason = (QueryStatus.INCOMPLETE, "another query was cancelled")
+        self._closing(QueryStatus.INCOMPLETE, "another query was cancelled")
         self._abort()
+
+    def _closing(self, status: QueryStatus, reason: str) -> None:
+        """
+        Note why the connection is being closed (for the queries still outstanding when it
+        is lost) and stop reading replies: every frame is then ignored (L{stringReceived}),
+        none is decoded in place (the replied-query table is emptied, in place, for a
+        L{dataReceived} under way holds its lookup).
+        """
+        self._closing_reason = (status, reason)
+        self._streams.clear()
 
     def _abort(self) -> None:
         abort_connection(self.transport)
@@ -288,10 +302,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             peer=self.peer,
             timeout=self._data_timeout,
         )
-        self._closing_reason = (
-            QueryStatus.TIMEOUT,
-            f"no data for {self._data_timeout:g} s (data timeout)",
-        )
+        self._closing(QueryStatus.TIMEOUT, f"no data for {self._data_timeout:g} s (data timeout)")
         self._abort()
 
     # -- receiving ----------------------------------------------------------------------
@@ -330,26 +341,38 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             if end > size:
                 break
             offset = end
+            # A frame shorter than its type and xid has a meaningless head here: it finds
+            # no query, or one whose decoding rejects it as stringReceived would.
             pending = streams_get(head)
-            if pending is not None and length >= 16 and self._closing_reason is None:
-                on_frame = pending.on_frame
-                if on_frame is not None:
+            if pending is None:
+                self.stringReceived(buffer[start:end])
+                continue
+            consume = pending.consume
+            if consume is not None:
+                binding = fast_single_binding_at(buffer, start, end, received_at, pending.link)
+                if binding is not None:
+                    pending.received += 1
                     try:
-                        taken = on_frame(buffer, start, end, received_at, pending.link_id)
+                        consume(binding)
+                    except Exception as error:
+                        self._consumer_failed(pending, error)
+                    continue
+            elif pending.on_frame is not None:
+                if length >= 16:
+                    try:
+                        taken = pending.on_frame(buffer, start, end, received_at, pending.link_id)
                     except Exception as error:
                         self._consumer_failed(pending, error)
                         continue
                     if taken:
                         pending.received += 1
                         continue
-                else:
-                    binding = fast_single_binding_at(buffer, start, end, received_at, pending.link)
-                    if binding is not None:
-                        self._deliver(pending, binding)
-                        continue
-                self._data_frame(pending, buffer[start:end])
-                continue
-            self.stringReceived(buffer[start:end])
+            else:
+                binding = fast_single_binding_at(buffer, start, end, received_at, pending.link)
+                if binding is not None:
+                    self._accept(pending, binding)
+                    continue
+            self._data_frame(pending, buffer[start:end])
         self._unprocessed = buffer[offset:]
         self._compatibilityOffset = 0
 
@@ -380,7 +403,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
 
     def lengthLimitExceeded(self, length: int) -> None:
         """Cannot happen with a 2-octet size; close rather than buffer, should it."""
-        self._closing_reason = (QueryStatus.INCOMPLETE, f"frame of {length} octets")
+        self._closing(QueryStatus.INCOMPLETE, f"frame of {length} octets")
         self._abort()
 
     def stringReceived(self, frame: bytes) -> None:
@@ -553,7 +576,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
     def _abort_query(self, pending: _Pending, reason: str) -> None:
         """End one query for a reason of ours (limit, consumer): not worth retrying."""
         self._finish_pending(pending, QueryStatus.INCOMPLETE, None, reason, local=True)
-        self._closing_reason = (QueryStatus.INCOMPLETE, f"another query failed: {reason}")
+        self._closing(QueryStatus.INCOMPLETE, f"another query failed: {reason}")
         self._abort()
 
     def _done(self, message: Message, pending: _Pending | None) -> None:
@@ -570,7 +593,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
                 xid=message.transaction_id,
                 peer=self.peer,
             )
-            self._closing_reason = (
+            self._closing(
                 QueryStatus.INCOMPLETE,
                 f"LEASEQUERY-DONE for unknown transaction-id {message.transaction_id:#08x}",
             )
