@@ -629,6 +629,7 @@ class _LeaseTable:
         by_remote: _Sparse = {}
         first_client = by_client.setdefault
         first_remote = by_remote.setdefault
+        relay_get = by_relay.get
         for link in sorted(by_link):
             keys = by_link[link]
             keys.sort(key=itemgetter(1))  # each link's DUIDs apart: cheaper than tuples
@@ -640,7 +641,14 @@ class _LeaseTable:
                 if first_client(duid, key) is not key:
                     _append(by_client, duid, key)
                 for relay_id in entry[2]:
-                    _append(by_relay, relay_id, key)
+                    # Many keys per Relay-ID: _append, inline.
+                    found = relay_get(relay_id)
+                    if found is None:
+                        by_relay[relay_id] = key
+                    elif type(found) is tuple:
+                        by_relay[relay_id] = [found, key]
+                    else:
+                        found.append(key)  # type: ignore[union-attr]
                 for remote_id in entry[3]:
                     if first_remote(remote_id, key) is not key:
                         _append(by_remote, remote_id, key)
