@@ -31,6 +31,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from bulklq.interfaces import IBindingStore
 from bulklq.model import Binding, BindingKey, BindingQuery, Link
+from bulklq.stores import postgresql as pg_store
 from bulklq.stores._materialise import LazyBindings
 from bulklq.stores.postgresql import (
     PostgreSQLBindingStore,
@@ -56,6 +57,9 @@ from bulklq.testing import (
 from bulklq.wire import Duid, RelayId, RelayMessageOption, RemoteId, encode_options
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: The index on the binding key that docs/postgresql.md asks the operator to create.
+KEY_INDEX_SQL = 'CREATE INDEX bulklq_lease6_key ON lease6 ((subnet_id::text COLLATE "C"), duid)'
 
 
 def _require_dsn() -> str:
@@ -252,11 +256,17 @@ class _PostgreSQLContract(BindingStoreContractMixin):
     sparse_threshold: int | None = None
     snapshots: int | None = None
     relay_tables = "auto"
+    #: Whether the database has the key index (so that pages may walk it).
+    key_index = False
+    #: Whether every key snapshot taken in the background fails (its pages then walk).
+    snapshot_fails = False
 
     def make_store(self, links: Sequence[Link], bindings: Sequence[Binding]) -> IBindingStore:
         database = ScratchDatabase(self.schema)
         self.addCleanup(database.drop)
         database.put(bindings)
+        if self.key_index:
+            database.execute(KEY_INDEX_SQL)
         self.database = database
         store = PostgreSQLBindingStore(
             PostgreSQLSettings(database.dsn, pool_size=2, relay_tables=self.relay_tables),
@@ -268,6 +278,8 @@ class _PostgreSQLContract(BindingStoreContractMixin):
             store.sparse_threshold = self.sparse_threshold
         if self.snapshots is not None:
             store.snapshots = self.snapshots
+        if self.snapshot_fails:
+            store._take_snapshot = _failed_snapshot  # type: ignore[method-assign]
         return store
 
     def mutate_store(
@@ -324,6 +336,31 @@ class KeaSchema19DenseNoSnapshotContractTests(_PostgreSQLContract, TestCase):
     snapshots = 0
 
 
+class KeaSchema19DenseKeyIndexContractTests(_PostgreSQLContract, TestCase):
+    """
+    Schema 19 through the key snapshot plan with the key index: a query's first page is
+    read by walking the index while the snapshot is taken in another worker, the pages
+    after it from the snapshot.
+    """
+
+    schema = V19
+    sparse_threshold = 1
+    key_index = True
+
+
+class KeaSchema17WalkContractTests(_PostgreSQLContract, TestCase):
+    """
+    Schema 17 (relay tables joined on BYTEA) with the key index and every key snapshot
+    taken in the background failing: every page of a Relay-ID/Remote-ID query streamed
+    from its start walks the key index.
+    """
+
+    schema = V17
+    sparse_threshold = 1
+    key_index = True
+    snapshot_fails = True
+
+
 class KeaSchema22ContractTests(_PostgreSQLContract, TestCase):
     """
     Kea 2.2's schema exactly as Debian ships it: VARCHAR addresses, no relay tables, the 2.2
@@ -342,6 +379,16 @@ class UserContextOverTablesContractTests(_PostgreSQLContract, TestCase):
 
 def _run(test: Any) -> Deferred[None]:
     return ensureDeferred(test())
+
+
+def _failing_snapshot(conn: Any, keys_sql: str, params: dict[str, Any]) -> list[str]:
+    raise psycopg.OperationalError("injected snapshot failure")
+
+
+def _failed_snapshot(query: BindingQuery, job: Any, keys_sql: str, params: Any) -> None:
+    """A key snapshot taken in the background that failed (the query's pages walk)."""
+    job.failed = True
+    job.ended.set()
 
 
 class PostgreSQLStoreTests(TestCase):
@@ -635,6 +682,144 @@ class PostgreSQLStoreTests(TestCase):
                 await store.fetch(query, page.resume_after, 2)
 
         return _run(test)
+
+    def open_walked_query(
+        self, bindings: Sequence[Binding], relay: Duid
+    ) -> tuple[PostgreSQLBindingStore, BindingQuery, threading.Event, list[str]]:
+        """
+        A store over C{bindings} with the key index, whose Relay-ID query for C{relay} goes
+        through the key snapshot plan; key snapshots wait for the returned event before
+        they are taken, and each records its thread's name in the returned list.
+        """
+        store, database = self.open(V19, bindings, pool_size=3)
+        database.execute(KEY_INDEX_SQL)
+        store.sparse_threshold = 1
+        release = threading.Event()
+        taken: list[str] = []
+        take = pg_store._snapshot_keys  # type: ignore[attr-defined]
+
+        def held(conn: Any, keys_sql: str, params: dict[str, Any]) -> list[str]:
+            release.wait(30)
+            taken.append(threading.current_thread().name)
+            return take(conn, keys_sql, params)  # type: ignore[no-any-return]
+
+        self.patch(pg_store, "_snapshot_keys", held)  # type: ignore[attr-defined]
+        self.addCleanup(release.set)  # before the store closes
+        return store, BindingQuery.by_relay_id(relay), release, taken
+
+    def test_first_page_walked_while_snapshot_taken(self) -> Deferred[None]:
+        """
+        The first page of a Relay-ID query with many matches is served while its key
+        snapshot is still being taken in another worker (read by walking the key index);
+        the next page waits for the snapshot and is read from it, and the query streams
+        whole, each binding once.
+        """
+        now = int(reactor.seconds())
+        relay = make_duid(910)
+        matching = [make_binding(n, "subnet-5", cltt=now, relay_id=relay) for n in range(7)]
+        others = [make_binding(n, "subnet-5", cltt=now) for n in range(20, 24)]
+        expected = sorted(b.key for b in matching)
+
+        async def test() -> None:
+            store, query, release, taken = self.open_walked_query(matching + others, relay)
+            first = await store.fetch(query, None, 3)
+            self.assertEqual([b.key for b in first.bindings], expected[:3])
+            self.assertEqual(first.resume_after, expected[2])
+            self.assertEqual(taken, [])  # served before the snapshot was taken
+            self.assertIn(query, store._taking)
+            waiting = store.fetch(query, first.resume_after, 3)
+            self.assertFalse(waiting.called)
+            release.set()
+            second = await waiting
+            self.assertEqual([b.key for b in second.bindings], expected[3:6])
+            self.assertEqual(len(taken), 1)
+            self.assertIn(query, store._snapshots)
+            self.assertNotIn(query, store._taking)
+            found = await collect_bindings(store, query, limit=3)
+            self.assertEqual([b.key for b in found], expected)
+
+        return _run(test)
+
+    def test_walk_pages_when_snapshot_fails(self) -> Deferred[None]:
+        """
+        When the key snapshot taken in the background fails, every page of the query walks
+        the key index: a walk of one lease at a time gives pages of at most one binding
+        (some empty), each binding whole (a client with an address and a prefix whose
+        prefix alone carries the id is served with both), each once, in key order.
+        """
+        now = int(reactor.seconds())
+        relay = make_duid(911)
+        matching = [make_binding(n, "subnet-6", cltt=now, relay_id=relay) for n in range(4)]
+        others = [make_binding(n, "subnet-6", cltt=now) for n in range(30, 33)]
+        both = make_binding(
+            40, "subnet-6", cltt=now, relay_id=relay, prefixes=["2001:db8:ff40::/56"]
+        )
+
+        async def test() -> None:
+            store, database = self.open(V19, [*matching, *others, both], pool_size=3)
+            database.execute(KEY_INDEX_SQL)
+            # The address lease of the two-lease client does not carry the id.
+            database.execute(
+                "DELETE FROM lease6_relay_id WHERE lease_addr = %s",
+                (both.addresses[0].address,),
+            )
+            store.sparse_threshold = 1
+            self.patch(pg_store, "_snapshot_keys", _failing_snapshot)  # type: ignore[attr-defined]
+            store._walk_ratio = 1.0
+            query = BindingQuery.by_relay_id(relay)
+            pages = []
+            resume = None
+            while True:
+                page = await store.fetch(query, resume, 1)
+                pages.append(list(page.bindings))
+                resume = page.resume_after
+                if resume is None:
+                    break
+            found = [binding for page in pages for binding in page]
+            self.assertEqual([b.key for b in found], sorted(b.key for b in [*matching, both]))
+            self.assertTrue(all(len(page) <= 1 for page in pages))
+            self.assertIn([], pages)  # a walk over a client without the id
+            [whole] = [b for b in found if b.key == both.key]
+            self.assertEqual(comparable(whole), comparable(both))
+            self.assertTrue(store._taking[query].failed)
+
+        return _run(test)
+
+    def test_no_background_snapshot_without_key_index(self) -> Deferred[None]:
+        """
+        Without the key index (a walk would sort the table) the key snapshot is taken
+        before the first page, in the page's own worker, as with a pool of one connection.
+        """
+        now = int(reactor.seconds())
+        relay = make_duid(912)
+        bindings = [make_binding(n, "subnet-7", cltt=now, relay_id=relay) for n in range(3)]
+
+        async def test() -> None:
+            store, database = self.open(V19, bindings, pool_size=3)
+            store.sparse_threshold = 1
+            query = BindingQuery.by_relay_id(relay)
+            first = await store.fetch(query, None, 2)
+            self.assertEqual(len(first.bindings), 2)
+            self.assertIn(query, store._snapshots)
+            self.assertEqual(store._taking, {})
+            single, database = self.open(V19, bindings, pool_size=1)
+            database.execute(KEY_INDEX_SQL)
+            single.sparse_threshold = 1
+            first = await single.fetch(query, None, 2)
+            self.assertEqual(len(first.bindings), 2)
+            self.assertIn(query, single._snapshots)
+            self.assertEqual(single._taking, {})
+
+        return _run(test)
+
+    def test_key_index_detected(self) -> None:
+        """The catalog tells whether lease6 has the key index, under whatever name."""
+        database = ScratchDatabase(V19)
+        self.addCleanup(database.drop)
+        with psycopg.connect(database.dsn, autocommit=True) as conn:
+            self.assertFalse(PostgreSQLBindingStore._read_schema(conn).key_index)
+            conn.execute(KEY_INDEX_SQL.replace("bulklq_lease6_key", "any_name"))
+            self.assertTrue(PostgreSQLBindingStore._read_schema(conn).key_index)
 
     def test_rows_handed_over_while_query_runs(self) -> None:
         """

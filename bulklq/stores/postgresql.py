@@ -25,7 +25,9 @@ consumer (the server's encoder) reaches them, so each dies young. As soon as the
 knows where its page ends it hands the next page's query to the thread pool
 (L{READ_AHEAD}), so the database reads that page while this one is built and sent. A
 query paged by key snapshot knows where each of its pages ends before reading it, so its
-next L{SNAPSHOT_PARALLEL} pages are read at once on as many connections.
+next L{SNAPSHOT_PARALLEL} pages are read at once on as many connections. With the key index
+(C{bulklq_lease6_key}), such a query's first page does not wait for the snapshot: another
+worker takes it while the first page is read by walking the index (L{_walk_sql}).
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ READ_AHEAD = 16
 SNAPSHOT_PARALLEL = 2
 #: Seconds after which a page read ahead is no longer served (it is read again).
 AHEAD_MAX_AGE = 5.0
+#: A page read by walking the key index while a key snapshot is taken walks at most this
+#: many times its limit of leases.
+WALK_MAX = 16
 
 # Parameters of a postgresql:// URI that bulklq consumes; the rest go to libpq.
 _OWN_PARAMETERS = frozenset(
@@ -202,6 +207,9 @@ class _Schema:
     has_binaddr: bool
     relay_addr_type: str | None  # "inet", "bytea" or None (no table)
     remote_addr_type: str | None
+    #: Whether C{lease6} has the index bulklq documents (C{bulklq_lease6_key}, any name):
+    #: a walk in key order is then an index scan, else a sort of the table.
+    key_index: bool = False
 
     def lease_address(self, alias: str) -> str:
         """SQL for the lease's address as text."""
@@ -246,6 +254,16 @@ JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 WHERE c.oid IN (to_regclass('lease6'), to_regclass('lease6_relay_id'),
                 to_regclass('lease6_remote_id'))
   AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+# Whether lease6 has a valid index on the binding key (the one docs/postgresql.md gives).
+_KEY_INDEX_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_index i
+    WHERE i.indrelid = to_regclass('lease6') AND i.indisvalid AND i.indpred IS NULL
+      AND strpos(pg_get_indexdef(i.indexrelid),
+                 'USING btree (((subnet_id)::text) COLLATE "C", duid') > 0
+)
 """
 
 
@@ -633,12 +651,16 @@ class PostgreSQLBindingStore:
     @ivar snapshots: see L{SNAPSHOTS}.
     @ivar read_ahead: see L{READ_AHEAD}.
     @ivar snapshot_parallel: see L{SNAPSHOT_PARALLEL}.
+    @ivar snapshot_in_background: whether a query's key snapshot is taken by another
+        worker while its first page walks the key index (when the database has that index
+        and the pool more than one connection); else before the first page.
     """
 
     sparse_threshold = SPARSE_THRESHOLD
     snapshots = SNAPSHOTS
     read_ahead = READ_AHEAD
     snapshot_parallel = SNAPSHOT_PARALLEL
+    snapshot_in_background = True
 
     def __init__(
         self,
@@ -690,6 +712,11 @@ class PostgreSQLBindingStore:
         # Sorted client keys of the queries with many matches, least recently used first.
         self._snapshots: dict[BindingQuery, list[str]] = {}
         self._snapshot_lock = threading.Lock()
+        # Queries whose key snapshot is being taken in a worker of its own, or failed
+        # there (see L{_start_snapshot}). Under the snapshot lock.
+        self._taking: dict[BindingQuery, _SnapshotJob] = {}
+        # Leases walked per matching client on walk pages: sizes the next walk.
+        self._walk_ratio = 4.0
         # The pages read ahead for each query being streamed, in order, under its lock
         # (the workers start them, the reactor thread takes them, the first first).
         self._ahead: dict[BindingQuery, list[_Ahead]] = {}
@@ -813,6 +840,7 @@ class PostgreSQLBindingStore:
             has_binaddr="binaddr" in lease6,
             relay_addr_type=addr_type("lease6_relay_id"),
             remote_addr_type=addr_type("lease6_remote_id"),
+            key_index=bool(conn.execute(_KEY_INDEX_SQL).fetchone()[0]),
         )
 
     # -- IBindingStore ------------------------------------------------------------------
@@ -1034,26 +1062,20 @@ class PostgreSQLBindingStore:
         keys = None
         if resume is not None and query.kind in (QueryKind.RELAY_ID, QueryKind.REMOTE_ID):
             # A query paged by key snapshot goes on with it: no planning queries again.
-            with self._snapshot_lock:
-                keys = self._snapshots.pop(query, None)
-                if keys is not None:
-                    self._snapshots[query] = keys  # most recently used last
+            keys = self._awaited_snapshot(query, handover)
         if keys is None:
-            sql = self._page_sql(conn, schema, query, params)
+            sql = self._page_sql(conn, schema, query, params, first=resume is None)
             if sql is None:
                 return BindingPage((), None)
+            if isinstance(sql, _Walk):
+                return self._walk_page(conn, schema, query, sql, params, limit, now, handover)
             if sql is _SNAPSHOT:
-                text = conn.execute(params.pop("keys_sql"), params).fetchone()[0]
-                keys = text.split(" ") if text else []
-                keys.sort()  # already sorted by the server (timsort checks it in one pass)
+                keys = _snapshot_keys(conn, params.pop("keys_sql"), params)
                 with self._snapshot_lock:
-                    self._snapshots.pop(query, None)
-                    self._snapshots[query] = keys
-                    while len(self._snapshots) > self.snapshots:
-                        del self._snapshots[next(iter(self._snapshots))]
+                    self._keep_snapshot(query, keys)
         if keys is not None:
             return self._snapshot_page(conn, schema, query, keys, resume, limit, now, handover)
-        assert sql is not None  # a plan, not a snapshot, without keys
+        assert isinstance(sql, str)  # a plan, not a snapshot, without keys
         rows = _read_rows(conn, sql, params, handover)
         groups = _group(rows)
         more = len(rows) >= rows_wanted
@@ -1075,6 +1097,128 @@ class PostgreSQLBindingStore:
             self._leases_per_binding = min(
                 8.0, max(1.0, 0.8 * self._leases_per_binding + 0.2 * ratio)
             )
+        return BindingPage(_lazy_page(members, query, now), resume_after)
+
+    def _keep_snapshot(self, query: BindingQuery, keys: list[str]) -> None:
+        """Keep C{keys} as C{query}'s snapshot, most recently used (under the lock)."""
+        self._snapshots.pop(query, None)
+        self._snapshots[query] = keys
+        while len(self._snapshots) > self.snapshots:
+            del self._snapshots[next(iter(self._snapshots))]
+
+    def _start_snapshot(self, query: BindingQuery, keys_sql: str, params: dict[str, Any]) -> bool:
+        """
+        Take C{query}'s key snapshot in another worker, on a connection of its own (any
+        thread), so that the query's first page can be read (walked) meanwhile; its next
+        pages wait for the snapshot. C{False} if it cannot be (the store is closing).
+        """
+        job = _SnapshotJob()
+        with self._snapshot_lock:
+            running = self._taking.get(query)
+            if running is not None and not running.ended.is_set():
+                return True  # another stream of the same query started it
+            self._taking.pop(query, None)
+            self._taking[query] = job
+            while len(self._taking) > max(self.snapshots, 1):
+                oldest = next(iter(self._taking))
+                if not self._taking[oldest].ended.is_set():
+                    break  # a snapshot being taken leaves on its own
+                del self._taking[oldest]
+        self._threads.callInThread(self._take_snapshot, query, job, keys_sql, dict(params))
+        if self._threads.joined:  # closed meanwhile: the job will not run
+            with self._snapshot_lock:
+                if self._taking.get(query) is job:
+                    del self._taking[query]
+            job.ended.set()
+            return False
+        return True
+
+    def _take_snapshot(
+        self, query: BindingQuery, job: _SnapshotJob, keys_sql: str, params: dict[str, Any]
+    ) -> None:
+        """
+        The worker of L{_start_snapshot}: keep the snapshot; if it fails, the query's pages
+        walk the key index instead (L{_walk_page}) until a new stream of it starts.
+        """
+        try:
+            with self._pool.connection() as conn:
+                keys = _snapshot_keys(conn, keys_sql, params)
+        except Exception as error:
+            _log.warn(
+                "the key snapshot of a {kind} query failed, its pages walk lease6 instead: {error}",
+                kind=query.kind.name,
+                error=str(error).strip(),
+            )
+            job.failed = True
+            job.ended.set()
+            return
+        with self._snapshot_lock:
+            if self._taking.get(query) is job:
+                del self._taking[query]
+            self._keep_snapshot(query, keys)
+        job.ended.set()
+
+    def _awaited_snapshot(
+        self, query: BindingQuery, handover: Callable[[], object] | None
+    ) -> list[str] | None:
+        """
+        For a page after the first of a Relay-ID/Remote-ID query: its key snapshot, waiting
+        for it if it is being taken (after handing the page before over, so that its
+        consumer is not kept waiting too); C{None} if there is none (or it failed).
+        """
+        with self._snapshot_lock:
+            keys = self._snapshots.pop(query, None)
+            if keys is not None:
+                self._snapshots[query] = keys  # most recently used last
+                return keys
+            job = self._taking.get(query)
+        if job is None or job.failed:
+            return None
+        if handover is not None:
+            handover()
+        job.ended.wait(self._settings.statement_timeout + self._settings.connect_timeout + 1)
+        with self._snapshot_lock:
+            keys = self._snapshots.get(query)
+        return keys
+
+    def _walk_page(  # noqa: PLR0917 - private, called once
+        self,
+        conn: Any,
+        schema: _Schema,
+        query: BindingQuery,
+        walk: _Walk,
+        params: dict[str, Any],
+        limit: int,
+        now: float,
+        handover: Callable[[], object] | None,
+    ) -> BindingPage:
+        """
+        A page of a Relay-ID/Remote-ID query with many matches read without its key
+        snapshot (while it is taken): walk the next leases in key order (the key index),
+        at most about C{limit} times the leases walked per matching client so far, and
+        keep every client with an active lease carrying the id. The walk ends at a client
+        boundary (the last client walked is read whole), which is where the next page
+        starts; a page may hold fewer than C{limit} bindings, or none.
+        """
+        with_link = "lsk" in params
+        params["skip"] = min(WALK_MAX * limit, max(limit, math.ceil(limit * self._walk_ratio))) - 1
+        bound = conn.execute(_walk_bound_sql(with_link), params).fetchone()
+        if bound is not None:
+            params["bsk"], params["bduid"] = bound[0], bytes(bound[1])
+        rows = _read_rows(
+            conn, _walk_sql(schema, walk, with_link, bound is not None), params, handover
+        )
+        groups = _group(rows)
+        resume_after: BindingKey | None = None
+        if len(groups) > limit:
+            del groups[limit:]
+            subnet_id, duid = groups[-1][0]
+            resume_after = (subnet_link_id(subnet_id), bytes(duid))
+        elif bound is not None:
+            resume_after = (LINK_PREFIX + bound[0], bytes(bound[1]))
+            ratio = (params["skip"] + 1) / max(len(groups), 1)
+            self._walk_ratio = min(float(WALK_MAX), max(1.0, 0.5 * self._walk_ratio + 0.5 * ratio))
+        members = [rows for _, rows in groups]
         return BindingPage(_lazy_page(members, query, now), resume_after)
 
     def _snapshot_page(  # noqa: PLR0917 - private, called once
@@ -1128,9 +1272,19 @@ class PostgreSQLBindingStore:
         return client, rows
 
     def _page_sql(
-        self, conn: Any, schema: _Schema, query: BindingQuery, params: dict[str, Any]
-    ) -> str | None:
-        """The SQL of one page (parameters added to C{params}), or C{None} for no match."""
+        self,
+        conn: Any,
+        schema: _Schema,
+        query: BindingQuery,
+        params: dict[str, Any],
+        first: bool = False,
+    ) -> str | _Walk | None:
+        """
+        The SQL of one page (parameters added to C{params}), or C{None} for no match; for a
+        Relay-ID/Remote-ID query with many matches, L{_SNAPSHOT} (take the key snapshot
+        now) or a L{_Walk} (read this page by walking the key index while the snapshot is
+        taken in another worker: started here for the C{first} page of a query).
+        """
         with_link = False
         if query.link_id is not None:
             subnet_id = subnet_of_link(query.link_id)
@@ -1168,6 +1322,11 @@ class PostgreSQLBindingStore:
             value = query.remote_id.encode_data()
         params["id"] = value
         if self._use_table(conn, schema, table):
+            walk = _Walk(table, column)
+            with self._snapshot_lock:
+                job = self._taking.get(query)
+            if job is not None and (not job.ended.is_set() or (job.failed and not first)):
+                return walk  # being taken (a first page), or failed: this page walks
             count = conn.execute(
                 f"SELECT count(*) FROM (SELECT 1 FROM {table} t WHERE t.{column} = %(id)s "  # noqa: S608
                 f"LIMIT {int(self.sparse_threshold)}) x",
@@ -1183,6 +1342,16 @@ class PostgreSQLBindingStore:
                 return _candidates_sql(schema, candidates, with_link)
             # Many: the matching clients' keys once per query, then their leases per page.
             params["keys_sql"] = _snapshot_sql(candidates, with_link)
+            if (
+                first
+                and self.snapshot_in_background
+                and schema.key_index
+                and self.snapshots > 0
+                and self._settings.pool_size > 1
+                and self._start_snapshot(query, params["keys_sql"], params)
+            ):
+                del params["keys_sql"]
+                return walk
             return _SNAPSHOT
         else:
             # Kea's user_context holds the id as hex: in "relay-id"/"remote-id" (Kea 2.3.2+)
@@ -1263,6 +1432,66 @@ _PIPELINE = psycopg.Pipeline.is_supported()
 
 #: What L{PostgreSQLBindingStore._page_sql} answers for a query paged by key snapshot.
 _SNAPSHOT = "snapshot"
+
+
+class _SnapshotJob:
+    """A key snapshot taken in a worker of its own (L{PostgreSQLBindingStore._start_snapshot})."""
+
+    __slots__ = ("ended", "failed")
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+        self.failed = False
+
+
+@attrs.frozen
+class _Walk:
+    """A page read by walking the key index, probing the extended-info C{table}."""
+
+    table: str
+    column: str
+
+
+def _snapshot_keys(conn: Any, keys_sql: str, params: dict[str, Any]) -> list[str]:
+    """Take a key snapshot (L{_snapshot_sql}): the sorted keys."""
+    text = conn.execute(keys_sql, params).fetchone()[0]
+    keys: list[str] = text.split(" ") if text else []
+    keys.sort()  # already sorted by the server (timsort checks it in one pass)
+    return keys
+
+
+def _walk_bound_sql(with_link: bool) -> str:
+    """
+    SQL: the key of the lease C{skip} leases after the resume key, in key order (active or
+    not: an index-only scan of C{bulklq_lease6_key}), where a walk stops; no row when fewer
+    are left.
+    """
+    link = _link_filter("l") if with_link else ""
+    return (
+        f"SELECT {_sk('l')}, l.duid FROM lease6 l WHERE {_after('l')}{link} "  # noqa: S608
+        f"{_order('l')} OFFSET %(skip)s LIMIT 1"
+    )
+
+
+def _walk_sql(schema: _Schema, walk: _Walk, with_link: bool, bounded: bool) -> str:
+    """
+    SQL of a walk page: the active leases after the resume key (up to the bound key,
+    included, if C{bounded}) of every client one of whose active leases is in
+    C{walk.table} with the id, in key order; one index probe per lease (a LATERAL with
+    LIMIT 1: an EXISTS may be planned as a hash of every row of the id).
+    """
+    table, column = walk.table, walk.column
+    probe = (
+        f"LEFT JOIN LATERAL (SELECT true AS found FROM {table} t "  # noqa: S608
+        f"WHERE t.{column} = %(id)s AND {schema.table_join(table, 'l')} LIMIT 1) p ON true"
+    )
+    upper = f" AND ({_sk('l')}, l.duid) <= (%(bsk)s, %(bduid)s)" if bounded else ""
+    link = _link_filter("l") if with_link else ""
+    return (
+        f"SELECT * FROM (SELECT {schema.columns('l')}, bool_or(p.found IS NOT NULL) OVER "  # noqa: S608
+        f"(PARTITION BY {_sk('l')}, l.duid) AS hit FROM lease6 l {probe} "
+        f"WHERE {_active('l')} AND {_after('l')}{upper}{link} {_order('l')}) s WHERE s.hit"
+    )
 
 
 def _snapshot_sql(candidates: str, with_link: bool) -> str:
