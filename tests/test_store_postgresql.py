@@ -689,21 +689,30 @@ class PostgreSQLStoreTests(TestCase):
         """
         A store over C{bindings} with the key index, whose Relay-ID query for C{relay} goes
         through the key snapshot plan; key snapshots wait for the returned event before
-        they are taken, and each records its thread's name in the returned list.
+        they are taken, and each records its thread's name in the returned list. A walk
+        page is read only once a snapshot is being taken.
         """
         store, database = self.open(V19, bindings, pool_size=3)
         database.execute(KEY_INDEX_SQL)
         store.sparse_threshold = 1
         release = threading.Event()
+        entered = threading.Event()
         taken: list[str] = []
         take = pg_store._snapshot_keys  # type: ignore[attr-defined]
+        walk = store._walk_page
 
         def held(conn: Any, keys_sql: str, params: dict[str, Any]) -> list[str]:
+            entered.set()
             release.wait(30)
             taken.append(threading.current_thread().name)
             return take(conn, keys_sql, params)  # type: ignore[no-any-return]
 
+        def walked(*args: Any) -> Any:
+            entered.wait(30)
+            return walk(*args)
+
         self.patch(pg_store, "_snapshot_keys", held)  # type: ignore[attr-defined]
+        store._walk_page = walked  # type: ignore[method-assign]
         self.addCleanup(release.set)  # before the store closes
         return store, BindingQuery.by_relay_id(relay), release, taken
 
@@ -737,6 +746,31 @@ class PostgreSQLStoreTests(TestCase):
             self.assertNotIn(query, store._taking)
             found = await collect_bindings(store, query, limit=3)
             self.assertEqual([b.key for b in found], expected)
+
+        return _run(test)
+
+    def test_queued_snapshot_not_waited_for(self) -> Deferred[None]:
+        """
+        A page after the first does not wait for a key snapshot that no worker has taken
+        up yet (every worker could be waiting for one): it walks the key index, and the
+        query streams whole.
+        """
+        now = int(reactor.seconds())
+        relay = make_duid(913)
+        matching = [make_binding(n, "subnet-5", cltt=now, relay_id=relay) for n in range(5)]
+        queued: list[Any] = []
+
+        async def test() -> None:
+            store, database = self.open(V19, matching, pool_size=3)
+            database.execute(KEY_INDEX_SQL)
+            store.sparse_threshold = 1
+            store._take_snapshot = lambda query, job, *rest: queued.append(job)  # type: ignore[method-assign]
+            query = BindingQuery.by_relay_id(relay)
+            found = await collect_bindings(store, query, limit=2)
+            self.assertEqual([b.key for b in found], sorted(b.key for b in matching))
+            [job] = queued
+            self.assertFalse(job.started or job.ended.is_set())
+            self.assertIs(store._taking[query], job)
 
         return _run(test)
 

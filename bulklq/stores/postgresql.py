@@ -1140,6 +1140,7 @@ class PostgreSQLBindingStore:
         The worker of L{_start_snapshot}: keep the snapshot; if it fails, the query's pages
         walk the key index instead (L{_walk_page}) until a new stream of it starts.
         """
+        job.started = True
         try:
             with self._pool.connection() as conn:
                 keys = _snapshot_keys(conn, keys_sql, params)
@@ -1163,8 +1164,10 @@ class PostgreSQLBindingStore:
     ) -> list[str] | None:
         """
         For a page after the first of a Relay-ID/Remote-ID query: its key snapshot, waiting
-        for it if it is being taken (after handing the page before over, so that its
-        consumer is not kept waiting too); C{None} if there is none (or it failed).
+        for it if a worker is taking it (after handing the page before over, so that its
+        consumer is not kept waiting too); C{None} if there is none, if it failed, or if
+        no worker took it up yet (the page then walks: waiting for a job still queued
+        could block every worker).
         """
         with self._snapshot_lock:
             keys = self._snapshots.pop(query, None)
@@ -1172,7 +1175,8 @@ class PostgreSQLBindingStore:
                 self._snapshots[query] = keys  # most recently used last
                 return keys
             job = self._taking.get(query)
-        if job is None or job.failed:
+        if job is None or job.failed or not job.started:
+            # Not waited for before a worker runs it: every worker could be waiting.
             return None
         if handover is not None:
             handover()
@@ -1437,9 +1441,10 @@ _SNAPSHOT = "snapshot"
 class _SnapshotJob:
     """A key snapshot taken in a worker of its own (L{PostgreSQLBindingStore._start_snapshot})."""
 
-    __slots__ = ("ended", "failed")
+    __slots__ = ("ended", "failed", "started")
 
     def __init__(self) -> None:
+        self.started = False  # a worker runs it (it ends within the statement timeout)
         self.ended = threading.Event()
         self.failed = False
 
