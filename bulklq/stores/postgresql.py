@@ -1550,13 +1550,17 @@ def _scan_sql(schema: _Schema, hit: str | None, with_link: bool, join: str = "")
 def _group(rows: Sequence[Sequence[Any]]) -> list[tuple[tuple[int, bytes], list[Sequence[Any]]]]:
     """Consecutive rows of one (subnet_id, duid), in order."""
     groups: list[tuple[tuple[int, bytes], list[Sequence[Any]]]] = []
+    append = groups.append
     current: tuple[int, bytes] | None = None
+    members: list[Sequence[Any]] = []
     for row in rows:
         key = (row[0], row[1])
         if key != current:
-            groups.append((key, []))
+            members = [row]
+            append((key, members))
             current = key
-        groups[-1][1].append(row)
+        else:
+            members.append(row)
     return groups
 
 
