@@ -304,6 +304,8 @@ class _LeaseTable:
         self.duid_cache: dict[str, bytes] = {}
         #: one shape object per distinct (type, length, lifetimes), shared by the leases
         self.shapes: dict[_Shape, _Shape] = {}
+        #: the texts of a shape's columns (type, length, preferred, valid) -> the shape
+        self.shapes_by_text: dict[tuple[str, str, str, str], _Shape] = {}
         self.derive_links = derive_links
         self.link_id = link_id
         #: subnet id -> link id
@@ -351,6 +353,8 @@ class _LeaseTable:
         relay_cache = self.relay_cache
         duid_cache = self.duid_cache
         shape_of = self.shapes.setdefault
+        shapes_by_text = self.shapes_by_text
+        shape_by_text = shapes_by_text.get
         link_ids = self.link_ids
         derive = self._derive if self.derive_links else None
         seen = self.seen_links
@@ -398,9 +402,19 @@ class _LeaseTable:
                 last_expire = expire
             duid_text = fields[i_duid]
             try:
-                pref = int(fields[i_pref])
-                lease_type = int(fields[i_type])
-                prefix_len = int(fields[i_plen])
+                # Few distinct shapes: found by their text, parsed once.
+                shape_text = (fields[i_type], fields[i_plen], fields[i_pref], fields[i_valid])
+                shape = shape_by_text(shape_text)
+                if shape is None:
+                    pref = int(fields[i_pref])
+                    lease_type = int(fields[i_type])
+                    prefix_len = int(fields[i_plen])
+                    shape = (lease_type, prefix_len, pref, valid)
+                    shape = shape_of(shape, shape)
+                    if len(shapes_by_text) >= _CACHE_SIZE:
+                        shapes_by_text.clear()
+                    shapes_by_text[shape_text] = shape
+                lease_type, prefix_len = shape[0], shape[1]
                 if duid_text != last_duid or subnet != last_subnet:
                     cached = duid_cache.get(duid_text)
                     if cached is None:
@@ -457,8 +471,6 @@ class _LeaseTable:
                 touch(entry)
                 if old is not None and old is not entry:
                     touch(old)
-            shape = (lease_type, prefix_len, pref, valid)
-            shape = shape_of(shape, shape)
             if old is None:
                 entry += (address, shape, expire, relay)
                 leases[address] = entry
