@@ -910,7 +910,13 @@ def _one_transaction(
     _set_duid_raw(duid, key[1])
     _set_client(binding, duid)
     _set_link(binding, key[0])
-    _set_cltt(binding, cltt)
+    # Clients renewed in the same second share one number object.
+    shared = _CLTTS.get(cltt)
+    if shared is None:
+        if len(_CLTTS) >= 65536:
+            _CLTTS.clear()
+        shared = _CLTTS[cltt] = cltt
+    _set_cltt(binding, shared)
     _set_addresses(binding, tuple(addresses))
     _set_prefixes(binding, tuple(prefixes))
     _set_relay(binding, relay_data)
@@ -931,6 +937,10 @@ def _one_transaction(
     _set_remotes,
     _set_options,
 ) = set_binding
+
+
+#: CLTT -> one number object for the bindings built with it.
+_CLTTS: dict[int, int] = {}
 
 
 def _address_number(lease: AddressLease) -> int:

@@ -411,16 +411,17 @@ class RelaySummary(NamedTuple):
     checked parts, from which L{RelaySummary.info} builds the L{RelayInfo} when a binding
     is built. L{relay_summary} computes it faster than L{relay_info}, with the same checks.
 
-    @ivar hops: hop count, link-address, peer-address and options octets of each relay,
-        outermost first, flat (four items a relay), addresses as numbers; C{()} without a
-        chain.
+    @ivar hops: the chain, outermost relay first, packed in one octet string: for each
+        relay its hop count (1 octet), link-address and peer-address (16 octets each), the
+        length of its options (2 octets, big-endian) and those options' octets; empty
+        without a chain.
     @ivar relay_ids: the Relay-ID DUID octets of every hop, as L{RelayInfo.relay_ids}.
     @ivar remote_ids: the REMOTE_ID option data (enterprise number and remote-id) of every
         hop, as L{RelayInfo.remote_ids}.
     @ivar link_address: L{RelayInfo.link_address} as a number, or C{None}.
     """
 
-    hops: tuple[Any, ...] = ()
+    hops: bytes = b""
     relay_ids: tuple[bytes, ...] = ()
     remote_ids: tuple[bytes, ...] = ()
     link_address: int | None = None
@@ -503,10 +504,16 @@ class RelaySummary(NamedTuple):
         """The LQ_RELAY_DATA option of a summary with a chain."""
         hops = self.hops
         set_type, set_hop, set_link, set_peer, set_options = _set_relay_message
+        layers = []
+        offset = 0
+        while offset < len(hops):
+            hop, link, peer, length = _unpack_hop(hops, offset)
+            start = offset + _HOP_HEADER.size
+            offset = start + length
+            layers.append((hop, link, peer, start, offset))
         message: RelayMessage | None = None
-        for start in range(len(hops) - 4, -1, -4):
-            hop, link, peer, octets = hops[start : start + 4]
-            options = decode_options(octets, 0, len(octets), 1) if octets else ()
+        for hop, link, peer, start, end in reversed(layers):
+            options = decode_options(hops, start, end, 1)
             if message is not None:
                 nested = _new(RelayMessageOption)
                 _set_relay_option[0](nested, message)
@@ -514,8 +521,8 @@ class RelaySummary(NamedTuple):
             message = _new(RelayMessage)
             set_type(message, _RELAY_FORW)
             set_hop(message, hop)
-            set_link(message, ipv6_from_int(link))
-            set_peer(message, ipv6_from_int(peer))
+            set_link(message, ipv6_from_int(int.from_bytes(link)))
+            set_peer(message, ipv6_from_int(int.from_bytes(peer)))
             set_options(message, options)
         assert message is not None
         relay_data = _new(LQRelayData)
@@ -676,7 +683,7 @@ def relay_summary(user_context: str | None) -> RelaySummary:
             peer = int.from_bytes(inet_pton(AF_INET6, peer_text))
         except (OSError, ValueError):
             raise KeaLeaseError(f"relay {index}: {peer_text!r} is not an IPv6 address") from None
-        hops += (hop, link, peer, octets or b"")
+        hops.append(_pack_hop(hop, link, peer, octets or b""))
         if link and link >> 118 != _LINK_LOCAL_TOP_BITS:
             link_address = link  # the last such hop is the one nearest the client
         has_relay = has_remote = False
@@ -692,7 +699,7 @@ def relay_summary(user_context: str | None) -> RelaySummary:
         except WireError as error:
             raise KeaLeaseError(f"relay {index}: {error}") from None
     return RelaySummary(
-        tuple(hops),
+        b"".join(hops),
         _shared(tuple(dict.fromkeys(relay_ids))),
         tuple(dict.fromkeys(remote_ids)),
         link_address,
@@ -700,6 +707,18 @@ def relay_summary(user_context: str | None) -> RelaySummary:
 
 
 _scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
+#: A relay of a packed chain (L{RelaySummary.hops}): hop count, link-address, peer-address,
+#: length of the options that follow.
+_HOP_HEADER = struct.Struct(">B16s16sH")
+_unpack_hop = _HOP_HEADER.unpack_from
+_pack_header = _HOP_HEADER.pack
+
+
+def _pack_hop(hop: int, link: int, peer: int, octets: bytes) -> bytes:
+    """One relay of a packed chain (checked values: the options fit in 65535 octets)."""
+    return _pack_header(hop, link.to_bytes(16), peer.to_bytes(16), len(octets)) + octets
+
+
 _new_summary = tuple.__new__
 
 
@@ -733,7 +752,7 @@ def _usual_summary(entries: list[Any], count: int, decoded_ids: bool) -> RelaySu
             link = _LINK_NUMBERS.get(link_text)
             if link is None:
                 link = _link_number(link_text)
-            peer = int.from_bytes(inet_pton(AF_INET6, peer_text))
+            peer = inet_pton(AF_INET6, peer_text)
         except (OSError, ValueError):
             return None
         has_relay = has_remote = False
@@ -784,13 +803,13 @@ def _usual_summary(entries: list[Any], count: int, decoded_ids: bool) -> RelaySu
             or (not has_relay and entry.get("relay-id") is not None)
         ):
             return None  # the decoded id counts: the general path checks and adds it
-        hops += (hop, link, peer, octets)
+        hops.append(_pack_header(hop, link.to_bytes(16), peer, len(octets)) + octets)
         if link and link >> 118 != _LINK_LOCAL_TOP_BITS:
             link_address = link
     return _new_summary(
         RelaySummary,
         (
-            tuple(hops),
+            hops[0] if len(hops) == 1 else b"".join(hops),
             _shared(tuple(relay_ids) if len(relay_ids) < 2 else tuple(dict.fromkeys(relay_ids))),
             tuple(remote_ids) if len(remote_ids) < 2 else tuple(dict.fromkeys(remote_ids)),
             link_address,
