@@ -14,7 +14,7 @@ import functools
 import struct
 from collections.abc import Callable, Sequence
 from ipaddress import IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, Protocol
 
 from ..model import AddressLease, Binding, PrefixLease, relay_identities
 from ..wire import (
@@ -35,8 +35,11 @@ from ..wire import (
 __all__ = [
     "INFINITE_LIFETIME",
     "UNKNOWN_LINK",
+    "FrameStream",
+    "Pausable",
     "binding_from_client_data",
     "fast_data_bindings",
+    "fast_frames_at",
     "fast_single_binding",
     "fast_single_binding_at",
     "granted_lifetime",
@@ -177,8 +180,9 @@ _SHAPES = {
 # CLIENT_DATA and CLIENTID headers must be (as one number), how to check its DUID type
 # (_ANY_TYPE: DUID-UUID's length, any type fits; _NOT_UUID: long enough for any type but
 # DUID-UUID; _MINIMUM: check the type's minimum length) and the bound unpack_from of the
-# whole message after type and xid: both headers, the DUID octets, then the shape with
-# each option header (code and length as one u32) unpacked with the values.
+# whole frame from its length prefix (skipped): type and xid, both headers, the DUID
+# octets, then the shape with each option header (code and length as one u32) unpacked
+# with the values.
 _Layout = tuple[int, int, int, int, int, Callable[[bytes, int], tuple[Any, ...]]]
 _ANY_TYPE = 0
 _NOT_UUID = 1
@@ -195,7 +199,7 @@ def _layout(size: int, duid_length: int) -> _Layout | None:
     heads = ((_CLIENT_DATA_HEAD | (size - 8)) << 32) | _CLIENT_ID_HEAD | duid_length
     check = _ANY_TYPE if duid_length == 18 else _NOT_UUID if duid_length >= 9 else _MINIMUM
     unpack = struct.Struct(
-        f"!Q{duid_length}s" + "IQQII" * addresses + "IIIBQQ" * prefixes + "II"
+        f"!2xIQ{duid_length}s" + "IQQII" * addresses + "IIIBQQ" * prefixes + "II"
     ).unpack_from
     return kind, heads, check, addresses, prefixes, unpack
 
@@ -418,183 +422,286 @@ def fast_single_binding(frame: bytes, received_at: int, query_link: str | None) 
     return fast_single_binding_at(frame, 0, len(frame), received_at, query_link)
 
 
+class FrameStream(Protocol):
+    """Where L{fast_frames_at} hands the bindings of one stream."""
+
+    #: Takes each binding; C{None} once the stream ended (checked before each frame).
+    consume: Callable[[Binding], object] | None
+    #: Counts the bindings handed to C{consume} (each counted before it is handed).
+    received: int
+
+
+class Pausable(Protocol):
+    """What tells L{fast_frames_at} to stop reading (checked before each frame)."""
+
+    paused: bool
+
+
+def fast_frames_at(  # noqa: PLR0917
+    data: bytes,
+    offset: int,
+    size: int,
+    head: int,
+    received_at: int,
+    link: str,
+    stream: FrameStream,
+    control: Pausable,
+) -> int:
+    """
+    Decode in place the LEASEQUERY-DATA frames that follow one another from C{offset} in
+    C{data[:size]} (each a 2-octet length, then the message) while each is whole, has the
+    type and transaction-id C{head} (the first 4 octets of the message, as one number) and
+    holds exactly one CLIENT_DATA of the usual shape (L{fast_single_binding}), handing each
+    one's binding (on C{link}, received at C{received_at}) to C{stream.consume}. Stops before
+    the first frame that is not such a frame and once C{control.paused} or the stream has
+    ended (C{stream.consume} is C{None}); returns the offset of the first frame not
+    consumed. What C{consume} raises propagates: the frames up to and including the one
+    whose binding it was given count as consumed (C{stream.received} counts them).
+    """
+    ceiling = INFINITE_LIFETIME - 1
+    layouts_get = _LAYOUTS.get
+    consume = stream.consume
+    while consume is not None and not control.paused and size - offset >= 2:
+        length = (data[offset] << 8) | data[offset + 1]
+        end = offset + 2 + length
+        if end > size:
+            break
+        layout = layouts_get(length)
+        if layout is None:
+            layout = _learn_layout(data, offset, length)
+            if layout is None:
+                break
+        kind, heads, check, count_addresses, count_prefixes, unpack = layout
+        # The usual shapes are read with one unpack and built here with the builders, no
+        # call per object; the headers are checked against the layout's (a message of
+        # the same size with another DUID length has its own layout learnt, then read).
+        if kind == _ADDRESS_AND_PREFIX:
+            (
+                frame_head,
+                message_heads,
+                raw,
+                address_head,
+                high,
+                low,
+                preferred,
+                valid,
+                prefix_head,
+                prefix_preferred,
+                prefix_valid,
+                prefix_length,
+                prefix_high,
+                prefix_low,
+                clt_head,
+                clt_time,
+            ) = unpack(data, offset)
+            if (
+                message_heads != heads
+                or frame_head != head
+                or address_head != _IAADDR_HEAD
+                or prefix_head != _IAPREFIX_HEAD
+                or clt_head != _CLT_TIME_HEAD
+                or prefix_length > 128
+            ):
+                if _relearn(data, offset, length, frame_head == head, message_heads != heads):
+                    continue
+                break
+        elif kind == _ADDRESS_ONLY:
+            (
+                frame_head,
+                message_heads,
+                raw,
+                address_head,
+                high,
+                low,
+                preferred,
+                valid,
+                clt_head,
+                clt_time,
+            ) = unpack(data, offset)
+            if (
+                message_heads != heads
+                or frame_head != head
+                or address_head != _IAADDR_HEAD
+                or clt_head != _CLT_TIME_HEAD
+            ):
+                if _relearn(data, offset, length, frame_head == head, message_heads != heads):
+                    continue
+                break
+        elif kind == _PREFIX_ONLY:
+            (
+                frame_head,
+                message_heads,
+                raw,
+                prefix_head,
+                prefix_preferred,
+                prefix_valid,
+                prefix_length,
+                prefix_high,
+                prefix_low,
+                clt_head,
+                clt_time,
+            ) = unpack(data, offset)
+            if (
+                message_heads != heads
+                or frame_head != head
+                or prefix_head != _IAPREFIX_HEAD
+                or clt_head != _CLT_TIME_HEAD
+                or prefix_length > 128
+            ):
+                if _relearn(data, offset, length, frame_head == head, message_heads != heads):
+                    continue
+                break
+        else:
+            frame_head, message_heads, raw, *values = unpack(data, offset)
+            if message_heads != heads or frame_head != head:
+                if _relearn(data, offset, length, frame_head == head, message_heads != heads):
+                    continue
+                break
+        if check and raw[1] == 4 and not raw[0]:
+            break  # DUID-UUID of another length than 16
+        if check == _MINIMUM and len(raw) < _DUID_MINIMUM.get((raw[0] << 8) | raw[1], 3):
+            break
+        if kind == _OTHER_SHAPE:
+            binding = _shaped_general(
+                raw, values, count_addresses, count_prefixes, received_at, link
+            )
+            if binding is None:
+                break
+            offset = end
+            stream.received += 1
+            consume(binding)
+            consume = stream.consume
+            continue
+        duid = _DuidBuilder()
+        duid.raw = raw
+        duid.__class__ = Duid
+        binding = _BindingBuilder()
+        binding.client_id = duid
+        binding.link_id = link
+        binding.cltt = received_at - clt_time
+        if kind == _PREFIX_ONLY:
+            binding.addresses = ()
+        else:
+            address = _AddressBuilder()
+            address._ip = (high << 64) | low
+            address._scope_id = None
+            address.__class__ = IPv6Address
+            lease = _AddressLeaseBuilder()
+            lease.address = address
+            preferred += clt_time
+            lease.preferred_lifetime = (
+                preferred if preferred < ceiling else _granted_top(preferred - clt_time)
+            )
+            valid += clt_time
+            lease.valid_lifetime = valid if valid < ceiling else _granted_top(valid - clt_time)
+            lease.__class__ = AddressLease
+            binding.addresses = (lease,)
+        if kind == _ADDRESS_ONLY:
+            binding.prefixes = ()
+        else:
+            value = ((prefix_high << 64) | prefix_low) & _MASKS[prefix_length]
+            if prefix_length < 127:
+                network = _new(IPv6Network)
+                network_address = _AddressBuilder()
+                network_address._ip = value
+                network_address._scope_id = None
+                network_address.__class__ = IPv6Address
+                network.network_address = network_address
+                network.netmask, network._prefixlen = _NETMASKS[prefix_length]  # type: ignore[attr-defined]
+            else:
+                network = IPv6Network((value, prefix_length))
+            prefix = _PrefixLeaseBuilder()
+            prefix.prefix = network
+            prefix_preferred += clt_time
+            prefix.preferred_lifetime = (
+                prefix_preferred
+                if prefix_preferred < ceiling
+                else _granted_top(prefix_preferred - clt_time)
+            )
+            prefix_valid += clt_time
+            prefix.valid_lifetime = (
+                prefix_valid if prefix_valid < ceiling else _granted_top(prefix_valid - clt_time)
+            )
+            prefix.__class__ = PrefixLease
+            binding.prefixes = (prefix,)
+        binding.relay_data = None
+        binding.relay_ids = ()
+        binding.remote_ids = ()
+        binding.options = ()
+        binding.__class__ = Binding
+        offset = end
+        stream.received += 1
+        consume(binding)
+        consume = stream.consume
+    return offset
+
+
+def _learn_layout(data: bytes, offset: int, length: int) -> _Layout | None:
+    """
+    The layout of the message in the frame at C{offset} (of C{length} octets), learnt as
+    its size's layout; C{None} if the message is not of a usual shape.
+    """
+    if length < 16:
+        return None
+    data_head, id_head = _unpack_heads(data, offset + 6)
+    if (
+        data_head != _CLIENT_DATA_HEAD + length - 8
+        or not _SHORTEST_CLIENT_ID <= id_head <= _LONGEST_CLIENT_ID
+    ):
+        return None
+    layout = _layout(length, id_head - _CLIENT_ID_HEAD)
+    if layout is not None:
+        _LAYOUTS[length] = layout
+    return layout
+
+
+def _relearn(data: bytes, offset: int, length: int, same_head: bool, other_heads: bool) -> bool:
+    """
+    Whether the frame at C{offset}, which its size's layout did not fit, should be read
+    again: when it has the stream's type and transaction-id and other headers than the
+    layout's (another DUID length), and its own layout was learnt.
+    """
+    return same_head and other_heads and _learn_layout(data, offset, length) is not None
+
+
+class _One:
+    """The stream and control of L{fast_single_binding_at}: takes one binding."""
+
+    __slots__ = ("binding", "consume", "paused", "received")
+
+    def __init__(self) -> None:
+        self.binding: Binding | None = None
+        self.consume: Callable[[Binding], object] | None = self._take
+        self.paused = False
+        self.received = 0
+
+    def _take(self, binding: Binding) -> None:
+        self.binding = binding
+        self.consume = None
+
+
 def fast_single_binding_at(
     data: bytes, start: int, end: int, received_at: int, query_link: str | None
 ) -> Binding | None:
     """
-    L{fast_single_binding} of the frame C{data[start:end]}, read in place: a requestor
-    reading a stream of frames need not copy each one out first.
+    L{fast_single_binding} of the frame C{data[start:end]} (read by L{fast_frames_at}).
     """
-    layout = _LAYOUTS.get(end - start)
-    if layout is None:
-        return _new_layout(data, start, end, received_at, query_link)
-    kind, heads, check, count_addresses, count_prefixes, unpack = layout
-    link = UNKNOWN_LINK if query_link is None else query_link
-    # The usual shapes are read with one unpack and built here with the builders, no call
-    # per object; the headers are checked against the layout's.
-    if kind == _ADDRESS_AND_PREFIX:
-        (
-            message_heads,
-            raw,
-            head,
-            high,
-            low,
-            preferred,
-            valid,
-            prefix_head,
-            prefix_preferred,
-            prefix_valid,
-            prefix_length,
-            prefix_high,
-            prefix_low,
-            clt_head,
-            clt_time,
-        ) = unpack(data, start + 4)
-        if (
-            message_heads != heads
-            or head != _IAADDR_HEAD
-            or prefix_head != _IAPREFIX_HEAD
-            or clt_head != _CLT_TIME_HEAD
-            or prefix_length > 128
-        ):
-            return _declined(data, start, end, received_at, query_link, message_heads != heads)
-    elif kind == _ADDRESS_ONLY:
-        message_heads, raw, head, high, low, preferred, valid, clt_head, clt_time = unpack(
-            data, start + 4
-        )
-        if message_heads != heads or head != _IAADDR_HEAD or clt_head != _CLT_TIME_HEAD:
-            return _declined(data, start, end, received_at, query_link, message_heads != heads)
-    elif kind == _PREFIX_ONLY:
-        (
-            message_heads,
-            raw,
-            prefix_head,
-            prefix_preferred,
-            prefix_valid,
-            prefix_length,
-            prefix_high,
-            prefix_low,
-            clt_head,
-            clt_time,
-        ) = unpack(data, start + 4)
-        if (
-            message_heads != heads
-            or prefix_head != _IAPREFIX_HEAD
-            or clt_head != _CLT_TIME_HEAD
-            or prefix_length > 128
-        ):
-            return _declined(data, start, end, received_at, query_link, message_heads != heads)
-    else:
-        message_heads, raw, *values = unpack(data, start + 4)
-        if message_heads != heads:
-            return _declined(data, start, end, received_at, query_link, True)
-    if check and raw[1] == 4 and not raw[0]:
-        return None  # DUID-UUID of another length than 16
-    if check == _MINIMUM and len(raw) < _DUID_MINIMUM.get((raw[0] << 8) | raw[1], 3):
+    length = end - start
+    if not 16 <= length <= _MAX_FRAME:
         return None
-    if kind == _OTHER_SHAPE:
-        return _shaped_general(raw, values, count_addresses, count_prefixes, received_at, link)
-    ceiling = INFINITE_LIFETIME - 1
-    duid = _DuidBuilder()
-    duid.raw = raw
-    duid.__class__ = Duid
-    binding = _BindingBuilder()
-    binding.client_id = duid
-    binding.link_id = link
-    binding.cltt = received_at - clt_time
-    if kind == _PREFIX_ONLY:
-        binding.addresses = ()
-    else:
-        address = _AddressBuilder()
-        address._ip = (high << 64) | low
-        address._scope_id = None
-        address.__class__ = IPv6Address
-        lease = _AddressLeaseBuilder()
-        lease.address = address
-        preferred += clt_time
-        lease.preferred_lifetime = (
-            preferred if preferred < ceiling else _granted_top(preferred - clt_time)
-        )
-        valid += clt_time
-        lease.valid_lifetime = valid if valid < ceiling else _granted_top(valid - clt_time)
-        lease.__class__ = AddressLease
-        binding.addresses = (lease,)
-    if kind == _ADDRESS_ONLY:
-        binding.prefixes = ()
-    else:
-        value = ((prefix_high << 64) | prefix_low) & _MASKS[prefix_length]
-        if prefix_length < 127:
-            network = _new(IPv6Network)
-            network_address = _AddressBuilder()
-            network_address._ip = value
-            network_address._scope_id = None
-            network_address.__class__ = IPv6Address
-            network.network_address = network_address
-            network.netmask, network._prefixlen = _NETMASKS[prefix_length]  # type: ignore[attr-defined]
-        else:
-            network = IPv6Network((value, prefix_length))
-        prefix = _PrefixLeaseBuilder()
-        prefix.prefix = network
-        prefix_preferred += clt_time
-        prefix.preferred_lifetime = (
-            prefix_preferred
-            if prefix_preferred < ceiling
-            else _granted_top(prefix_preferred - clt_time)
-        )
-        prefix_valid += clt_time
-        prefix.valid_lifetime = (
-            prefix_valid if prefix_valid < ceiling else _granted_top(prefix_valid - clt_time)
-        )
-        prefix.__class__ = PrefixLease
-        binding.prefixes = (prefix,)
-    binding.relay_data = None
-    binding.relay_ids = ()
-    binding.remote_ids = ()
-    binding.options = ()
-    binding.__class__ = Binding
-    return binding  # type: ignore[no-any-return]
-
-
-def _declined(  # noqa: PLR0917
-    data: bytes,
-    start: int,
-    end: int,
-    received_at: int,
-    query_link: str | None,
-    other_heads: bool,
-) -> Binding | None:
-    """
-    What L{fast_single_binding_at} answers for a message that its size's layout does not
-    fit: C{None} if the headers were the layout's (so the options are not the usual
-    ones), else (another DUID length, or not a usual message at all) the answer for the
-    message's own layout.
-    """
-    if other_heads:
-        return _new_layout(data, start, end, received_at, query_link)
-    return None
-
-
-def _new_layout(
-    data: bytes, start: int, end: int, received_at: int, query_link: str | None
-) -> Binding | None:
-    """
-    L{fast_single_binding_at} of a message whose size has no layout yet, or whose DUID
-    length differs from the layout's: learn the message's layout if usual, then read it.
-    """
-    size = end - start
-    if not 16 <= size <= _MAX_FRAME:
-        return None
-    data_head, id_head = _unpack_heads(data, start + 4)
-    if (
-        data_head != _CLIENT_DATA_HEAD + size - 8
-        or not _SHORTEST_CLIENT_ID <= id_head <= _LONGEST_CLIENT_ID
-    ):
-        return None
-    layout = _layout(size, id_head - _CLIENT_ID_HEAD)
-    if layout is None:
-        return None
-    _LAYOUTS[size] = layout
-    return fast_single_binding_at(data, start, end, received_at, query_link)
+    frame = length.to_bytes(2, "big") + data[start:end]
+    one = _One()
+    fast_frames_at(
+        frame,
+        0,
+        len(frame),
+        int.from_bytes(frame[2:6], "big"),
+        received_at,
+        UNKNOWN_LINK if query_link is None else query_link,
+        one,
+        one,
+    )
+    return one.binding
 
 
 def _granted_top(remaining: int) -> int:

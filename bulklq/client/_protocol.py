@@ -41,8 +41,7 @@ from ._decode import (
     UNKNOWN_LINK,
     binding_from_client_data,
     fast_data_bindings,
-    fast_single_binding,
-    fast_single_binding_at,
+    fast_frames_at,
 )
 from ._query import UNSPECIFIED, LeaseQuery
 from ._result import (
@@ -68,6 +67,13 @@ _DONE = MessageType.LEASEQUERY_DONE
 
 # A frame's length prefix, and its message type and transaction-id as one number.
 _unpack_frame_head = struct.Struct("!HI").unpack_from
+
+
+def _frames_end(data: bytes, offset: int, count: int) -> int:
+    """The offset after the C{count} whole frames that start at C{offset}."""
+    for _ in range(count):
+        offset += 2 + ((data[offset] << 8) | data[offset + 1])
+    return offset
 
 
 def _data_head(xid: int) -> int:
@@ -117,9 +123,12 @@ class _Pending:
         self.on_binding = on_binding
         self.merger = merger
         self.on_frame = on_frame
-        # What takes each fast-decoded binding straight away: the callback when nothing is
-        # kept and no frame callback comes first (the usual streaming query).
-        self.consume = on_binding if merger is None and on_frame is None else None
+        # What takes each binding decoded in place (fast_frames_at) while the stream is
+        # open: the callback when nothing is kept, the merger (then the callback) when the
+        # result is kept; None when a frame callback comes first, and once the query ended.
+        self.consume: BindingCallback | None = None
+        if on_frame is None:
+            self.consume = self.keep if merger is not None else on_binding or _ignore
         self.link: str | None = (
             None if query.link_address == UNSPECIFIED else str(query.link_address)
         )
@@ -129,6 +138,17 @@ class _Pending:
         self.server_duid: Duid | None = None
         self.received = 0
         self.discarded = 0
+
+    def keep(self, binding: Binding) -> None:
+        """Merge one binding into the kept result, then hand it to the callback."""
+        if self.merger is not None:
+            self.merger.add(binding)
+        if self.on_binding is not None:
+            self.on_binding(binding)
+
+
+def _ignore(binding: Binding) -> None:
+    """The consumer of a query that neither keeps nor streams its bindings (counts them)."""
 
 
 class BulkLeasequeryClientProtocol(Int16StringReceiver):
@@ -183,6 +203,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         )
         pending, self._pending = self._pending, {}
         self._streams.clear()  # in place: a dataReceived under way holds its lookup
+        # (and _finish ends each stream: a fast_frames_at under way stops.)
         for query in pending.values():
             self._finish(query, status, error=text)
 
@@ -254,6 +275,7 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             if pending.deferred is deferred:
                 del self._pending[xid]
                 self._streams.pop(_data_head(xid), None)
+                pending.consume = None
         self._closing(QueryStatus.INCOMPLETE, "another query was cancelled")
         self._abort()
 
@@ -265,6 +287,8 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         L{dataReceived} under way holds its lookup).
         """
         self._closing_reason = (status, reason)
+        for pending in self._streams.values():
+            pending.consume = None
         self._streams.clear()
 
     def _abort(self) -> None:
@@ -311,9 +335,10 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         """
         Note the activity for the data timeout, then split frames (S1) as
         C{Int16StringReceiver} does (C{MAX_LENGTH}, C{paused}), handing each to
-        L{stringReceived}. A LEASEQUERY-DATA frame of a replied query is handled in place,
-        without copying it out of the received data first: offered to the query's
-        C{on_frame}, else decoded by the fast path when of the usual shape.
+        L{stringReceived}. The LEASEQUERY-DATA frames of a replied query are handled in
+        place, without copying them out of the received data first: offered one by one to
+        the query's C{on_frame}, else decoded while they are of the usual shape (every run
+        of them by one L{fast_frames_at}), else decoded one by one.
         """
         now = self._clock.seconds()
         self._last_activity = now
@@ -323,6 +348,8 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
         offset = 0
         streams_get = self._streams.get
         limit = self.MAX_LENGTH
+        # fast_frames_at does not check MAX_LENGTH: it runs only when no frame exceeds it.
+        in_runs = limit >= MAX_MESSAGE_SIZE
         while not self.paused:
             if size - offset >= 6:
                 length, head = _unpack_frame_head(buffer, offset)
@@ -340,55 +367,43 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             end = start + length
             if end > size:
                 break
-            offset = end
             # A frame shorter than its type and xid has a meaningless head here: it finds
             # no query, or one whose decoding rejects it as stringReceived would.
             pending = streams_get(head)
+            if in_runs and pending is not None and pending.consume is not None:
+                received = pending.received
+                try:
+                    after = fast_frames_at(
+                        buffer, offset, size, head, received_at, pending.link_id, pending, self
+                    )
+                except TooManyBindingsError as error:
+                    offset = _frames_end(buffer, offset, pending.received - received)
+                    self._abort_query(pending, str(error))
+                    continue
+                except Exception as error:
+                    offset = _frames_end(buffer, offset, pending.received - received)
+                    self._consumer_failed(pending, error)
+                    continue
+                if after != offset:
+                    offset = after
+                    continue
+            offset = end
             if pending is None:
                 self.stringReceived(buffer[start:end])
-                continue
-            consume = pending.consume
-            if consume is not None:
-                binding = fast_single_binding_at(buffer, start, end, received_at, pending.link)
-                if binding is not None:
+            elif pending.on_frame is not None and length >= 16:
+                try:
+                    taken = pending.on_frame(buffer, start, end, received_at, pending.link_id)
+                except Exception as error:
+                    self._consumer_failed(pending, error)
+                    continue
+                if taken:
                     pending.received += 1
-                    try:
-                        consume(binding)
-                    except Exception as error:
-                        self._consumer_failed(pending, error)
-                    continue
-            elif pending.on_frame is not None:
-                if length >= 16:
-                    try:
-                        taken = pending.on_frame(buffer, start, end, received_at, pending.link_id)
-                    except Exception as error:
-                        self._consumer_failed(pending, error)
-                        continue
-                    if taken:
-                        pending.received += 1
-                        continue
+                else:
+                    self._data_frame(pending, buffer[start:end])
             else:
-                binding = fast_single_binding_at(buffer, start, end, received_at, pending.link)
-                if binding is not None:
-                    self._accept(pending, binding)
-                    continue
-            self._data_frame(pending, buffer[start:end])
+                self._data_frame(pending, buffer[start:end])
         self._unprocessed = buffer[offset:]
         self._compatibilityOffset = 0
-
-    def _deliver(self, pending: _Pending, binding: Binding) -> None:
-        """
-        Hand one fast-decoded binding to its query: straight to the callback in the common
-        streaming case (nothing kept), else through L{_accept} (merge, limits).
-        """
-        if pending.merger is None and pending.on_binding is not None:
-            pending.received += 1
-            try:
-                pending.on_binding(binding)
-            except Exception as error:
-                self._consumer_failed(pending, error)
-        else:
-            self._accept(pending, binding)
 
     def _consumer_failed(self, pending: _Pending, error: Exception) -> None:
         """
@@ -422,11 +437,6 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
                         return
                     if taken:
                         pending.received += 1
-                        return
-                else:
-                    binding = fast_single_binding(frame, self._received_at, pending.link)
-                    if binding is not None:
-                        self._deliver(pending, binding)
                         return
                 self._data_frame(pending, frame)
                 return
@@ -648,5 +658,6 @@ class BulkLeasequeryClientProtocol(Int16StringReceiver):
             local=local,
         )
         pending.merger = None
+        pending.consume = None
         if not pending.deferred.called:
             pending.deferred.callback(result)
