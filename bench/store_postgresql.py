@@ -15,6 +15,10 @@ machine the wall figure depends on the other jobs; the CPU figures much less.
     python bench/store_postgresql.py --bindings 1000000 --relays 4
 
 C{--keep NAME} keeps (or reuses, when it exists) the loaded database under that name.
+C{--query relay-id} (repeatable: C{relay-id}, C{remote-id}, C{link}) times only those
+queries; C{--snapshot-first} takes a Relay-ID/Remote-ID query's key snapshot before its
+first page (the store's way without the key index) instead of while its first page walks
+the key index, for comparisons.
 C{--distinct-contexts} gives every client its own user_context (a real database's case:
 the relay's Interface-ID differs per port), so the store parses one context per binding
 instead of one per relay.
