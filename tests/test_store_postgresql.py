@@ -749,6 +749,32 @@ class PostgreSQLStoreTests(TestCase):
 
         return _run(test)
 
+    def test_close_while_snapshot_taken(self) -> Deferred[None]:
+        """
+        Closing the store while a query's key snapshot is being taken (its first page
+        served, the next waiting for the snapshot): the close waits for the snapshot and the
+        page, no worker thread is left, and a fetch after it fails with
+        L{PostgreSQLStoreError}.
+        """
+        now = int(reactor.seconds())
+        relay = make_duid(914)
+        matching = [make_binding(n, "subnet-5", cltt=now, relay_id=relay) for n in range(6)]
+
+        async def test() -> None:
+            store, query, release, taken = self.open_walked_query(matching, relay)
+            first = await store.fetch(query, None, 2)
+            self.assertEqual(len(first.bindings), 2)
+            closing = store.close()
+            release.set()
+            await closing
+            self.assertEqual(len(taken), 1)
+            self.assertFalse(store._threads.started)
+            self.assertEqual([t for t in store._threads.threads if t.is_alive()], [])
+            with self.assertRaises(PostgreSQLStoreError):
+                await store.fetch(query, first.resume_after, 2)
+
+        return _run(test)
+
     def test_queued_snapshot_not_waited_for(self) -> Deferred[None]:
         """
         A page after the first does not wait for a key snapshot that no worker has taken

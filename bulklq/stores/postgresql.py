@@ -1141,6 +1141,10 @@ class PostgreSQLBindingStore:
         walk the key index instead (L{_walk_page}) until a new stream of it starts.
         """
         job.started = True
+        if self._closed:  # nothing is read after a close
+            job.failed = True
+            job.ended.set()
+            return
         try:
             with self._pool.connection() as conn:
                 keys = _snapshot_keys(conn, keys_sql, params)
