@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -801,6 +802,7 @@ class OpenerTests(SynchronousTestCase):
 
         self.patch(KeaCsvStore, "_warm_slice", counted)
         self.patch(kea_csv, "WARM_SLICE", 2)
+        collecting = gc.isenabled()
         clock = Clock()
         clock.advance(1795694800)
         store = open_store_uri(f"kea-csv:{FIXTURES / 'real-kea-2.2-leases6.csv'}?follow=no", clock)
@@ -809,6 +811,7 @@ class OpenerTests(SynchronousTestCase):
         self.assertTrue(all(entry[4] is None for entry in entries.values()))
         clock.advance(0)
         self.assertFalse(store.warming)
+        self.assertEqual(gc.isenabled(), collecting)
         self.assertEqual(slices, list(range(0, len(entries) + 1, 2)))
         built = {key: entry[4] for key, entry in entries.items()}
         self.assertTrue(all(built.values()))
@@ -821,6 +824,28 @@ class OpenerTests(SynchronousTestCase):
         store.close()
         self.assertFalse(store.warming)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_warm_closed_midway(self) -> None:
+        """
+        Closing the store while the background build is under way stops it and lets the
+        garbage collector run again, as it did before the build paused it.
+        """
+        self.patch(kea_csv, "WARM_SLICE", 2)
+        collecting = gc.isenabled()
+        clock = Clock()
+        clock.advance(1795694800)
+        store = open_store_uri(f"kea-csv:{FIXTURES / 'real-kea-2.2-leases6.csv'}?follow=no", clock)
+        [first] = clock.getDelayedCalls()
+        clock.calls.remove(first)
+        first.func(*first.args, **first.kw)
+        self.assertTrue(store.warming)
+        self.assertFalse(gc.isenabled())
+        store.close()
+        self.assertFalse(store.warming)
+        self.assertEqual(gc.isenabled(), collecting)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        built = [entry[4] is not None for entry in store._table.entries.values()]
+        self.assertEqual(sum(built), 2)
 
     def test_warm_after_reload(self) -> None:
         """A full reload builds the new state in the background again."""

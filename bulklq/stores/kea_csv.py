@@ -1087,6 +1087,8 @@ class KeaCsvStore(HistoryFeed):
         self._warm_call: IDelayedCall | None = None
         self._warm_table: _LeaseTable | None = None
         self._warm_after: BindingKey | None = None
+        #: Whether the collector ran before the build paused it (C{None}: not paused).
+        self._warm_collecting: bool | None = None
 
     # Loading and following
 
@@ -1254,12 +1256,16 @@ class KeaCsvStore(HistoryFeed):
         if table is not self._warm_table:
             self._warm_table = table
             self._warm_after = None
+        if self._warm_collecting is None:
+            # The collector stays paused until the build ends (as during a load): else
+            # every slice's objects, long-lived, would make it rescan those of the slices
+            # before (about 40% of the build's time).
+            self._warm_collecting = gc.isenabled()
+            gc.disable()
         now = self._now()
         entries = table.entries
         built = 0
         last = None
-        collecting = gc.isenabled()
-        gc.disable()  # as in a page: the collector would rescan what is built
         try:
             for key in table.keys.after(self._warm_after):
                 entry = entries[key]
@@ -1269,17 +1275,26 @@ class KeaCsvStore(HistoryFeed):
                 built += 1
                 if built == WARM_SLICE:
                     break
-        finally:
-            if collecting:
-                gc.enable()
+        except BaseException:
+            self._warm_done()
+            raise
         if built == WARM_SLICE:
             self._warm_after = last
             self._schedule_warm()
-            return
+            if self._warm_call is not None:
+                return
+        self._warm_done()
+        if built < WARM_SLICE:
+            log.info("{name}: every binding built", name=self.name)
+
+    def _warm_done(self) -> None:
+        """The background build ended or stopped: the collector runs again."""
         self._warm_table = self._warm_after = None
+        collecting, self._warm_collecting = self._warm_collecting, None
         # What was built lives as long as its leases: keep the collector off it.
         gc.freeze()
-        log.info("{name}: every binding built", name=self.name)
+        if collecting:
+            gc.enable()
 
     def start(self) -> None:
         """Poll the lease file every C{interval} seconds until L{close}."""
@@ -1477,6 +1492,7 @@ class KeaCsvStore(HistoryFeed):
         if self._warm_call is not None:
             self._warm_call.cancel()
             self._warm_call = None
+            self._warm_done()
         if self._poller is not None and self._poller.running:
             self._poller.stop()
         self._poller = None
