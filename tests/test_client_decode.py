@@ -6,6 +6,7 @@ protocol, the fast DATA path against the generic codec, and the merge rule (R16)
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from ipaddress import IPv6Address, IPv6Network
 
 from hypothesis import given, settings
@@ -29,13 +30,14 @@ from bulklq.client import (
     granted_lifetime,
     merge_bindings,
 )
-from bulklq.client._decode import fast_single_binding_at
+from bulklq.client._decode import fast_frames_at, fast_single_binding_at
 from bulklq.model import AddressLease, Binding, PrefixLease
 from bulklq.testing import make_binding, make_relay_data, make_relay_hop
 from bulklq.wire import (
     ClientData,
     Duid,
     Message,
+    MessageType,
     RemoteId,
     StatusCode,
     UnknownOption,
@@ -390,6 +392,168 @@ class FastPathTests(SynchronousTestCase):
         self.assertEqual(granted_lifetime(100, 20), 120)
         self.assertEqual(granted_lifetime(INFINITE_LIFETIME, 20), INFINITE_LIFETIME)
         self.assertEqual(granted_lifetime(INFINITE_LIFETIME - 5, 20), INFINITE_LIFETIME - 1)
+
+
+class _Stream:
+    """A L{FrameStream} and L{Pausable} for L{fast_frames_at}: keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.bindings: list[Binding] = []
+        self.consume: Callable[[Binding], object] | None = self.bindings.append
+        self.received = 0
+        self.paused = False
+
+
+def _usual(message: Message, xid: int) -> bool:
+    """
+    Whether C{message} is a usual LEASEQUERY-DATA of C{xid}, by the codec's reading: one
+    CLIENT_DATA holding CLIENTID, then 0-3 IAADDR, then 0-3 IAPREFIX (at least one lease,
+    none with sub-options), then CLT_TIME, and nothing else.
+    """
+    from bulklq.wire import ClientId, CltTime, IAAddress, IAPrefix
+
+    if message.msg_type != MessageType.LEASEQUERY_DATA or message.transaction_id != xid:
+        return False
+    if len(message.options) != 1 or not isinstance(message.options[0], ClientData):
+        return False
+    kinds = [type(option) for option in message.options[0].options]
+    addresses, prefixes = kinds.count(IAAddress), kinds.count(IAPrefix)
+    if any(option.options for option in message.options[0].options if hasattr(option, "options")):
+        return False
+    shape = [ClientId] + [IAAddress] * addresses + [IAPrefix] * prefixes + [CltTime]
+    return kinds == shape and addresses <= 3 and prefixes <= 3 and addresses + prefixes > 0
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+    """
+    Length-prefixed messages as a requestor reads them: mostly usual DATA of xid 0x10203,
+    some of another xid, some not usual (relay data, two CLIENT_DATA, an unknown option,
+    an altered octet); the whole buffer may end in the middle of a frame.
+    """
+    messages = []
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["usual"] * 5 + ["xid", "other", "mangled"]))
+        if kind == "usual":
+            item = draw(
+                _server_ordered().filter(
+                    lambda item: (
+                        3 <= len(item.options) <= 8
+                        and sum(option.code == 5 for option in item.options) <= 3
+                        and sum(option.code == 26 for option in item.options) <= 3
+                    )
+                )
+            )
+            messages.append(data(0x10203, item).encode())
+        elif kind == "xid":
+            messages.append(data(0x10204, draw(_server_ordered())).encode())
+        elif kind == "other":
+            messages.append(data(0x10203, *draw(st.lists(_client_datas(), max_size=2))).encode())
+        else:
+            octets = bytearray(data(0x10203, draw(_server_ordered())).encode())
+            octets[draw(st.integers(4, len(octets) - 1))] = draw(st.integers(0, 255))
+            messages.append(bytes(octets))
+    buffer = b"".join(len(octets).to_bytes(2, "big") + octets for octets in messages)
+    return buffer[: len(buffer) - draw(st.sampled_from([0, 0, 0, 1, 3]))], messages
+
+
+class FrameRunTests(SynchronousTestCase):
+    """L{fast_frames_at}: a run of usual frames of one stream, decoded in place."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(_frames(), st.binary(max_size=5), st.sampled_from([UNKNOWN_LINK, "2001:db8::1"]))
+    def test_run_is_the_codec(
+        self, frames: tuple[bytes, list[bytes]], before: bytes, link: str
+    ) -> None:
+        """
+        R7/R12/R13: the frames consumed are exactly the leading whole frames that are usual
+        DATA of the stream's xid by the codec's reading, each giving the codec's binding;
+        the offset returned is where the first other frame (or a cut one) starts.
+        """
+        buffer, messages = frames
+        buffer = before + buffer
+        expected: list[Binding] = []
+        offset = len(before)
+        for octets in messages:
+            end = offset + 2 + len(octets)
+            if end > len(buffer):
+                break
+            try:
+                message = decode_message(octets)
+            except WireError:
+                break
+            if not isinstance(message, Message) or not _usual(message, 0x10203):
+                break
+            found = binding_from_client_data(
+                message.options[0],  # type: ignore[arg-type]
+                NOW,
+                None if link == UNKNOWN_LINK else link,
+            )
+            assert found is not None
+            expected.append(found)
+            offset = end
+        stream = _Stream()
+        after = fast_frames_at(
+            buffer, len(before), len(buffer), 0x11010203, NOW, link, stream, stream
+        )
+        self.assertEqual(
+            (after, stream.bindings, stream.received), (offset, expected, len(expected))
+        )
+
+    def test_same_size_other_duid_length(self) -> None:
+        """
+        Messages of one size whose DUIDs differ in length (and so their shapes) are all
+        read: each size's layout is relearnt from the message that does not fit it.
+        """
+        short = client_data(Duid.ll(1, bytes(6)), ["2001:db8::1"], ["2001:db8:1::/56"])
+        long = client_data(Duid.en(9, bytes(range(32))), [], ["2001:db8:2::/48"])
+        messages = [data(0x10203, item).encode() for item in (short, long, long, short)]
+        self.assertEqual({len(octets) for octets in messages}, {87})
+        buffer = b"".join(len(octets).to_bytes(2, "big") + octets for octets in messages)
+        for _ in range(2):
+            stream = _Stream()
+            after = fast_frames_at(buffer, 0, len(buffer), 0x11010203, NOW, "l", stream, stream)
+            self.assertEqual(after, len(buffer))
+            self.assertEqual(
+                stream.bindings,
+                [binding_from_client_data(item, NOW, "l") for item in (short, long, long, short)],
+            )
+
+    def test_stops_when_told(self) -> None:
+        """
+        Reading stops before the next frame once the consumer pauses or ends the stream;
+        what the consumer raises propagates, its frame counted as consumed.
+        """
+        messages = [data(0x10203, client_data(n, ["2001:db8::1"])).encode() for n in range(5)]
+        buffer = b"".join(len(octets).to_bytes(2, "big") + octets for octets in messages)
+        size = 2 + len(messages[0])
+        for action in ("pause", "end", "raise"):
+            stream = _Stream()
+
+            def consume(binding: Binding, stream: _Stream = stream, action: str = action) -> None:
+                stream.bindings.append(binding)
+                if len(stream.bindings) == 2:
+                    if action == "pause":
+                        stream.paused = True
+                    elif action == "end":
+                        stream.consume = None
+                    else:
+                        raise ValueError("consumer")
+
+            stream.consume = consume
+            if action == "raise":
+                with self.assertRaises(ValueError):
+                    fast_frames_at(buffer, 0, len(buffer), 0x11010203, NOW, "l", stream, stream)
+            else:
+                after = fast_frames_at(buffer, 0, len(buffer), 0x11010203, NOW, "l", stream, stream)
+                self.assertEqual(after, 2 * size)
+            self.assertEqual((len(stream.bindings), stream.received), (2, 2))
+            stream.paused = False
+            stream.consume = stream.bindings.append
+            after = fast_frames_at(
+                buffer, 2 * size, len(buffer), 0x11010203, NOW, "l", stream, stream
+            )
+            self.assertEqual((after, len(stream.bindings)), (len(buffer), 5))
 
 
 class MergeTests(SynchronousTestCase):

@@ -654,6 +654,118 @@ class SegmentTests(ProtocolTestCase):
         self.assertTrue(self.transport.disconnecting)
 
 
+class RunTests(ProtocolTestCase):
+    """Runs of usual DATA frames, decoded in place by one fast_frames_at call each."""
+
+    def _datas(self, xid: int, numbers: range) -> list[Message]:
+        """A REPLY holding client 0, then one usual DATA per client number."""
+        return [
+            reply(xid, client_data(0, ["2001:db8::ff"])),
+            *[
+                data(xid, client_data(n, [f"2001:db8:1::{n:x}"], [f"2001:db8:{n:x}::/56"]))
+                for n in numbers
+            ],
+        ]
+
+    def test_pause_inside_callback(self) -> None:
+        """
+        S1: a callback that pauses the protocol gets no binding after it until
+        resumeProducing, which reads the rest of what had arrived; none is lost or repeated.
+        """
+        seen: list[Binding] = []
+
+        def take(binding: Binding) -> None:
+            seen.append(binding)
+            if len(seen) in (3, 6):
+                self.protocol.pauseProducing()
+
+        results: list[ServerResult] = []
+        self.protocol.query(LeaseQuery.by_relay_id(RELAY), take, False).addCallback(results.append)
+        (query,) = self.sent()
+        xid = query.transaction_id
+        self.feed(*self._datas(xid, range(1, 9)), done(xid))
+        self.assertEqual((len(seen), results), (3, []))
+        self.protocol.resumeProducing()
+        self.assertEqual((len(seen), results), (6, []))
+        self.protocol.resumeProducing()
+        self.assertEqual([b.client_id for b in seen], [client_duid(n) for n in range(9)])
+        self.assertEqual((results[0].status, results[0].received), (QueryStatus.SUCCESS, 9))
+
+    def test_cancel_inside_callback(self) -> None:
+        """R13: a callback that cancels its query gets no binding after that one."""
+        seen: list[Binding] = []
+
+        def take(binding: Binding) -> None:
+            seen.append(binding)
+            if len(seen) == 4:
+                deferred.cancel()
+
+        deferred = self.protocol.query(LeaseQuery.by_relay_id(RELAY), take, False)
+        deferred.addErrback(lambda failure: None)
+        (query,) = self.sent()
+        xid = query.transaction_id
+        self.feed(*self._datas(xid, range(1, 9)))
+        self.assertEqual(len(seen), 4)
+        self.assertTrue(self.transport.disconnecting)
+        self.protocol.connectionLost()
+
+    def test_failure_mid_run_keeps_framing(self) -> None:
+        """
+        S1/R13: after a callback fails in the middle of a run, the frames after it are
+        skipped as whole frames: what stays unprocessed is the partial frame at the end,
+        and the query counts the bindings handed over (the failing one included).
+        """
+        from bulklq.client import StopStreaming
+
+        def stop(binding: Binding) -> None:
+            if binding.client_id == client_duid(3):
+                raise StopStreaming("three")
+
+        results: list[ServerResult] = []
+        self.protocol.query(LeaseQuery.by_relay_id(RELAY), stop, False).addCallback(results.append)
+        (query,) = self.sent()
+        xid = query.transaction_id
+        octets = frame(*self._datas(xid, range(1, 7)))
+        self.protocol.dataReceived(octets + octets[:5])
+        self.assertEqual(self.protocol._unprocessed, octets[:5])
+        self.assertEqual(
+            (results[0].status, results[0].received, results[0].error),
+            (QueryStatus.INCOMPLETE, 4, "three"),
+        )
+
+    def test_interleaved_runs(self) -> None:
+        """
+        R13: runs of several DATA frames of two queries, alternating in one segment, each
+        go to their own query, kept or streamed.
+        """
+        first, first_results, first_stream = self.ask(keep=False)
+        second, second_results, second_stream = self.ask()
+        one = self._datas(first, range(1, 10))
+        two = self._datas(second, range(20, 29))
+        order = [*one[:4], *two[:2], *one[4:5], *two[2:], *one[5:], done(first), done(second)]
+        self.feed(*order)
+        self.assertEqual([b.client_id for b in first_stream], [client_duid(n) for n in range(10)])
+        self.assertEqual(
+            [b.client_id for b in second_stream], [client_duid(n) for n in [0, *range(20, 29)]]
+        )
+        self.assertEqual(second_results[0].bindings, tuple(second_stream))
+        self.assertEqual((first_results[0].received, first_results[0].bindings), (10, ()))
+
+    def test_max_bindings_mid_run(self) -> None:
+        """
+        A kept result that reaches max_bindings in the middle of a run ends the query
+        there, the frames after it skipped whole.
+        """
+        xid, results, streamed = self.ask(max_bindings=4)
+        octets = frame(*self._datas(xid, range(1, 9)))
+        self.protocol.dataReceived(octets + octets[:3])
+        self.assertEqual(self.protocol._unprocessed, octets[:3])
+        self.assertEqual(len(streamed), 4)
+        self.assertEqual((results[0].received, len(results[0].bindings)), (5, 4))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIn("more than 4", results[0].error or "")
+
+
 class _Offers:
     """An C{on_frame} that records what it is offered and takes nothing (or everything)."""
 
