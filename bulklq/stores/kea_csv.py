@@ -43,12 +43,15 @@ link-address is neither C{::} nor link-local) as a /128, and the /64 of every ad
 leased (IA_NA, IA_TA). A query whose link-address matches none of these is answered
 NotConfigured; with a configuration, one outside every configured subnet is.
 
-B{Memory.} Per active lease the store keeps its 16 address octets and a small tuple (its
-client's group, a lifetimes tuple shared by many leases, its expiry, and the summary of its
-user context: the relay chain's checked parts, shared by the rows of one transaction); the
-index by link, client, Relay-ID and Remote-ID holds binding keys only. A L{Binding} is built
-when a query first returns it and kept until its client's leases change. The links alone
-live in a L{MemoryBindingStore}.
+B{Memory.} Each client (subnet and DUID) has one list: its binding key, its index data, its
+built L{Binding} (once built), then four slots per active lease (the address as a number, a
+shape tuple of type, length and lifetimes shared by many leases, its expiry, and the
+summary of its user context: the relay chain's checked parts, shared by the rows of one
+transaction); the leases by address point at their client's list, and the index by link,
+client, Relay-ID and Remote-ID holds binding keys only. A L{Binding} is built when a query
+first returns it, or ahead by the background build (L{KeaCsvStore.warm}, which
+L{open_store_uri} starts unless C{warm=no}), and kept until its client's leases change.
+The links alone live in a L{MemoryBindingStore}.
 """
 
 from __future__ import annotations
@@ -1031,7 +1034,8 @@ class KeaCsvStore(HistoryFeed):
     Bindings from Kea's memfile lease file, kept in a L{MemoryBindingStore} and followed
     live (see the module docstring for the rules).
 
-    Call L{load} once, then L{start} to follow the file; L{open_store_uri} does both.
+    Call L{load} once, then L{start} to follow the file and L{warm} to build every binding
+    ahead; L{open_store_uri} does all three (unless told not to).
 
     It is an L{IBindingChangeFeed} (Active Leasequery, RFC 7653): each poll publishes to
     L{changes} every binding that the rows read changed, and every binding whose last
