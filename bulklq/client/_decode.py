@@ -461,17 +461,20 @@ def fast_frames_at(  # noqa: PLR0917
     ceiling = INFINITE_LIFETIME - 1
     layouts_get = _LAYOUTS.get
     consume = stream.consume
+    known = -1  # the size whose layout is unpacked below (usually the previous frame's)
     while consume is not None and not control.paused and size - offset >= 2:
         length = (data[offset] << 8) | data[offset + 1]
         end = offset + 2 + length
         if end > size:
             break
-        layout = layouts_get(length)
-        if layout is None:
-            layout = _learn_layout(data, offset, length)
+        if length != known:
+            layout = layouts_get(length)
             if layout is None:
-                break
-        kind, heads, check, count_addresses, count_prefixes, unpack = layout
+                layout = _learn_layout(data, offset, length)
+                if layout is None:
+                    break
+            kind, heads, check, count_addresses, count_prefixes, unpack = layout
+            known = length
         # The usual shapes are read with one unpack and built here with the builders, no
         # call per object; the headers are checked against the layout's (a message of
         # the same size with another DUID length has its own layout learnt, then read).
@@ -503,6 +506,7 @@ def fast_frames_at(  # noqa: PLR0917
                 or prefix_length > 128
             ):
                 if _relearn(data, offset, length, frame_head == head, message_heads != heads):
+                    known = -1
                     continue
                 break
         elif kind == _ADDRESS_ONLY:
@@ -525,6 +529,7 @@ def fast_frames_at(  # noqa: PLR0917
                 or clt_head != _CLT_TIME_HEAD
             ):
                 if _relearn(data, offset, length, frame_head == head, message_heads != heads):
+                    known = -1
                     continue
                 break
         elif kind == _PREFIX_ONLY:
@@ -549,12 +554,14 @@ def fast_frames_at(  # noqa: PLR0917
                 or prefix_length > 128
             ):
                 if _relearn(data, offset, length, frame_head == head, message_heads != heads):
+                    known = -1
                     continue
                 break
         else:
             frame_head, message_heads, raw, *values = unpack(data, offset)
             if message_heads != heads or frame_head != head:
                 if _relearn(data, offset, length, frame_head == head, message_heads != heads):
+                    known = -1
                     continue
                 break
         if check and raw[1] == 4 and not raw[0]:
