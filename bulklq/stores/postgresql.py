@@ -1217,6 +1217,9 @@ class PostgreSQLBindingStore:
             conn, _walk_sql(schema, walk, with_link, bound is not None), params, handover
         )
         groups = _group(rows)
+        if bound is not None:  # a whole walk: how many leases it took per matching client
+            ratio = (params["skip"] + 1) / max(len(groups), 1)
+            self._walk_ratio = min(float(WALK_MAX), max(1.0, 0.5 * self._walk_ratio + 0.5 * ratio))
         resume_after: BindingKey | None = None
         if len(groups) > limit:
             del groups[limit:]
@@ -1224,8 +1227,6 @@ class PostgreSQLBindingStore:
             resume_after = (subnet_link_id(subnet_id), bytes(duid))
         elif bound is not None:
             resume_after = (LINK_PREFIX + bound[0], bytes(bound[1]))
-            ratio = (params["skip"] + 1) / max(len(groups), 1)
-            self._walk_ratio = min(float(WALK_MAX), max(1.0, 0.5 * self._walk_ratio + 0.5 * ratio))
         members = [rows for _, rows in groups]
         return BindingPage(_lazy_page(members, query, now), resume_after)
 
