@@ -197,7 +197,9 @@ def load(path: str, warm: bool = False) -> dict[str, float]:
 def main() -> None:
     """Generate (or reuse) the file, then load it in a child process."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="rows to generate (default: 100,000)"
+    )
     parser.add_argument("--file", help="lease file to write (default: a temporary file)")
     parser.add_argument("--load-only", metavar="PATH", help="measure an existing lease file")
     parser.add_argument(
