@@ -5,7 +5,9 @@ that reads a LEASEQUERY-DATA frame's octets directly.
 The fast path only accepts frames of the usual shape (CLIENT_DATA options holding CLIENTID,
 IAADDR and IAPREFIX without sub-options, CLT_TIME and LQ_RELAY_DATA) and answers C{None}
 for anything else, so that the caller falls back to the strict codec; on what it accepts it
-gives exactly what L{binding_from_client_data} gives after L{decode_message}.
+gives exactly what L{binding_from_client_data} gives after L{decode_message}. The
+requestor reads each run of such frames of one stream, as received, with one
+L{fast_frames_at} call.
 """
 
 from __future__ import annotations
@@ -154,7 +156,8 @@ _CLT_TIME_HEAD = (46 << 16) | 4
 _MAX_FRAME = 0xFFFF
 
 # The usual CLIENT_DATA after its CLIENTID: a addresses, p prefixes, CLT_TIME, nothing else,
-# by its size: (kind, a, p). The kinds built inline by fast_single_binding_at:
+# by its size: (kind, a, p). The kinds fast_frames_at builds itself (the others go through
+# _shaped_general):
 _ADDRESS_AND_PREFIX = 1
 _ADDRESS_ONLY = 2
 _PREFIX_ONLY = 3
