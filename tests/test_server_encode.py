@@ -87,3 +87,53 @@ class EncoderTests(SynchronousTestCase):
         self.assertEqual(data, expected.encode_data())
         self.assertIn(b"\x00\x2e\x00\x04\x00\x00\x00\x64", data or b"")
         self.assertIn((0).to_bytes(4, "big") + (7100).to_bytes(4, "big"), data or b"")
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        duids,
+        st.integers(NOW - 20_000, NOW + 10),
+        addresses,
+        prefixes,
+        st.integers(0, 0xFFFFFF),
+    )
+    def test_address_and_prefix_equals_codec(
+        self,
+        duid: Duid,
+        cltt: int,
+        address: AddressLease,
+        prefix: PrefixLease,
+        xid: int,
+    ) -> None:
+        """S39-S41: a binding of one address and one delegated prefix (a typical CPE) with
+        an empty ORO, the encoder's short path: equal to the generic encoding at any time
+        and lifetimes (infinite, expired, not yet started)."""
+        binding = Binding(duid, "link-1", cltt, (address,), (prefix,))
+        expected = client_data(binding, NOW)
+        framed = ClientDataEncoder().encode_frame(binding, NOW, (17 << 24) | xid)
+        if expected is None:
+            self.assertIsNone(framed)
+            return
+        self.assertEqual(framed, frame(MessageType.LEASEQUERY_DATA, xid, [expected.encode()]))
+
+    def test_address_and_prefix(self) -> None:
+        """S40, S41: one address and one /56, empty ORO: both leases' remaining lifetimes,
+        the prefix length and network, and CLT_TIME from now - cltt."""
+        binding = Binding(
+            Duid.ll(1, b"\x02\x00\x00\x00\x0a\xbc"),
+            "link-1",
+            NOW - 100,
+            (AddressLease(IPv6Address("2001:db8:1::1"), 50, 7200),),
+            (PrefixLease(IPv6Network("2001:db8:100::/56"), 3600, 7200),),
+        )
+        data = ClientDataEncoder().encode(binding, NOW)
+        expected = client_data(binding, NOW)
+        assert expected is not None
+        self.assertEqual(data, expected.encode_data())
+        iaprefix = (
+            b"\x00\x1a\x00\x19"
+            + (3500).to_bytes(4, "big")
+            + (7100).to_bytes(4, "big")
+            + b"\x38"
+            + IPv6Network("2001:db8:100::/56").network_address.packed
+        )
+        self.assertIn(iaprefix, data or b"")

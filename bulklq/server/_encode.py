@@ -153,12 +153,17 @@ def _shape(duid_length: int, addresses: int, prefixes: int) -> struct.Struct:
 def _plain_frame_encoder(
     general: Callable[[Binding, int, int], bytes | None],
 ) -> Callable[[Binding, int, int], bytes | None]:
-    """The frame encoder for an empty ORO: one address and no prefix takes a short path."""
-    shapes: dict[int, struct.Struct] = {}
+    """
+    The frame encoder for an empty ORO: a binding of one address, or of one address and one
+    delegated prefix (a typical CPE), whose leases are finite and unexpired takes a short
+    path; anything else the general one.
+    """
+    shapes: dict[tuple[int, int], struct.Struct] = {}
 
     def encode_frame(binding: Binding, now: int, type_xid: int) -> bytes | None:
         addresses = binding.addresses
-        if len(addresses) != 1 or binding.prefixes:
+        prefixes = binding.prefixes
+        if len(addresses) != 1 or len(prefixes) > 1:
             return general(binding, now, type_xid)
         lease = addresses[0]
         elapsed = now - binding.cltt
@@ -168,24 +173,59 @@ def _plain_frame_encoder(
             return general(binding, now, type_xid)
         raw = binding.client_id.raw
         n = len(raw)
-        shape = shapes.get(n)
-        if shape is None:
-            shape = shapes[n] = _shape(n, 1, 0)
         preferred -= elapsed
+        # IPv6Address.packed is this, less a property call and a function call.
+        packed = lease.address._ip.to_bytes(16, "big")  # type: ignore[attr-defined]
+        if not prefixes:
+            shape = shapes.get((n, 0))
+            if shape is None:
+                shape = shapes[n, 0] = _shape(n, 1, 0)
+            return shape.pack(
+                n + 48,
+                type_xid,
+                _CLIENT_DATA,
+                n + 40,
+                1,
+                n,
+                raw,
+                _IAADDR_CODE,
+                24,
+                packed,
+                preferred if preferred > 0 else 0,
+                valid - elapsed,
+                _CLT_CODE,
+                4,
+                elapsed,
+            )
+        prefix_lease = prefixes[0]
+        prefix_valid = prefix_lease.valid_lifetime
+        prefix_preferred = prefix_lease.preferred_lifetime
+        if INFINITY in (prefix_valid, prefix_preferred) or prefix_valid <= elapsed:
+            return general(binding, now, type_xid)
+        network = prefix_lease.prefix
+        shape = shapes.get((n, 1))
+        if shape is None:
+            shape = shapes[n, 1] = _shape(n, 1, 1)
+        prefix_preferred -= elapsed
         return shape.pack(
-            n + 48,
+            n + 77,
             type_xid,
             _CLIENT_DATA,
-            n + 40,
+            n + 69,
             1,
             n,
             raw,
             _IAADDR_CODE,
             24,
-            # IPv6Address.packed is this, less a property call and a function call.
-            lease.address._ip.to_bytes(16, "big"),  # type: ignore[attr-defined]
+            packed,
             preferred if preferred > 0 else 0,
             valid - elapsed,
+            _IAPREFIX_CODE,
+            25,
+            prefix_preferred if prefix_preferred > 0 else 0,
+            prefix_valid - elapsed,
+            network._prefixlen,  # type: ignore[attr-defined]
+            network.network_address._ip.to_bytes(16, "big"),  # type: ignore[attr-defined]
             _CLT_CODE,
             4,
             elapsed,
