@@ -45,9 +45,9 @@ VARIANTS = {
 
 def measure(variant: str, bindings: int, writes: int, batch: int) -> dict[str, Any]:
     """Load C{bindings} into a scratch database, apply C{writes}; the costs per write."""
-    from torture_consistency import new_writer, process_cpu_seconds
+    from torture_consistency import batch_changes, new_writer, process_cpu_seconds
 
-    from tests.test_hardening_consistency import KeaBatchWriter, state, write_of
+    from tests.test_hardening_consistency import KeaBatchWriter, state
     from tests.test_store_postgresql import V17, ScratchDatabase
 
     base_time = int(time.time())
@@ -68,15 +68,7 @@ def measure(variant: str, bindings: int, writes: int, batch: int) -> dict[str, A
         done = 0
         while done < writes:
             chosen = writer.batch(min(batch, writes - done))
-            puts: list[Any] = []
-            removes: list[Any] = []
-            for client, version in chosen:
-                key, binding = write_of(client, version, base_time)
-                if binding is None:
-                    removes.append(key)
-                else:
-                    puts.append(binding)
-            sink.apply(puts, removes)
+            sink.apply(*batch_changes(chosen, base_time))
             writer.operations += len(chosen)
             done += len(chosen)
         micro = 1e6 / done

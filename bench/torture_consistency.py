@@ -124,21 +124,11 @@ class WriteLoop:
 
     def step(self) -> float:
         """Apply one batch if one is due; the seconds until the next is due (0: behind)."""
-        from tests.test_hardening_consistency import write_of
-
         owed = int((clock() - self.started) * self.rate) - self.writer.operations
         if owed < self.smallest:
             return (self.smallest - owed) / self.rate
         writes = self.writer.batch(min(owed, self.largest))
-        puts: list[Any] = []
-        removes: list[Any] = []
-        base_time = self.writer.base_time
-        for client, version in writes:
-            key, binding = write_of(client, version, base_time)
-            if binding is None:
-                removes.append(key)
-            else:
-                puts.append(binding)
+        puts, removes = batch_changes(writes, self.writer.base_time)
         began = clock()
         self.apply(puts, removes)
         committed = clock()
@@ -165,6 +155,21 @@ class WriteLoop:
             "transaction_ms_max": round(1000 * max(busy, default=0.0), 2),
             "writer_busy_fraction": round(sum(busy) / seconds, 3),
         }
+
+
+def batch_changes(writes: list[tuple[int, int]], base_time: int) -> tuple[list[Any], list[Any]]:
+    """The bindings to put and the keys to remove for a batch of (client, version) writes."""
+    from tests.test_hardening_consistency import write_of
+
+    puts: list[Any] = []
+    removes: list[Any] = []
+    for client, version in writes:
+        key, binding = write_of(client, version, base_time)
+        if binding is None:
+            removes.append(key)
+        else:
+            puts.append(binding)
+    return puts, removes
 
 
 def new_writer(bindings: int, base_time: int, seed: int = 1) -> Any:
