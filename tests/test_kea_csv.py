@@ -1043,25 +1043,35 @@ def _reference(rows: list[str], pool: bool) -> dict[BindingKey, Binding]:
     return {b.key: b for b in bindings_from_leases(last.values(), NOW_EQ)}
 
 
+def loaded_then_followed(
+    case: SynchronousTestCase, header: str, loaded: list[str], appended: list[str]
+) -> KeaCsvStore:
+    """
+    A store (clock at C{NOW_EQ}) that loaded a lease file of C{header} and C{loaded}, then
+    read the rows C{appended} to it (when there are any).
+    """
+    directory = Path(case.mktemp())
+    directory.mkdir()
+    path = directory / "kea-leases6.csv"
+    path.write_text("\n".join([header, *loaded]) + "\n", encoding="ascii")
+    clock = Clock()
+    clock.advance(NOW_EQ)
+    store = KeaCsvStore(path, clock)
+    store.load()
+    if appended:
+        with open(path, "a", encoding="ascii") as handle:
+            handle.write("".join(row + "\n" for row in appended))
+        store.poll()
+    return store
+
+
 class FastPathEquivalenceTests(SynchronousTestCase):
     """The store's compact table and binding construction give exactly the bindings of the
     reference semantics (L{bulklq.stores.kea_leases.bindings_from_leases})."""
 
     def store_of(self, header: str, rows: list[str], follow_rows: list[str]) -> KeaCsvStore:
         """A store that loaded C{rows}, then read C{follow_rows} appended."""
-        directory = Path(self.mktemp())
-        directory.mkdir()
-        path = directory / "kea-leases6.csv"
-        path.write_text("\n".join([header, *rows]) + "\n", encoding="ascii")
-        clock = Clock()
-        clock.advance(NOW_EQ)
-        store = KeaCsvStore(path, clock)
-        store.load()
-        if follow_rows:
-            with open(path, "a", encoding="ascii") as handle:
-                handle.write("\n".join(follow_rows) + "\n")
-            store.poll()
-        return store
+        return loaded_then_followed(self, header, rows, follow_rows)
 
     @given(st.data())
     @settings(max_examples=300, deadline=None)
@@ -1152,18 +1162,7 @@ class BulkIndexTests(SynchronousTestCase):
 
     def store_of(self, loaded: list[str], appended: list[str]) -> KeaCsvStore:
         """A store that loaded C{loaded}, then read C{appended}."""
-        directory = Path(self.mktemp())
-        directory.mkdir()
-        path = directory / "kea-leases6.csv"
-        path.write_text("\n".join([HEADER_3, *loaded]) + "\n", encoding="ascii")
-        clock = Clock()
-        clock.advance(NOW_EQ)
-        store = KeaCsvStore(path, clock)
-        store.load()
-        with open(path, "a", encoding="ascii") as handle:
-            handle.write("".join(row + "\n" for row in appended))
-        store.poll()
-        return store
+        return loaded_then_followed(self, HEADER_3, loaded, appended)
 
     def test_same_answers(self) -> None:
         """
