@@ -119,10 +119,11 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load(path: str, warm: bool = False) -> dict[str, float]:
+def load(path: str, warm: bool = False, parallel: bool = True) -> dict[str, float]:
     """
     Load C{path} into a store (in this process) and measure; with C{warm}, run the
-    background build of every binding (L{KeaCsvStore.warm}) to its end before streaming.
+    background build of every binding (L{KeaCsvStore.warm}) to its end before streaming;
+    C{parallel=False} loads without the child process that parses most rows.
     """
     from twisted.internet.task import Clock
 
@@ -132,13 +133,18 @@ def load(path: str, warm: bool = False) -> dict[str, float]:
     rss_before = _rss_mb()
     clock = Clock()
     clock.advance(NOW)
-    store = KeaCsvStore(path, clock)
+    store = KeaCsvStore(path, clock, parallel=parallel)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     cpu_started = time.process_time()
     store.load()
     seconds = time.perf_counter() - started
     rss = _rss_mb()
     cpu_seconds = time.process_time() - cpu_started
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+        children.ru_utime + children.ru_stime
+    )
     warmed: dict[str, float] = {}
     if warm:
         started = time.perf_counter()
@@ -180,6 +186,8 @@ def load(path: str, warm: bool = False) -> dict[str, float]:
         "bindings": len(store),
         "load_seconds": round(seconds, 2),
         "load_cpu_seconds": round(cpu_seconds, 2),
+        "load_child_cpu_seconds": round(child_cpu, 2),
+        "rows_parsed_by_child": store.parsed_by_child,
         "rows_per_second": round(rows / seconds),
         "rss_mb": round(rss),
         "rss_before_mb": round(rss_before),
@@ -208,16 +216,28 @@ def main() -> None:
         help="build every binding in the background (as kea-csv: does unless warm=no) "
         "before streaming",
     )
+    parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="load in this process alone (as kea-csv: does with parallel=no)",
+    )
     args = parser.parse_args()
     if args.load_only:
-        print(json.dumps(load(args.load_only, args.warm)))
+        print(json.dumps(load(args.load_only, args.warm, not args.serial)))
         return
     path = args.file or os.path.join(tempfile.mkdtemp(), "kea-leases6.csv")
     started = time.perf_counter()
     generate(path, args.rows)
     generated = time.perf_counter() - started
     child = subprocess.run(
-        [sys.executable, __file__, "--load-only", path, *(["--warm"] if args.warm else [])],
+        [
+            sys.executable,
+            __file__,
+            "--load-only",
+            path,
+            *(["--warm"] if args.warm else []),
+            *(["--serial"] if args.serial else []),
+        ],
         check=True,
         capture_output=True,
         text=True,

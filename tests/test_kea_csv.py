@@ -880,6 +880,7 @@ class OpenerTests(SynchronousTestCase):
             ("kea-csv:/x.csv?interval=5", "interval"),
             ("kea-csv:/x.csv?follow=maybe", "follow"),
             ("kea-csv:/x.csv?warm=maybe", "warm"),
+            ("kea-csv:/x.csv?parallel=maybe", "parallel"),
             ("kea-csv:/x.csv?kea-config=/nonexistent/kea.conf", "cannot read Kea configuration"),
             ("sqlite:/x.db", "not a kea-csv"),
         ):

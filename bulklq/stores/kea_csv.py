@@ -66,11 +66,9 @@ from ipaddress import IPv6Address, IPv6Network
 from itertools import takewhile
 from operator import itemgetter
 from pathlib import Path
-from socket import AF_INET6, inet_pton
 from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -93,23 +91,18 @@ from ..model import (
 )
 from ..wire import Duid
 from ..wire._fast import new as _new
-from ..wire.duid import duid_problem
+from . import _parallel_load
+from ._kea_rows import CACHE_SIZE, Columns, ParsedRows, RowParser, split_lines
 from ._materialise import ipv6_address, ipv6_network
+from ._parallel_load import ParallelLoad
 from .kea_config import load_kea_config
 from .kea_leases import (
     LEASE_TYPE_PD,
-    NO_RELAY_SUMMARY,
-    STATE_DEFAULT,
-    KeaLeaseError,
     RelayInfo,
     RelaySummary,
     assemble_binding,
-    client_duid,
     lease_item,
-    parse_address,
-    relay_summary,
     subnet_link_id,
-    unescape,
 )
 from .memory import (
     _SMALL,
@@ -130,77 +123,18 @@ _set_duid_raw = set_duid_raw
 _set_address, _set_preferred, _set_valid = set_address_lease
 _set_prefix, _set_prefix_preferred, _set_prefix_valid = set_prefix_lease
 
-#: Columns a lease file must have; the others (state, user_context, pool_id ...) are optional.
-REQUIRED_COLUMNS = (
-    "address",
-    "duid",
-    "valid_lifetime",
-    "expire",
-    "subnet_id",
-    "pref_lifetime",
-    "lease_type",
-    "prefix_len",
-)
 #: Octets read at a time; rows are parsed one chunk of complete lines at a time.
 CHUNK_SIZE = 1 << 20
 #: Malformed rows logged one by one per read of a file; the rest are counted.
 MAX_ROW_WARNINGS = 20
-#: Distinct user contexts and DUID texts remembered while reading (the rows of one
-#: transaction repeat them).
-_CACHE_SIZE = 4096
 #: Bindings built per reactor turn by L{KeaCsvStore.warm} (a few tens of milliseconds).
 WARM_SLICE = 1000
 #: Times the LFC file set is re-read when LFC renamed files during a load.
 _LOAD_ATTEMPTS = 5
 
-#: What many leases share: (lease type, prefix length, preferred and valid lifetimes).
-_Shape = tuple[int, int, int, int]
-
 
 class KeaCsvError(Exception):
     """The lease file or the store's URI cannot be used (a one-line message)."""
-
-
-class _MalformedRowError(Exception):
-    pass
-
-
-@attrs.frozen
-class _Columns:
-    """Positions of the columns bulklq reads, from a file's header."""
-
-    count: int
-    address: int
-    duid: int
-    valid: int
-    expire: int
-    subnet: int
-    pref: int
-    lease_type: int
-    prefix_len: int
-    state: int
-    user_context: int
-
-    @classmethod
-    def from_header(cls, fields: list[str]) -> _Columns:
-        names = [field.strip() for field in fields]
-        missing = [name for name in REQUIRED_COLUMNS if name not in names]
-        if missing:
-            raise KeaCsvError(f"header lacks {', '.join(missing)}: not a Kea DHCPv6 lease file")
-        position = {name: index for index, name in reversed(list(enumerate(names)))}
-        return cls(
-            len(names),
-            position["address"],
-            position["duid"],
-            position["valid_lifetime"],
-            position["expire"],
-            position["subnet_id"],
-            position["pref_lifetime"],
-            position["lease_type"],
-            position["prefix_len"],
-            position.get("state", -1),
-            position.get("user_context", -1),
-        )
 
 
 def lease_file_set(path: str | Path) -> list[Path]:
@@ -217,18 +151,6 @@ def lease_file_set(path: str | Path) -> list[Path]:
             candidate for candidate in (Path(f"{base}.2"), Path(f"{base}.1")) if candidate.exists()
         ]
     return [*earlier, base]
-
-
-def _row_problem(fields: list[str], c: _Columns) -> str:
-    """Why the address, lifetime, expiry, subnet or state column of a row is malformed."""
-    try:
-        parse_address(fields[c.address].strip())
-        for position in (c.valid, c.expire, c.subnet, c.state):
-            if position >= 0:
-                int(fields[position])
-    except ValueError as error:
-        return str(error)
-    return "malformed row"  # pragma: no cover - the fast path and this one agree
 
 
 #: An index of values that mostly have one key (a client's DUID, a Remote-ID): the key
@@ -301,14 +223,8 @@ class _LeaseTable:
         self.dirty: set[BindingKey] = set()
         #: whether nothing was indexed yet: the first flush indexes every entry at once
         self.fresh = True
-        #: escaped user_context -> its summary (the rows of one transaction repeat it)
-        self.relay_cache: dict[str, RelaySummary] = {}
-        #: DUID text -> octets (a client's rows repeat it)
-        self.duid_cache: dict[str, bytes] = {}
-        #: one shape object per distinct (type, length, lifetimes), shared by the leases
-        self.shapes: dict[_Shape, _Shape] = {}
-        #: the texts of a shape's columns (type, length, preferred, valid) -> the shape
-        self.shapes_by_text: dict[tuple[str, str, str, str], _Shape] = {}
+        #: parses rows, remembering what consecutive rows repeat
+        self.parser = RowParser()
         self.derive_links = derive_links
         self.link_id = link_id
         #: subnet id -> link id
@@ -339,136 +255,49 @@ class _LeaseTable:
         return link
 
     def read(
-        self, lines: list[str], columns: _Columns, now: float, returns: bool = True
-    ) -> Iterator[tuple[int, str]]:
+        self, lines: list[str], columns: Columns, now: float, returns: bool = True
+    ) -> list[tuple[int, str]]:
         """
-        Apply C{lines} (complete rows, header excluded) in order; yield (index, reason) for
+        Apply C{lines} (complete rows, header excluded) in order; return (index, reason) for
         each malformed one. C{returns=False} says that no line holds a carriage return.
         """
-        c = columns
-        count = c.count
-        i_address, i_duid, i_valid, i_expire = c.address, c.duid, c.valid, c.expire
-        i_subnet, i_pref, i_type, i_plen = c.subnet, c.pref, c.lease_type, c.prefix_len
-        i_state, i_context = c.state, c.user_context
+        rows = self.parser.parse(lines, columns, now, returns)
+        self.apply(rows)
+        return rows.problems
+
+    def apply(self, rows: ParsedRows) -> None:
+        """Apply parsed rows (L{RowParser.parse}), in order."""
         leases = self.leases
         entries = self.entries
         mark = None if self.fresh else self.dirty.add
-        relay_cache = self.relay_cache
-        duid_cache = self.duid_cache
-        shape_of = self.shapes.setdefault
-        shapes_by_text = self.shapes_by_text
-        shape_by_text = shapes_by_text.get
         link_ids = self.link_ids
         derive = self._derive if self.derive_links else None
         seen = self.seen_links
-        pton = inet_pton
-        from_bytes = int.from_bytes
         touch = self._touch if self.before is not None else None
-        # The rows of one transaction follow each other: their client and user context
-        # are those of the row before.
-        last_duid = last_context = None
-        last_subnet = last_expire = derived_subnet = -1
+        remove = self._remove
+        derived_subnet = -1
         derived_relay = None
         entry: list[Any] = []
-        duid = b""
-        relay = NO_RELAY_SUMMARY
-        for number, line in enumerate(lines):
-            if not line:
+        for address, shape, expire, subnet, duid, relay in zip(
+            rows.addresses,
+            rows.shapes,
+            rows.expires,
+            rows.subnets,
+            rows.duids,
+            rows.relays,
+            strict=True,
+        ):
+            if shape is None:
+                remove(address)
                 continue
-            if returns and "\r" in line:
-                # csv refuses a carriage return inside a row: keep its verdict.
-                try:
-                    fields = next(csv.reader([line], quoting=csv.QUOTE_NONE, strict=False))
-                except csv.Error as error:
-                    yield number, f"not CSV: {error}"
-                    continue
-            else:
-                fields = line.split(",")
-            if len(fields) != count:
-                yield number, f"{len(fields)} fields where the header has {count}"
-                continue
-            try:
-                address = from_bytes(pton(AF_INET6, fields[i_address].strip()))
-                valid = int(fields[i_valid])
-                expire = int(fields[i_expire])
-                subnet = int(fields[i_subnet])
-                state = int(fields[i_state]) if i_state >= 0 else STATE_DEFAULT
-            except (OSError, ValueError):
-                yield number, _row_problem(fields, c)
-                continue
-            if valid <= 0 or state != STATE_DEFAULT or expire <= now:
-                self._remove(address)
-                continue
-            if expire == last_expire:
-                expire = last_expire  # one number object for the leases of a transaction
-            else:
-                last_expire = expire
-            duid_text = fields[i_duid]
-            try:
-                # Few distinct shapes: found by their text, parsed once.
-                shape_text = (fields[i_type], fields[i_plen], fields[i_pref], fields[i_valid])
-                shape = shape_by_text(shape_text)
-                if shape is None:
-                    pref = int(fields[i_pref])
-                    lease_type = int(fields[i_type])
-                    prefix_len = int(fields[i_plen])
-                    shape = (lease_type, prefix_len, pref, valid)
-                    shape = shape_of(shape, shape)
-                    if len(shapes_by_text) >= _CACHE_SIZE:
-                        shapes_by_text.clear()
-                    shapes_by_text[shape_text] = shape
-                lease_type, prefix_len = shape[0], shape[1]
-                if duid_text != last_duid or subnet != last_subnet:
-                    cached = duid_cache.get(duid_text)
-                    if cached is None:
-                        cached = bytes.fromhex(duid_text.replace(":", ""))
-                        if len(duid_cache) >= _CACHE_SIZE:
-                            duid_cache.clear()
-                        duid_cache[duid_text] = cached
-                    duid = cached
-                    same_client = False
-                else:
-                    same_client = True
-                if lease_type and (
-                    lease_type != LEASE_TYPE_PD
-                    or not 0 <= prefix_len <= 128
-                    or address & ((1 << (128 - prefix_len)) - 1)
-                ):
-                    lease_item(
-                        parse_address(fields[i_address].strip()), lease_type, prefix_len, 0, 0
-                    )
-            except ValueError as error:  # KeaLeaseError included
-                yield number, str(error)
-                continue
-            text = fields[i_context] if i_context >= 0 else ""
-            if text != last_context:
-                found = relay_cache.get(text)
-                if found is None:
-                    try:
-                        found = relay_summary(unescape(text))
-                    except KeaLeaseError as error:
-                        yield number, str(error)
-                        continue
-                    if len(relay_cache) >= _CACHE_SIZE:
-                        relay_cache.clear()
-                    relay_cache[text] = found
-                relay = found
-                last_context = text
-            if not same_client:
+            if duid is not None:
+                # A new client (else that of the lease row before).
                 link = link_ids.get(subnet) or self._link(subnet)
                 key: BindingKey = (link, duid)
                 found_entry = entries.get(key)
                 if found_entry is None:
-                    if duid_problem(duid) is not None:
-                        try:
-                            client_duid(duid)  # for its message
-                        except KeaLeaseError as error:
-                            yield number, str(error)
-                            continue
                     found_entry = entries[key] = [key, 0, None, None, None]
                 entry = found_entry
-                last_duid = duid_text
-                last_subnet = subnet
             old = leases.get(address)
             if touch is not None:
                 touch(entry)
@@ -494,12 +323,13 @@ class _LeaseTable:
                 mark(entry[0])
             if derive is not None:
                 link_address = relay[3]  # RelaySummary.link_address
+                pd = shape[0] == LEASE_TYPE_PD
                 if (
                     link_address is not None
                     and (relay is not derived_relay or subnet != derived_subnet)
                     and (subnet, link_address) not in seen
-                ) or (lease_type != LEASE_TYPE_PD and (subnet, address >> 64) not in seen):
-                    derive(subnet, link_address, address if lease_type != LEASE_TYPE_PD else None)
+                ) or (not pd and (subnet, address >> 64) not in seen):
+                    derive(subnet, link_address, None if pd else address)
                 derived_relay = relay
                 derived_subnet = subnet
 
@@ -971,7 +801,7 @@ def _relay_info(summary: RelaySummary) -> RelayInfo:
         return found[1]
     # Checked when the row was read (relay_summary): it cannot fail here.
     info = summary.lazy_info()
-    if len(_RELAY_INFOS) >= _CACHE_SIZE:
+    if len(_RELAY_INFOS) >= CACHE_SIZE:
         _RELAY_INFOS.clear()
     _RELAY_INFOS[id(summary)] = (summary, info)
     return info
@@ -987,7 +817,7 @@ class _FollowedFile:
         self.identity = (stat.st_dev, stat.st_ino)
         self.offset = 0
         self.line = 0
-        self.columns: _Columns | None = None
+        self.columns: Columns | None = None
 
     def close(self) -> None:
         self.handle.close()
@@ -1018,14 +848,38 @@ class _FollowedFile:
             self.offset += len(pending)
 
     def _lines(self, data: bytes) -> Iterator[tuple[int, list[str], bool]]:
-        text = data.decode("utf-8", "replace")
-        lines = text.split("\n")
-        returns = "\r" in text
-        if returns:
-            lines = [line.rstrip("\r") for line in lines]
+        lines, returns = split_lines(data)
         first = self.line + 1
         self.line += len(lines)
         yield first, lines, returns
+
+
+class _RowWarnings:
+    """The warnings for the malformed rows of one read of a file (L{MAX_ROW_WARNINGS})."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+
+    def report(self, line: int, reason: str) -> None:
+        """Warn about the malformed row at line C{line} (or only count it)."""
+        self.count += 1
+        if self.count <= MAX_ROW_WARNINGS:
+            log.warn(
+                "{path}:{line}: malformed lease row skipped: {reason}",
+                path=str(self.path),
+                line=line,
+                reason=reason,
+            )
+
+    def finish(self) -> None:
+        """Say how many more malformed rows were skipped than were warned about."""
+        if self.count > MAX_ROW_WARNINGS:
+            log.warn(
+                "{path}: {count} more malformed lease rows skipped",
+                path=str(self.path),
+                count=self.count - MAX_ROW_WARNINGS,
+            )
 
 
 @implementer(IBindingStore, IBindingChangeFeed)
@@ -1048,6 +902,9 @@ class KeaCsvStore(HistoryFeed):
     @param links: links by subnet id from Kea's configuration, or C{None} to derive them.
     @param interval: seconds between polls of the lease file (at most 1 to serve changes
         within a second).
+    @param parallel: whether a load may fork a child process to parse most rows while this
+        process applies them (L{bulklq.stores._parallel_load}: only for a file of a few
+        megabytes or more, in a process running no other thread).
     """
 
     def __init__(
@@ -1056,12 +913,16 @@ class KeaCsvStore(HistoryFeed):
         reactor: IReactorTime,
         links: dict[int, Link] | None = None,
         interval: float = 1.0,
+        parallel: bool = True,
     ) -> None:
         self.path = Path(path)
         self.name = f"kea-csv:{self.path}"
         self._reactor = reactor
         self._configured = links
         self._interval = interval
+        self._parallel = parallel
+        #: Rows a child process parsed during loads (see C{parallel}).
+        self.parsed_by_child = 0
         #: The links (only): bindings live in the lease table's index.
         self._links = MemoryBindingStore(clock=reactor)
         self._link_ids: dict[int, str] = {}
@@ -1117,7 +978,71 @@ class KeaCsvStore(HistoryFeed):
     def _read_file(
         self, table: _LeaseTable, followed: _FollowedFile, now: float, final: bool
     ) -> None:
-        warnings = 0
+        warnings = _RowWarnings(followed.path)
+        if self._parallel and not followed.offset:
+            self._read_parallel(table, followed, now, warnings)
+        self._read_rows(table, followed, now, final, warnings)
+        warnings.finish()
+
+    def _read_parallel(
+        self, table: _LeaseTable, followed: _FollowedFile, now: float, warnings: _RowWarnings
+    ) -> None:
+        """
+        Read a file from its start with a child process parsing most of its rows
+        (L{bulklq.stores._parallel_load}), when that is worth it; C{followed} is left at the
+        first line not read (the end of the file as it was, unless the child stopped).
+        """
+        fd = followed.handle.fileno()
+        size = os.fstat(fd).st_size
+        if size < _parallel_load.MIN_OCTETS:
+            return
+        head = os.pread(fd, 1 << 16, 0)
+        end = head.find(b"\n")
+        if end < 0:
+            return
+        try:
+            header, _ = split_lines(head[:end])
+            columns = Columns.from_header(next(csv.reader(header, quoting=csv.QUOTE_NONE)))
+        except (ValueError, csv.Error):
+            return  # _read_rows reports it
+        parser = table.parser
+
+        def parse(lines: list[str], returns: bool) -> ParsedRows:
+            return parser.parse(lines, columns, now, returns)
+
+        load = ParallelLoad.start(fd, end + 1, size, 2, parse)
+        if load is None:
+            return
+        followed.columns = columns
+        followed.offset = end + 1
+        followed.line = 1
+        try:
+            for window in load.windows():
+                if window.rows is None:
+                    data = os.pread(fd, window.end - window.start, window.start)
+                    if len(data) != window.end - window.start:
+                        break  # the file was cut short: _read_rows reads what is left
+                    lines, returns = split_lines(data[:-1])
+                    problems = table.read(lines, columns, now, returns)
+                else:
+                    table.apply(window.rows)
+                    problems = window.rows.problems
+                for index, reason in problems:
+                    warnings.report(window.first_line + index, reason)
+                followed.offset = window.end
+                followed.line = window.first_line + window.lines - 1
+        finally:
+            self.parsed_by_child += load.parsed
+            load.close()
+
+    def _read_rows(
+        self,
+        table: _LeaseTable,
+        followed: _FollowedFile,
+        now: float,
+        final: bool,
+        warnings: _RowWarnings,
+    ) -> None:
         for first, lines, returns in followed.chunks(final):
             rows = lines
             number = first
@@ -1126,8 +1051,8 @@ class KeaCsvStore(HistoryFeed):
                     continue
                 header = next(csv.reader(lines[:1], quoting=csv.QUOTE_NONE))
                 try:
-                    followed.columns = _Columns.from_header(header)
-                except KeaCsvError as error:
+                    followed.columns = Columns.from_header(header)
+                except ValueError as error:
                     log.error(
                         "{path}:1: {reason}; the file is ignored",
                         path=str(followed.path),
@@ -1138,20 +1063,7 @@ class KeaCsvStore(HistoryFeed):
                 rows = lines[1:]
                 number += 1
             for index, reason in table.read(rows, followed.columns, now, returns):
-                warnings += 1
-                if warnings <= MAX_ROW_WARNINGS:
-                    log.warn(
-                        "{path}:{line}: malformed lease row skipped: {reason}",
-                        path=str(followed.path),
-                        line=number + index,
-                        reason=reason,
-                    )
-        if warnings > MAX_ROW_WARNINGS:
-            log.warn(
-                "{path}: {count} more malformed lease rows skipped",
-                path=str(followed.path),
-                count=warnings - MAX_ROW_WARNINGS,
-            )
+                warnings.report(number + index, reason)
 
     def _open(self, path: Path) -> _FollowedFile | None:
         try:
@@ -1508,8 +1420,9 @@ class KeaCsvStore(HistoryFeed):
 
 def open_store_uri(uri: str, reactor: IReactorTime) -> KeaCsvStore:
     """
-    Open C{kea-csv:PATH[?kea-config=KEA_DHCP6_CONF][&interval=SECONDS][&follow=no][&warm=no]}:
-    load the lease files, unless C{follow=no} follow them, and unless C{warm=no} build every
+    Open C{kea-csv:PATH[?kea-config=KEA_DHCP6_CONF][&interval=SECONDS][&follow=no][&warm=no]
+    [&parallel=no]}: load the lease files (with a child process's help unless
+    C{parallel=no}), unless C{follow=no} follow them, and unless C{warm=no} build every
     binding in the background (L{KeaCsvStore.warm}).
 
     @raise KeaCsvError: for a malformed URI, an unreadable lease file or Kea configuration.
@@ -1524,7 +1437,7 @@ def open_store_uri(uri: str, reactor: IReactorTime) -> KeaCsvStore:
         params = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         raise KeaCsvError(f"kea-csv: malformed parameters {parts.query!r}") from None
-    unknown = set(params) - {"kea-config", "interval", "follow", "warm"}
+    unknown = set(params) - {"kea-config", "interval", "follow", "warm", "parallel"}
     if unknown:
         raise KeaCsvError(f"kea-csv: unknown parameter {sorted(unknown)[0]!r}")
     links = None
@@ -1541,16 +1454,24 @@ def open_store_uri(uri: str, reactor: IReactorTime) -> KeaCsvStore:
             interval = -1.0
         if not 0 < interval <= 1:
             raise KeaCsvError("kea-csv: interval must be a number of seconds in (0, 1]")
-    follow = params.get("follow", ["yes"])[-1].lower()
-    if follow not in ("yes", "no", "true", "false", "1", "0"):
-        raise KeaCsvError("kea-csv: follow must be yes or no")
-    store = KeaCsvStore(path, reactor, links, interval)
-    warm = params.get("warm", ["yes"])[-1].lower()
-    if warm not in ("yes", "no", "true", "false", "1", "0"):
-        raise KeaCsvError("kea-csv: warm must be yes or no")
+    follow = _yes(params, "follow")
+    warm = _yes(params, "warm")
+    store = KeaCsvStore(path, reactor, links, interval, parallel=_yes(params, "parallel"))
     store.load()
-    if follow in ("yes", "true", "1"):
+    if follow:
         store.start()
-    if warm in ("yes", "true", "1"):
+    if warm:
         store.warm()
     return store
+
+
+def _yes(params: dict[str, list[str]], name: str) -> bool:
+    """
+    Whether the URI's yes-or-no parameter C{name} (yes when absent) is yes.
+
+    @raise KeaCsvError: if it is neither.
+    """
+    value = params.get(name, ["yes"])[-1].lower()
+    if value not in ("yes", "no", "true", "false", "1", "0"):
+        raise KeaCsvError(f"kea-csv: {name} must be yes or no")
+    return value in ("yes", "true", "1")

@@ -122,6 +122,7 @@ __all__ = [
     "relay_hops",
     "relay_info",
     "relay_summary",
+    "shared_summary",
     "subnet_link_id",
     "unescape",
 ]
@@ -815,6 +816,20 @@ def _usual_summary(entries: list[Any], count: int, decoded_ids: bool) -> RelaySu
             link_address,
         ),
     )
+
+
+def shared_summary(values: Sequence[Any]) -> RelaySummary:
+    """
+    The L{RelaySummary} of the plain values of one (C{tuple(summary)}, as another process
+    sends it), sharing its Relay-ID tuple with the summaries before (as L{relay_summary}
+    does).
+
+    @raise ValueError: if C{values} are not four values.
+    """
+    if not values[0]:
+        return NO_RELAY_SUMMARY
+    hops, relay_ids, remote_ids, link_address = values
+    return _new_summary(RelaySummary, (hops, _shared(relay_ids), remote_ids, link_address))
 
 
 #: Relay-ID octets known to be valid DUIDs (few relays serve many clients).
