@@ -111,10 +111,10 @@ class ParallelLoadTests(SynchronousTestCase):
         self.assertEqual(parallel._followed.offset, serial._followed.offset)  # type: ignore[union-attr]
         self.assertEqual(parallel._followed.line, serial._followed.line)  # type: ignore[union-attr]
 
-    def test_child_parses_most_rows(self) -> None:
+    def test_both_parse(self) -> None:
         """
-        In a file of many windows, the child parses about two in three of them (the store
-        the others), and the store serves what a serial load serves.
+        In a file of many windows, the child and the store each parse some of them, and
+        the store serves what a serial load serves.
         """
         rows = _bulk_rows()
         path = write_file(self, HEADER_3, rows)
@@ -122,8 +122,7 @@ class ParallelLoadTests(SynchronousTestCase):
         serial = loaded(path, parallel=False)
         self.assertEqual(by_key(parallel), by_key(serial))
         self.assertEqual(serial.parsed_by_child, 0)
-        share = parallel.parsed_by_child / len(rows)
-        self.assertTrue(0.5 < share < 0.8, share)
+        self.assertTrue(0 < parallel.parsed_by_child < len(rows), parallel.parsed_by_child)
 
     def test_carriage_returns(self) -> None:
         """
@@ -183,7 +182,8 @@ class ParallelLoadTests(SynchronousTestCase):
 
 
 def _send_then_exit(count: int) -> Any:
-    """A child that sends its first C{count} windows as the real one does, then exits."""
+    """A child that sends its first C{count} windows as the real one does, then exits
+    having taken one more (which it never sends)."""
     real = _parallel_load._child
     real_send = _parallel_load._send
 
@@ -230,7 +230,8 @@ class ChildFailureTests(SynchronousTestCase):
         return store
 
     def test_child_exits_early(self) -> None:
-        """A child that stops after three windows: the store reads the rest."""
+        """A child that stops after three windows, one more taken and never sent: the
+        store reads the rest of the file itself, from the first window it lacks."""
         self.patch(_parallel_load, "_child", _send_then_exit(3))
         store = self.assertLoadsEverything()
         self.assertGreater(store.parsed_by_child, 0)
@@ -248,8 +249,8 @@ class ChildFailureTests(SynchronousTestCase):
     def test_child_sends_garbage(self) -> None:
         """A message that is not a window ends the child's part; nothing of it is used."""
 
-        def garbage(fd: int, start: int, end: int, first_line: int, **kwargs: Any) -> None:
-            writer = kwargs["writer"]
+        def garbage(region: object, queue: int, parse: object, writer: int) -> None:
+            os.read(queue, 4)
             for body in (b"\x00\x00\x00\x03abc", b"\x00\x00\x00\x02N."):
                 os.write(writer, body)
 
@@ -259,12 +260,13 @@ class ChildFailureTests(SynchronousTestCase):
 
     def test_child_stalls(self) -> None:
         """
-        A child silent for longer than STALL_SECONDS: the store reads the file itself, and
-        the child is killed and reaped.
+        A child that takes a window, then is silent for longer than STALL_SECONDS: the
+        store reads the rest of the file itself, and the child is killed and reaped.
         """
         self.patch(_parallel_load, "STALL_SECONDS", 0.05)
 
-        def stalling(*args: Any, **kwargs: Any) -> None:
+        def stalling(region: object, queue: int, parse: object, writer: int) -> None:
+            os.read(queue, 4)
             time.sleep(30)
 
         self.patch(_parallel_load, "_child", stalling)

@@ -988,9 +988,9 @@ class KeaCsvStore(HistoryFeed):
         self, table: _LeaseTable, followed: _FollowedFile, now: float, warnings: _RowWarnings
     ) -> None:
         """
-        Read a file from its start with a child process parsing most of its rows
+        Read a file from its start with a child process parsing rows alongside this one
         (L{bulklq.stores._parallel_load}), when that is worth it; C{followed} is left at the
-        first line not read (the end of the file as it was, unless the child stopped).
+        first line not read (the end of the last complete line when the load began).
         """
         fd = followed.handle.fileno()
         size = os.fstat(fd).st_size
@@ -1017,17 +1017,10 @@ class KeaCsvStore(HistoryFeed):
         followed.offset = end + 1
         followed.line = 1
         try:
+            # If the file was cut short, _read_rows reads what is left from where it stops.
             for window in load.windows():
-                if window.rows is None:
-                    data = os.pread(fd, window.end - window.start, window.start)
-                    if len(data) != window.end - window.start:
-                        break  # the file was cut short: _read_rows reads what is left
-                    lines, returns = split_lines(data[:-1])
-                    problems = table.read(lines, columns, now, returns)
-                else:
-                    table.apply(window.rows)
-                    problems = window.rows.problems
-                for index, reason in problems:
+                table.apply(window.rows)
+                for index, reason in window.rows.problems:
                     warnings.report(window.first_line + index, reason)
                 followed.offset = window.end
                 followed.line = window.first_line + window.lines - 1
