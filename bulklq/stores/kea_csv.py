@@ -193,9 +193,13 @@ def _append(index: _Sparse, value: Any, key: BindingKey) -> None:
         found.append(key)  # type: ignore[union-attr]
 
 
-def _chunk_long(index: _Sparse) -> None:
-    """Turn the long sorted lists of a sparse index just built into chunked collections."""
-    for value, keys in index.items():
+def _chunk_long(index: _Sparse, values: Iterable[Any]) -> None:
+    """
+    Turn the long sorted lists of C{values} (every value with more than one key, maybe
+    more) in a sparse index just built into chunked collections.
+    """
+    for value in values:
+        keys = index[value]
         if type(keys) is list and len(keys) > _SMALL:
             index[value] = _SortedKeys(keys, ordered=True)
 
@@ -475,6 +479,9 @@ class _LeaseTable:
         first_client = by_client.setdefault
         first_remote = by_remote.setdefault
         relay_get = by_relay.get
+        # The DUIDs and Remote-IDs of more than one key (few): only they may need chunking.
+        shared_clients: list[Any] = []
+        shared_remotes: list[Any] = []
         for link in sorted(by_link):
             keys = by_link[link]
             keys.sort(key=itemgetter(1))  # each link's DUIDs apart: cheaper than tuples
@@ -485,6 +492,7 @@ class _LeaseTable:
                 # Most DUIDs and Remote-IDs have one key: setdefault stores it at once.
                 if first_client(duid, key) is not key:
                     _append(by_client, duid, key)
+                    shared_clients.append(duid)
                 for relay_id in entry[2]:
                     # Many keys per Relay-ID: _append, inline.
                     found = relay_get(relay_id)
@@ -497,9 +505,11 @@ class _LeaseTable:
                 for remote_id in entry[3]:
                     if first_remote(remote_id, key) is not key:
                         _append(by_remote, remote_id, key)
+                        shared_remotes.append(remote_id)
         self.keys = _SortedKeys(ordered, ordered=True)
-        for index in (by_client, by_relay, by_remote):
-            _chunk_long(index)
+        _chunk_long(by_client, shared_clients)
+        _chunk_long(by_relay, list(by_relay))
+        _chunk_long(by_remote, shared_remotes)
         self.by_client = by_client
         self.by_relay = by_relay
         self.by_remote = by_remote
