@@ -333,6 +333,28 @@ class ParsedRowsTests(SynchronousTestCase):
         distinct = {id(relay) for relay in rebuilt.relays}
         self.assertEqual(len(distinct), len({id(relay) for relay in parsed.relays}))
 
+    def test_windows_share_relay_values(self) -> None:
+        """
+        Summaries rebuilt from two windows' messages (each marshalled on its own) share
+        their Relay-ID tuples and link-address numbers, as the summaries of one serial
+        parse do: memory does not grow with the number of windows.
+        """
+        import marshal
+
+        header = Columns.from_header(HEADER_3.split(","))
+        rows = _bulk_rows()[:40]
+        rebuilt = [
+            ParsedRows.from_plain(
+                marshal.loads(marshal.dumps(RowParser().parse(part, header, NOW_EQ).plain()))
+            )
+            for part in (rows[:20], rows[20:])
+        ]
+        first, second = (window.relays[0] for window in rebuilt)
+        self.assertEqual(first.relay_ids, second.relay_ids)
+        self.assertIs(first.relay_ids, second.relay_ids)
+        self.assertIsNotNone(first.link_address)
+        self.assertIs(first.link_address, second.link_address)
+
     def test_malformed_refused(self) -> None:
         """Values that are not parsed rows raise ValueError, never anything else."""
         header = HEADER_3.split(",")

@@ -821,15 +821,27 @@ def _usual_summary(entries: list[Any], count: int, decoded_ids: bool) -> RelaySu
 def shared_summary(values: Sequence[Any]) -> RelaySummary:
     """
     The L{RelaySummary} of the plain values of one (C{tuple(summary)}, as another process
-    sends it), sharing its Relay-ID tuple with the summaries before (as L{relay_summary}
-    does).
+    sends it), sharing its Relay-ID tuple and its link-address with the summaries before
+    (as L{relay_summary} does).
 
     @raise ValueError: if C{values} are not four values.
     """
     if not values[0]:
         return NO_RELAY_SUMMARY
     hops, relay_ids, remote_ids, link_address = values
+    if link_address is not None:
+        # One number object per link-address, as _link_number gives (few relays).
+        found = _SHARED_LINKS.get(link_address)
+        if found is None:
+            if len(_SHARED_LINKS) >= 65536:
+                _SHARED_LINKS.clear()
+            found = _SHARED_LINKS[link_address] = link_address
+        link_address = found
     return _new_summary(RelaySummary, (hops, _shared(relay_ids), remote_ids, link_address))
+
+
+#: Link-addresses of the summaries made by L{shared_summary} (a number -> that number).
+_SHARED_LINKS: dict[int, int] = {}
 
 
 #: Relay-ID octets known to be valid DUIDs (few relays serve many clients).
