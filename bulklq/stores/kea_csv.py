@@ -1114,6 +1114,7 @@ class KeaCsvStore(HistoryFeed):
         if self._followed is not None:
             self._followed.close()
         table = _LeaseTable(self._configured is None, self._link_id)
+        parsed_before = self.parsed_by_child
         # A bulk load allocates millions of objects and frees none: the cyclic garbage
         # collector would rescan the growing heap again and again (quadratic time).
         collecting = gc.isenabled()
@@ -1143,10 +1144,12 @@ class KeaCsvStore(HistoryFeed):
         if self._followed is None:
             log.warn("{path} does not exist yet; waiting for Kea to create it", path=str(self.path))
         log.info(
-            "{name}: {leases} active leases, {bindings} bindings",
+            "{name}: {leases} active leases, {bindings} bindings ({parsed} rows parsed by a "
+            "second process)",
             name=self.name,
             leases=len(table),
             bindings=len(table.entries),
+            parsed=self.parsed_by_child - parsed_before,
         )
 
     def warm(self) -> None:
