@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from ipaddress import IPv6Address, IPv6Network
 
 import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from bulklq.stores.kea_leases import (
     NO_RELAY,
     KeaLease6,
     KeaLeaseError,
+    RelaySummary,
     bindings_from_leases,
     client_link_address,
+    escaped_relay_summary,
     is_active,
     relay_hops,
     relay_info,
@@ -30,6 +35,8 @@ from bulklq.wire import (
     UnknownOption,
     decode_options,
 )
+
+from .test_kea_csv import _contexts
 
 #: user_context of the real row in Kea's own test data (Kea 2.4+ relay-info), unescaped.
 REAL_CONTEXT = (
@@ -375,3 +382,119 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual([str(a.address) for a in binding.addresses], ["2001:db8:1::10"])
         self.assertEqual(len(seen), 3)
         self.assertRaises(KeaLeaseError, bindings_from_leases, bad, 2000)
+
+
+def _summary_or_error(function: Callable[[str], RelaySummary], text: str) -> object:
+    try:
+        return function(text)
+    except KeaLeaseError as error:
+        return str(error)
+
+
+@st.composite
+def _mangled_contexts(draw: st.DrawFn) -> str:
+    """An escaped user_context as Kea writes it (or as json.dumps does), maybe with one
+    character inserted, replaced or removed."""
+    text = draw(_contexts())
+    change = draw(st.sampled_from(["none", "none", "insert", "replace", "remove"]))
+    if change == "none" or not text:
+        return text
+    index = draw(st.integers(0, len(text) - 1))
+    character = draw(st.sampled_from([*'"&,x0 }]\\#\x01Z:', "&#x2c", "00", "256"]))
+    if change == "insert":
+        return text[:index] + character + text[index:]
+    if change == "replace":
+        return text[:index] + character + text[index + 1 :]
+    return text[:index] + text[index + 1 :]
+
+
+@st.composite
+def _kea_one_hop_texts(draw: st.DrawFn) -> str:
+    """
+    A one-hop context in exactly the layout Kea writes (so the short path's expressions
+    are tried), with hop counts, addresses and hex values both good and bad: leading
+    zeros, out of range, escapes, JSON escapes, quotes.
+    """
+    hop = draw(st.sampled_from(["0", "7", "255", "00", "07", "256", "999", "1000", "-1", "1.0"]))
+    address = st.sampled_from(
+        ["2001:db8::1", "::", "fe80::1", "1.2.3.4", "", "2001:db8::1&#x2c", "2001:db8::\\u0031"]
+    )
+    options = draw(
+        st.sampled_from(
+            [
+                "0x0012000465746830",
+                "0x0025000900007ED96F6C642D31",
+                "0x0035000D000200007ED972656C61792D62",
+                "0x00120004657468",
+                "0X0012000465746830",
+                "0x",
+                "0x0012000465746830\\u0030",
+            ]
+        )
+    )
+    link, peer = draw(address), draw(address)
+    if draw(st.booleans()):
+        return (
+            f'{{ "ISC": {{ "relays": [ {{ "hop": {hop}&#x2c "link": "{link}"&#x2c '
+            f'"options": "{options}"&#x2c "peer": "{peer}" }} ] }} }}'
+        )
+    decoded = ""
+    if draw(st.booleans()):
+        decoded += f'&#x2c "remote-id": "{draw(st.sampled_from(["00007ED96F6C642D31", "0A"]))}"'
+    if draw(st.booleans()):
+        decoded += f'&#x2c "relay-id": "{draw(st.sampled_from(["000200007ED972", "00"]))}"'
+    return (
+        f'{{ "ISC": {{ "relay-info": [ {{ "hop": {hop}&#x2c "link": "{link}"&#x2c '
+        f'"peer": "{peer}"{decoded}&#x2c "options": "{options}" }} ] }} }}'
+    )
+
+
+class EscapedRelaySummaryTests(SynchronousTestCase):
+    """L{escaped_relay_summary} is L{relay_summary} of the unescaped text, faster."""
+
+    @given(_mangled_contexts())
+    @settings(max_examples=500, deadline=None)
+    def test_same_as_unescaped(self, text: str) -> None:
+        """
+        For contexts Kea writes (2.2 relays, 2.4+ relay-info, one or two hops, ids decoded
+        or in the options), other JSON, and each with one character changed, the summary,
+        or the error message, is that of C{relay_summary(unescape(text))}.
+        """
+        self.assertEqual(
+            _summary_or_error(escaped_relay_summary, text),
+            _summary_or_error(lambda value: relay_summary(unescape(value)), text),
+        )
+
+    @given(_kea_one_hop_texts())
+    @settings(max_examples=300, deadline=None)
+    def test_kea_layout_values(self, text: str) -> None:
+        """
+        For one-hop contexts in Kea's own layout with good and bad values (hop counts with
+        leading zeros or out of range, escapes, JSON escapes, odd hex), the summary, or the
+        error message, is that of C{relay_summary(unescape(text))}.
+        """
+        self.assertEqual(
+            _summary_or_error(escaped_relay_summary, text),
+            _summary_or_error(lambda value: relay_summary(unescape(value)), text),
+        )
+
+    def test_kea_rows_take_the_short_path(self) -> None:
+        """The one-hop contexts of real Kea 2.2 and Kea 2.4+ rows match the expressions."""
+        from bulklq.stores import kea_leases
+
+        kea_22 = (
+            '{ "ISC": { "relays": [ { "hop": 0&#x2c "link": "2001:db8:9::1"&#x2c "options": '
+            '"0x0012000867652D302F302F310025000900007ED96F6C642D310035000D000200007ED972656C61'
+            '792D62"&#x2c "peer": "fe80::9:1" } ] } }'
+        )
+        kea_3 = (
+            '{ "ISC": { "relay-info": [ { "hop": 44&#x2c "link": "2001:db8::4"&#x2c "peer": '
+            '"2001:db8::5"&#x2c "remote-id": "010203040506"&#x2c "relay-id": "6464646464646464"'
+            '&#x2c "options": "0x00250006010203040506003500086464646464646464" } ] } }'
+        )
+        self.assertIsNotNone(kea_leases._KEA_RELAYS(kea_22))
+        self.assertIsNotNone(kea_leases._KEA_RELAY_INFO(kea_3))
+        for text in (kea_22, kea_3):
+            summary = escaped_relay_summary(text)
+            self.assertEqual(summary, relay_summary(unescape(text)))
+            self.assertTrue(summary.relay_ids and summary.remote_ids)

@@ -25,11 +25,10 @@ from .kea_leases import (
     KeaLeaseError,
     RelaySummary,
     client_duid,
+    escaped_relay_summary,
     lease_item,
     parse_address,
-    relay_summary,
     shared_summary,
-    unescape,
 )
 
 __all__ = ["REQUIRED_COLUMNS", "Columns", "ParsedRows", "RowParser", "split_lines"]
@@ -327,7 +326,7 @@ class RowParser:
                 found = relay_cache.get(text)
                 if found is None:
                     try:
-                        found = relay_summary(unescape(text))
+                        found = escaped_relay_summary(text)
                     except KeaLeaseError as error:
                         problem((number, str(error)))
                         continue

@@ -110,6 +110,7 @@ __all__ = [
     "checked_binding",
     "client_duid",
     "client_link_address",
+    "escaped_relay_summary",
     "interface_ids",
     "is_active",
     "lease_item",
@@ -705,6 +706,58 @@ def relay_summary(user_context: str | None) -> RelaySummary:
         tuple(dict.fromkeys(remote_ids)),
         link_address,
     )
+
+
+def escaped_relay_summary(text: str) -> RelaySummary:
+    """
+    C{relay_summary(unescape(text))} for the escaped C{user_context} of a memfile row.
+
+    A one-hop chain written exactly as Kea writes it (Kea 2.2's sorted C{relays} keys, or
+    Kea 2.4+'s C{relay-info} order) is read with one regular expression instead of the
+    escapes and the JSON decoder; its values (hex, addresses, the hop count) can hold no
+    escape or quote, so the entry is the one the JSON would give, and it goes through the
+    same checks. Any other text goes through L{relay_summary}.
+
+    @raise KeaLeaseError: as L{relay_summary}.
+    """
+    match = _KEA_RELAY_INFO(text)
+    if match is not None:
+        hop, link, peer, remote, relay, options = match.groups()
+        entry = {"hop": int(hop), "link": link, "peer": peer, "options": options}
+        if remote is not None:
+            entry["remote-id"] = remote
+        if relay is not None:
+            entry["relay-id"] = relay
+        summary = _usual_summary([entry], 1, True)
+        if summary is not None:
+            return summary
+    else:
+        match = _KEA_RELAYS(text)
+        if match is not None:
+            hop, link, options, peer = match.groups()
+            entry = {"hop": int(hop), "link": link, "options": options, "peer": peer}
+            summary = _usual_summary([entry], 1, False)
+            if summary is not None:
+                return summary
+    return relay_summary(unescape(text))
+
+
+#: Parts of a one-hop chain as Kea writes it in a lease file (commas escaped).
+_KEA_HOP = r"(0|[1-9][0-9]{0,2})"
+_KEA_ADDRESS = r'"([0-9A-Fa-f:.]*)"'
+_KEA_HEX = r'"([0-9A-Fa-f]*)"'
+_KEA_OPTIONS = r'"(0x[0-9A-Fa-f]*)"'
+#: Kea 2.4+: hop, link, peer, remote-id and relay-id (when the relay sent them), options.
+_KEA_RELAY_INFO = re.compile(
+    rf'\{{ "ISC": \{{ "relay-info": \[ \{{ "hop": {_KEA_HOP}&#x2c "link": {_KEA_ADDRESS}'
+    rf'&#x2c "peer": {_KEA_ADDRESS}(?:&#x2c "remote-id": {_KEA_HEX})?'
+    rf'(?:&#x2c "relay-id": {_KEA_HEX})?&#x2c "options": {_KEA_OPTIONS} \}} \] \}} \}}'
+).fullmatch
+#: Kea 2.2: hop, link, options, peer (its keys sorted).
+_KEA_RELAYS = re.compile(
+    rf'\{{ "ISC": \{{ "relays": \[ \{{ "hop": {_KEA_HOP}&#x2c "link": {_KEA_ADDRESS}'
+    rf'&#x2c "options": {_KEA_OPTIONS}&#x2c "peer": {_KEA_ADDRESS} \}} \] \}} \}}'
+).fullmatch
 
 
 _scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
