@@ -13,6 +13,11 @@ lifetimes; on a CLTT tie, the lease whose row came last is the newest). A malfor
 is skipped with a warning naming the file and line; the lease the address had before
 stays.
 
+B{Loading.} A lease file of a few megabytes or more is loaded on two cores: a forked child
+parses rows (L{bulklq.stores._kea_rows}) while this process applies them in order
+(L{bulklq.stores._parallel_load}); the result is that of a load in one process, which
+C{parallel=False} (URI C{parallel=no}) asks for.
+
 B{Live follow.} Once loaded, the store polls the lease file every second (a C{LoopingCall}
 on the injected reactor): complete rows appended since are applied, so a change Kea writes
 is served within a second; a last line without its newline is left until it is complete.
