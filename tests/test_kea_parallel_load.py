@@ -142,6 +142,32 @@ class ParallelLoadTests(SynchronousTestCase):
         self.assertEqual(by_key(parallel), by_key(serial))
         self.assertGreater(parallel.parsed_by_child, 0)
 
+    def test_renewals_share_summaries(self) -> None:
+        """
+        A client's leases whose user contexts are equal hold one relay summary object,
+        whichever process parsed their rows: the rows written again later (renewals)
+        share the summary of the leases before (memory, and the one-transaction build).
+        """
+        rows = []
+        for number, row in enumerate(_bulk_rows()[:300]):
+            # Each client also gets a /56 with the same user context, as Kea writes them.
+            fields = row.split(",")
+            fields[0], fields[6], fields[8] = f"2001:db9:{number:x}::", "2", "56"
+            rows += [row, ",".join(fields)]
+        rows += rows[:300]
+        path = write_file(self, HEADER_3, rows)
+        store = loaded(path, parallel=True)
+        self.assertGreater(store.parsed_by_child, 0)
+        compared = 0
+        for entry in store._table.entries.values():
+            summaries = entry[8::4]
+            for summary in summaries[1:]:
+                if summary == summaries[0]:
+                    self.assertIs(summary, summaries[0])
+                    compared += 1
+        self.assertGreater(compared, 100)
+        self.assertEqual(by_key(store), _reference(rows, pool=True))
+
     def test_followed_after_load(self) -> None:
         """
         Rows appended after a parallel load are read from where it stopped: the store then

@@ -287,7 +287,7 @@ class _LeaseTable:
         derived_subnet = -1
         derived_relay = None
         entry: list[Any] = []
-        for address, shape, expire, subnet, duid, relay in zip(
+        for address, shape, expire, subnet, duid, parsed_relay in zip(
             rows.addresses,
             rows.shapes,
             rows.expires,
@@ -307,6 +307,13 @@ class _LeaseTable:
                 if found_entry is None:
                     found_entry = entries[key] = [key, 0, None, None, None]
                 entry = found_entry
+            relay = parsed_relay
+            if len(entry) > _LEASES:
+                # A renewal whose context was parsed apart (by the other process of a
+                # parallel load, or past the parser's cache) shares its summary again.
+                last = entry[-1]
+                if relay is not last and relay == last:
+                    relay = last
             old = leases.get(address)
             if touch is not None:
                 touch(entry)
